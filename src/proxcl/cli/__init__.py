@@ -1,0 +1,68 @@
+"""The ``proxcl`` command.  Each subcommand lives in its own module here, exposing
+``add_parser(subparsers)`` (which sets ``func``) and holding no logic that the Python API lacks."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Subcommand modules, in the order `proxcl --help` lists them.
+COMMANDS = ["devices", "train", "eval", "predict", "info", "report", "bench", "demo"]
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that are the user's input, not a bug: one line, exit 2."""
+    from ..runtime import DeviceError
+    errors: list[type[BaseException]] = [CLIError, DeviceError, FileNotFoundError, ValueError]
+    for mod, name in (("proxcl.modelfile", "ModelFileError"), ("proxcl.data", "DataError"),
+                      ("proxcl.training", "TrainingError")):
+        try:
+            errors.append(getattr(importlib.import_module(mod), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+    parser = argparse.ArgumentParser(
+        prog="proxcl",
+        description="Train sparse neural networks from scratch with proximal l1 methods and run "
+                    "them, training included, as CSR matrices on any OpenCL device.")
+    parser.add_argument("--version", action="version", version=f"proxcl {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            mod = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"{__name__}.{name}":
+                continue
+            raise
+        mod.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("proxcl: interrupted", file=sys.stderr)
+        return 130
+    except _user_errors() as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"proxcl: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

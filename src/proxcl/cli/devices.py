@@ -1,0 +1,29 @@
+"""proxcl devices: list OpenCL platforms and devices."""
+
+from __future__ import annotations
+
+import json
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("devices", help="list OpenCL platforms and devices",
+                       description="List every OpenCL platform and device with its index "
+                                   "(usable as --device P:D), OpenCL C version, compute units "
+                                   "and memory sizes.")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..runtime import list_devices
+    devs = list_devices()
+    if args.json:
+        print(json.dumps(devs, indent=2))
+        return 0
+    print(f"{'index':<6} {'platform':<30} {'device':<34} {'type':<5} {'OpenCL C':<16} "
+          f"{'CUs':>4} {'global MiB':>11} {'local KiB':>10}")
+    for d in devs:
+        print(f"{d['index']:<6} {d['platform'][:30]:<30} {d['name'][:34]:<34} {d['type'][:5]:<5} "
+              f"{d['opencl_c'][:16]:<16} {d['compute_units']:>4} {d['global_mem_bytes'] >> 20:>11} "
+              f"{d['local_mem_bytes'] >> 10:>10}")
+    return 0

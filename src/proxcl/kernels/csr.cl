@@ -1,0 +1,216 @@
+/* Sparse kernels over CSR matrices, named after scipy's sparsetools:
+ * Ap[n_row+1] (int32 row pointers), Aj[nnz] (int32 column indices), Ax[nnz] (float32 values).
+ * Dense operands are row-major and feature-major: X[n_col, n_vec], one row per feature,
+ * so a CSR row streams over contiguous batch columns.
+ * Build defines: VEC (vector width), LX, LY (fixed local size), LANES, GROUP (sddmm),
+ * SCAN_LOCAL (scan). */
+
+#ifndef LX
+#define LX 4
+#endif
+#ifndef LY
+#define LY 4
+#endif
+
+/* Y[m, n] = A[m, k] X[k, n] (+ bias[m]) (relu)      Ap[m+1], Aj[nnz], Ax[nnz], X[k, n], Y[m, n]
+ * With Pm != NULL the value of entry p is Ax[Pm[p]]: this is how A^T products run on the
+ * transposed structure (Tp, Ti, Pm) without copying values.
+ * Work-item (x, y): row y, columns [x*VEC, x*VEC + VEC).  O(nnz * n). */
+__kernel __attribute__((reqd_work_group_size(LX, LY, 1)))
+void csr_spmm(const int m, const int n,
+              __global const int *restrict Ap, __global const int *restrict Aj,
+              __global const float *restrict Ax, __global const int *restrict Pm,
+              __global const float *restrict X, __global float *restrict Y,
+              __global const float *restrict bias, const int relu)
+{
+    const int c0 = get_global_id(0) * VEC;
+    const int i = get_global_id(1);
+    if (i >= m || c0 >= n) return;
+    const int start = Ap[i], end = Ap[i + 1];
+    const float b = bias ? bias[i] : 0.0f;
+    __global float *y = Y + (size_t)i * n;
+    if (c0 + VEC <= n) {
+        floatV acc = (floatV)(0.0f);
+        if (Pm) {
+            for (int p = start; p < end; ++p)
+                acc += (floatV)(Ax[Pm[p]]) * VLOAD(X + (size_t)Aj[p] * n + c0);
+        } else {
+            for (int p = start; p < end; ++p)
+                acc += (floatV)(Ax[p]) * VLOAD(X + (size_t)Aj[p] * n + c0);
+        }
+        acc += (floatV)(b);
+        if (relu) acc = fmax(acc, (floatV)(0.0f));
+        VSTORE(acc, y + c0);
+    } else {
+        for (int c = c0; c < n; ++c) {
+            float acc = 0.0f;
+            for (int p = start; p < end; ++p)
+                acc += Ax[Pm ? Pm[p] : p] * X[(size_t)Aj[p] * n + c];
+            acc += b;
+            if (relu) acc = fmax(acc, 0.0f);
+            y[c] = acc;
+        }
+    }
+}
+
+#ifndef LANES
+#define LANES 1
+#endif
+#ifndef GROUP
+#define GROUP 16
+#endif
+
+/* Sampled dense-dense product on a CSR pattern:
+ * G[p] = scale * sum_c A[Ai[p], c] * B[Aj[p], c]      Ai[nnz] (row of each entry), Aj[nnz],
+ * A[m, n], B[k, n], G[nnz].  LANES work-items share one entry and reduce in local memory;
+ * GROUP entries per work-group.  O(nnz * n). */
+__kernel __attribute__((reqd_work_group_size(LANES, GROUP, 1)))
+void csr_sddmm(const int nnz, const int n,
+               __global const int *restrict Ai, __global const int *restrict Aj,
+               __global const float *restrict A, __global const float *restrict B,
+               __global float *restrict G, const float scale)
+{
+    const int lane = get_local_id(0);
+    const int p = get_global_id(1);
+    float s = 0.0f;
+    if (p < nnz) {
+        __global const float *a = A + (size_t)Ai[p] * n;
+        __global const float *b = B + (size_t)Aj[p] * n;
+        floatV acc = (floatV)(0.0f);
+        for (int c = lane * VEC; c + VEC <= n; c += LANES * VEC)
+            acc += VLOAD(a + c) * VLOAD(b + c);
+        s = px_hsum(acc);
+        for (int t = (n / VEC) * VEC + lane; t < n; t += LANES)
+            s += a[t] * b[t];
+    }
+#if LANES > 1
+    __local float red[GROUP][LANES];
+    const int g = get_local_id(1);
+    red[g][lane] = s;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int w = LANES / 2; w > 0; w >>= 1) {
+        if (lane < w) red[g][lane] += red[g][lane + w];
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    s = red[g][0];
+#endif
+    if (p < nnz && lane == 0) G[p] = s * scale;
+}
+
+/* Row index of every entry: Ai[p] = i for Ap[i] <= p < Ap[i+1].      Ap[m+1], Ai[nnz]. */
+__kernel void csr_row_of_entry(const int m, __global const int *restrict Ap,
+                               __global int *restrict Ai)
+{
+    const int i = get_global_id(0);
+    if (i >= m) return;
+    for (int p = Ap[i]; p < Ap[i + 1]; ++p) Ai[p] = i;
+}
+
+/* ---- building and compacting CSR on the device: count per row, scan, fill ---- */
+
+/* cnt[i] = #{ j : |D[i, j]| > thr }      D[m, k] dense, cnt[m]. */
+__kernel void dense_count_rows(const int m, const int k, __global const float *restrict D,
+                               const float thr, __global int *restrict cnt)
+{
+    const int i = get_global_id(0);
+    if (i >= m) return;
+    __global const float *d = D + (size_t)i * k;
+    int c = 0;
+    for (int j = 0; j < k; ++j) c += fabs(d[j]) > thr;
+    cnt[i] = c;
+}
+
+/* Fill a CSR matrix from D with the row pointers of the scan:  Aj[nnz], Ax[nnz], and, if
+ * Src != NULL, Src[p] = i*k + j (the flat dense position of each entry). */
+__kernel void dense_fill_rows(const int m, const int k, __global const float *restrict D,
+                              const float thr, __global const int *restrict Ap,
+                              __global int *restrict Aj, __global float *restrict Ax,
+                              __global int *restrict Src)
+{
+    const int i = get_global_id(0);
+    if (i >= m) return;
+    __global const float *d = D + (size_t)i * k;
+    int p = Ap[i];
+    for (int j = 0; j < k; ++j) {
+        const float v = d[j];
+        if (fabs(v) > thr) {
+            Aj[p] = j;
+            Ax[p] = v;
+            if (Src) Src[p] = i * k + j;
+            ++p;
+        }
+    }
+}
+
+/* cnt[i] = #{ p in row i : Ax[p] != 0 }      Ap[m+1], Ax[nnz], cnt[m]. */
+__kernel void csr_count_nonzero(const int m, __global const int *restrict Ap,
+                                __global const float *restrict Ax, __global int *restrict cnt)
+{
+    const int i = get_global_id(0);
+    if (i >= m) return;
+    int c = 0;
+    for (int p = Ap[i]; p < Ap[i + 1]; ++p) c += Ax[p] != 0.0f;
+    cnt[i] = c;
+}
+
+/* Keep the entries that are not exactly zero: Bj[q] = Aj[p], Src[q] = p (old position), with
+ * Bp the scan of csr_count_nonzero.  Other value arrays follow with gather_f32(Src). */
+__kernel void csr_fill_nonzero(const int m, __global const int *restrict Ap,
+                               __global const int *restrict Aj, __global const float *restrict Ax,
+                               __global const int *restrict Bp, __global int *restrict Bj,
+                               __global int *restrict Src)
+{
+    const int i = get_global_id(0);
+    if (i >= m) return;
+    int q = Bp[i];
+    for (int p = Ap[i]; p < Ap[i + 1]; ++p) {
+        if (Ax[p] != 0.0f) {
+            Bj[q] = Aj[p];
+            Src[q] = p;
+            ++q;
+        }
+    }
+}
+
+/* out[q] = x[idx[q]]      idx[n], out[n]. */
+__kernel void gather_f32(const int n, __global const float *restrict x,
+                         __global const int *restrict idx, __global float *restrict out)
+{
+    const int q = get_global_id(0);
+    if (q < n) out[q] = x[idx[q]];
+}
+
+/* out[idx[q]] = x[q]; out is written only at idx (the caller zeroes it first)  x[n], idx[n]. */
+__kernel void scatter_f32(const int n, __global const float *restrict x,
+                          __global const int *restrict idx, __global float *restrict out)
+{
+    const int q = get_global_id(0);
+    if (q < n) out[idx[q]] = x[q];
+}
+
+#ifndef SCAN_LOCAL
+#define SCAN_LOCAL 256
+#endif
+
+/* Exclusive scan of cnt[m] into Ap[m+1] (Ap[m] = total) in one work-group of SCAN_LOCAL:
+ * each work-item sums a contiguous chunk, the chunk sums are scanned, then written out. O(m). */
+__kernel __attribute__((reqd_work_group_size(SCAN_LOCAL, 1, 1)))
+void scan_counts(const int m, __global const int *restrict cnt, __global int *restrict Ap)
+{
+    __local int part[SCAN_LOCAL];
+    const int t = get_local_id(0);
+    const int chunk = (m + SCAN_LOCAL - 1) / SCAN_LOCAL;
+    const int lo = min(m, t * chunk), hi = min(m, lo + chunk);
+    int s = 0;
+    for (int i = lo; i < hi; ++i) s += cnt[i];
+    part[t] = s;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    if (t == 0) {
+        int run = 0;
+        for (int u = 0; u < SCAN_LOCAL; ++u) { const int v = part[u]; part[u] = run; run += v; }
+        Ap[m] = run;
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    int run = part[t];
+    for (int i = lo; i < hi; ++i) { Ap[i] = run; run += cnt[i]; }
+}

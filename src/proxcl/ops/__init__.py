@@ -1,0 +1,5 @@
+"""Kernel-level operations: dense GEMM and element-wise ops, CSR products."""
+from .dense import gemm, transpose, soft_threshold
+from .sparse import CSRMatrix
+
+__all__ = ["gemm", "transpose", "soft_threshold", "CSRMatrix"]

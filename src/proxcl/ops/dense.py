@@ -1,0 +1,86 @@
+"""Dense operations on device arrays: GEMM (NN, NT, TN, TT) with a fused bias + ReLU
+epilogue, transpose, soft-thresholding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyopencl.array as cla
+
+from ..runtime import Device
+
+
+def _as2d(dev: Device, a, name: str) -> cla.Array:
+    a = dev.to_device(a)
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be 2-D, got shape {a.shape}")
+    return a
+
+
+def _out(dev: Device, out, shape) -> cla.Array:
+    if out is None:
+        return dev.empty(shape)
+    if tuple(out.shape) != tuple(shape) or out.dtype != np.float32:
+        raise ValueError(f"out must be float32 {tuple(shape)}, got {out.dtype} {tuple(out.shape)}")
+    return out
+
+
+def transpose(dev: Device, a, out=None) -> cla.Array:
+    """out[n, m] = a[m, n]^T."""
+    a = _as2d(dev, a, "a")
+    m, n = a.shape
+    out = _out(dev, out, (n, m))
+    if a.size:
+        dev.launch(dev.kernel("dense.cl", "transpose"), (n, m), (16, 16), m, n, a, out)
+    return out
+
+
+def gemm(dev: Device, a, b, *, trans_a: bool = False, trans_b: bool = False,
+         bias=None, relu: bool = False, out=None) -> cla.Array:
+    """C = op(a) @ op(b) (+ bias[:, None]) (ReLU), float32 on the device.
+
+    a: [M, K] ([K, M] with trans_a); b: [K, N] ([N, K] with trans_b); bias: [M] or None.
+    NT products transpose b once into a temporary, then run the NN kernel.
+    """
+    a = _as2d(dev, a, "a")
+    b = _as2d(dev, b, "b")
+    M, K = (a.shape[1], a.shape[0]) if trans_a else a.shape
+    Kb, N = (b.shape[1], b.shape[0]) if trans_b else b.shape
+    if K != Kb:
+        raise ValueError(f"gemm: inner dimensions differ ({K} vs {Kb})")
+    if bias is not None:
+        bias = dev.to_device(bias)
+        if bias.shape != (M,):
+            raise ValueError(f"bias must have shape ({M},), got {bias.shape}")
+    out = _out(dev, out, (M, N))
+    if M == 0 or N == 0:
+        return out
+    if K == 0:
+        out.fill(np.float32(0))
+        if bias is not None or relu:
+            raise ValueError("gemm: K == 0 with an epilogue is not supported")
+        return out
+    if trans_b:
+        b = transpose(dev, b)
+    t = dev.tuning
+    vec, rm, (lx, ly) = t["gemm_vec"], t["gemm_rm"], t["gemm_local"]
+    k = dev.kernel("dense.cl", "gemm", VEC=vec, RM=rm, LX=lx, LY=ly, TRANS_A=int(trans_a))
+    dev.launch(k, (-(-N // vec), -(-M // rm)), (lx, ly), M, N, K, a, b, out, bias, int(relu))
+    return out
+
+
+def soft_threshold(dev: Device, z, tau, *, scale: float = 1.0, out=None) -> cla.Array:
+    """S_tau(z) = sign(z) max(|z| - tau, 0) element-wise; tau a scalar or an array like z
+    (then the threshold is scale * tau[q]).  out may be z itself (in place)."""
+    z = dev.to_device(z)
+    out = _out(dev, out, z.shape) if out is not None else dev.empty(z.shape)
+    if np.isscalar(tau):
+        tau_scale, tau_arr = float(tau) * scale, None
+    else:
+        tau_arr = dev.to_device(tau)
+        if tau_arr.shape != z.shape:
+            raise ValueError(f"tau must be a scalar or have shape {z.shape}, got {tau_arr.shape}")
+        tau_scale = scale
+    if z.size:
+        dev.launch(dev.kernel("elementwise.cl", "soft_threshold"), (z.size,), (dev.tuning["ew_local"],),
+                   z.size, z, out, tau_scale, tau_arr)
+    return out

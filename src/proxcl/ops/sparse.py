@@ -1,0 +1,318 @@
+"""CSR matrices on an OpenCL device and their products.
+
+``CSRMatrix`` = a support (``CSRPattern``: shape, Ap, Aj, plus derived structures built once
+per support) and a values array.  Products:
+
+* ``W @ X``      SpMM, X feature-major [k, n] -> [m, n]           (optional bias + ReLU)
+* ``W.T @ D``    SpMM on the transposed structure, D [m, n] -> [k, n]
+* ``W.sddmm(A, B)``  values on W's support: G[i, j] = A[i, :] . B[j, :]
+
+The transposed structure (Tp, Ti, Pm) is a stable sort of the entries by column, made once
+per support on the host; entries stay in ascending row order inside each column, so every
+product is deterministic (no atomics).  A support only changes by ``compact`` (dropping
+entries that became exactly zero) or ``from_dense``, each of which makes a new pattern.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyopencl.array as cla
+
+from ..runtime import Device, default_device
+
+_I32_MAX = np.iinfo(np.int32).max
+
+
+class CSRPattern:
+    """The support of a CSR matrix on the device: shape, Ap[m+1], Aj[nnz] (int32)."""
+
+    def __init__(self, device: Device, shape, indptr: cla.Array, indices: cla.Array, nnz: int):
+        self.device = device
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.indptr = indptr
+        self.indices = indices
+        self.nnz = int(nnz)
+        self._rows = None
+        self._transposed = None
+
+    @property
+    def rows(self) -> cla.Array:
+        """Ai[nnz]: the row of every entry (built on first use)."""
+        if self._rows is None:
+            dev, m = self.device, self.shape[0]
+            self._rows = dev.empty((self.nnz,), np.int32)
+            if self.nnz:
+                dev.launch(dev.kernel("csr.cl", "csr_row_of_entry"), (m,), (dev.tuning["ew_local"],),
+                           m, self.indptr, self._rows)
+        return self._rows
+
+    @property
+    def transposed(self) -> tuple[cla.Array, cla.Array, cla.Array]:
+        """(Tp[k+1], Ti[nnz], Pm[nnz]): CSR of the transpose, values reached through Pm."""
+        if self._transposed is None:
+            dev = self.device
+            k = self.shape[1]
+            aj = self.indices.get() if self.nnz else np.zeros(0, np.int32)
+            ai = self.rows.get() if self.nnz else np.zeros(0, np.int32)
+            order = np.argsort(aj, kind="stable").astype(np.int32)
+            tp = np.zeros(k + 1, np.int32)
+            np.cumsum(np.bincount(aj, minlength=k), out=tp[1:])
+            self._transposed = (dev.to_device(tp, np.int32), dev.to_device(ai[order], np.int32),
+                                dev.to_device(order, np.int32))
+        return self._transposed
+
+    @property
+    def nbytes(self) -> int:
+        return 4 * (self.shape[0] + 1) + 4 * self.nnz
+
+
+class CSRMatrix:
+    """A float32 CSR matrix whose arrays live on an OpenCL device."""
+
+    def __init__(self, pattern: CSRPattern, data: cla.Array):
+        if data.shape != (pattern.nnz,) or data.dtype != np.float32:
+            raise ValueError(f"values must be float32 ({pattern.nnz},), got {data.dtype} {data.shape}")
+        self.pattern = pattern
+        self.data = data
+
+    # ---- construction ------------------------------------------------------
+    @classmethod
+    def from_arrays(cls, indptr, indices, data, shape, device: Device | None = None) -> "CSRMatrix":
+        """From host arrays in canonical CSR form (sorted, unique column indices per row)."""
+        dev = device or default_device()
+        m, k = (int(shape[0]), int(shape[1]))
+        if m < 0 or k < 0 or m > _I32_MAX or k > _I32_MAX:
+            raise ValueError(f"CSR shape {shape} out of range")
+        indptr = np.asarray(indptr)
+        indices = np.asarray(indices)
+        data = np.asarray(data)
+        nnz = int(indptr[-1]) if indptr.size else 0
+        if indptr.shape != (m + 1,) or indices.shape != (nnz,) or data.shape != (nnz,):
+            raise ValueError("CSR arrays have inconsistent shapes")
+        if nnz > _I32_MAX:
+            raise ValueError("CSR matrix has more than 2^31-1 nonzeros")
+        pattern = CSRPattern(dev, (m, k), dev.to_device(indptr, np.int32),
+                             dev.to_device(indices, np.int32), nnz)
+        return cls(pattern, dev.to_device(data, np.float32))
+
+    @classmethod
+    def from_scipy(cls, mat, device: Device | None = None) -> "CSRMatrix":
+        """From any scipy.sparse matrix or array (converted to canonical CSR float32)."""
+        csr = mat.tocsr()
+        if not csr.has_canonical_format:
+            csr = csr.copy()
+            csr.sum_duplicates()
+        return cls.from_arrays(csr.indptr, csr.indices, csr.data, csr.shape, device)
+
+    @classmethod
+    def from_dense(cls, a, device: Device | None = None, threshold: float = 0.0,
+                   return_src: bool = False):
+        """Keep the entries with |a[i, j]| > threshold, converted on the device (count per row,
+        scan, fill).  a: numpy or device array [m, k].  With return_src, also return
+        Src[nnz] (int32 device array): the flat dense position i*k + j of every entry."""
+        dev = device or default_device()
+        a = dev.to_device(a)
+        if a.ndim != 2:
+            raise ValueError(f"from_dense needs a 2-D array, got shape {a.shape}")
+        m, k = a.shape
+        if m * k > _I32_MAX:
+            raise ValueError("from_dense: matrix has more than 2^31-1 elements")
+        indptr = _scan_rows(dev, m, lambda cnt: dev.launch(
+            dev.kernel("csr.cl", "dense_count_rows"), (m,), (dev.tuning["ew_local"],),
+            m, k, a, float(threshold), cnt))
+        nnz = int(indptr[m:].get()[0])
+        aj, ax = dev.empty((nnz,), np.int32), dev.empty((nnz,), np.float32)
+        src = dev.empty((nnz,), np.int32) if return_src else None
+        if nnz:
+            dev.launch(dev.kernel("csr.cl", "dense_fill_rows"), (m,), (dev.tuning["ew_local"],),
+                       m, k, a, float(threshold), indptr, aj, ax, src)
+        w = cls(CSRPattern(dev, (m, k), indptr, aj, nnz), ax)
+        return (w, src) if return_src else w
+
+    def with_values(self, data) -> "CSRMatrix":
+        """A matrix on the same support (shared pattern) with other values."""
+        return CSRMatrix(self.pattern, self.device.to_device(data))
+
+    def copy(self) -> "CSRMatrix":
+        return CSRMatrix(self.pattern, self.data.copy())
+
+    # ---- description -------------------------------------------------------
+    @property
+    def device(self) -> Device:
+        return self.pattern.device
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.pattern.shape
+
+    @property
+    def nnz(self) -> int:
+        return self.pattern.nnz
+
+    @property
+    def indptr(self) -> cla.Array:
+        return self.pattern.indptr
+
+    @property
+    def indices(self) -> cla.Array:
+        return self.pattern.indices
+
+    @property
+    def density(self) -> float:
+        m, k = self.shape
+        return self.nnz / (m * k) if m * k else 0.0
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the CSR arrays: int32 row pointers and column indices, float32 values."""
+        return self.pattern.nbytes + 4 * self.nnz
+
+    def __repr__(self) -> str:
+        return f"CSRMatrix(shape={self.shape}, nnz={self.nnz}, density={self.density:.4f})"
+
+    def to_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(indptr, indices, data) as host numpy arrays."""
+        if self.nnz == 0:
+            return self.indptr.get(), np.zeros(0, np.int32), np.zeros(0, np.float32)
+        return self.indptr.get(), self.indices.get(), self.data.get()
+
+    def to_scipy(self):
+        import scipy.sparse as sp
+        indptr, indices, data = self.to_arrays()
+        return sp.csr_matrix((data, indices, indptr), shape=self.shape)
+
+    def to_dense(self) -> np.ndarray:
+        indptr, indices, data = self.to_arrays()
+        out = np.zeros(self.shape, np.float32)
+        rows = np.repeat(np.arange(self.shape[0]), np.diff(indptr))
+        out[rows, indices] = data
+        return out
+
+    # ---- products ----------------------------------------------------------
+    def matmul(self, x, *, bias=None, relu: bool = False, out=None) -> cla.Array:
+        """Y = W X (+ bias[:, None]) (ReLU);  X [k, n] numpy or device array -> Y [m, n]."""
+        return _spmm(self.device, self.shape, self.indptr, self.indices, self.data, None,
+                     x, bias, relu, out)
+
+    def matmul_t(self, d, *, out=None) -> cla.Array:
+        """Z = W^T D;  D [m, n] -> Z [k, n], through the transpose permutation."""
+        tp, ti, pm = self.pattern.transposed
+        m, k = self.shape
+        return _spmm(self.device, (k, m), tp, ti, self.data, pm, d, None, False, out)
+
+    def __matmul__(self, x) -> cla.Array:
+        return self.matmul(x)
+
+    @property
+    def T(self) -> "_TransposedCSR":
+        return _TransposedCSR(self)
+
+    def sddmm(self, a, b, *, scale: float = 1.0, out=None) -> "CSRMatrix":
+        """G on W's support: G[i, j] = scale * A[i, :] . B[j, :];  A [m, n], B [k, n]."""
+        dev = self.device
+        a, b = dev.to_device(a), dev.to_device(b)
+        m, k = self.shape
+        if a.ndim != 2 or b.ndim != 2 or a.shape[0] != m or b.shape[0] != k or a.shape[1] != b.shape[1]:
+            raise ValueError(f"sddmm: need A [{m}, n] and B [{k}, n], got {a.shape} and {b.shape}")
+        g = out if out is not None else dev.empty((self.nnz,), np.float32)
+        if g.shape != (self.nnz,):
+            raise ValueError(f"sddmm: out must have shape ({self.nnz},)")
+        if self.nnz:
+            t = dev.tuning
+            lanes, group = t["sddmm_lanes"], t["sddmm_group"]
+            kern = dev.kernel("csr.cl", "csr_sddmm", VEC=t["vec"], LANES=lanes, GROUP=group)
+            dev.launch(kern, (lanes, self.nnz), (lanes, group), self.nnz, a.shape[1],
+                       self.pattern.rows, self.indices, a, b, g, float(scale))
+        return CSRMatrix(self.pattern, g)
+
+    # ---- support changes ---------------------------------------------------
+    def compact(self, *others: cla.Array):
+        """Drop the entries whose value is exactly zero, on the device.
+
+        Returns (W', [o'...]) where each array in ``others`` (per-entry state such as optimizer
+        moments, shaped like the values) is gathered onto the new support.  When nothing is
+        dropped, W and ``others`` come back unchanged."""
+        dev = self.device
+        m = self.shape[0]
+        if self.nnz == 0:
+            return self, list(others)
+        indptr = _scan_rows(dev, m, lambda cnt: dev.launch(
+            dev.kernel("csr.cl", "csr_count_nonzero"), (m,), (dev.tuning["ew_local"],),
+            m, self.indptr, self.data, cnt))
+        nnz = int(indptr[m:].get()[0])
+        if nnz == self.nnz:
+            return self, list(others)
+        aj, src = dev.empty((nnz,), np.int32), dev.empty((nnz,), np.int32)
+        if nnz:
+            dev.launch(dev.kernel("csr.cl", "csr_fill_nonzero"), (m,), (dev.tuning["ew_local"],),
+                       m, self.indptr, self.indices, self.data, indptr, aj, src)
+        pattern = CSRPattern(dev, self.shape, indptr, aj, nnz)
+        gathered = [gather(dev, x, src) for x in (self.data, *others)]
+        return CSRMatrix(pattern, gathered[0]), gathered[1:]
+
+
+class _TransposedCSR:
+    """``W.T``: supports ``W.T @ D``."""
+
+    def __init__(self, w: CSRMatrix):
+        self.w = w
+
+    @property
+    def shape(self):
+        return self.w.shape[::-1]
+
+    def __matmul__(self, d) -> cla.Array:
+        return self.w.matmul_t(d)
+
+
+def gather(dev: Device, x: cla.Array, idx: cla.Array) -> cla.Array:
+    """out[q] = x[idx[q]] for a flat float32 array x."""
+    out = dev.empty((idx.size,), np.float32)
+    if idx.size:
+        dev.launch(dev.kernel("csr.cl", "gather_f32"), (idx.size,), (dev.tuning["ew_local"],),
+                   idx.size, x, idx, out)
+    return out
+
+
+def scatter(dev: Device, x: cla.Array, idx: cla.Array, size: int) -> cla.Array:
+    """A zero array of ``size`` floats with out[idx[q]] = x[q]."""
+    out = dev.zeros((size,), np.float32)
+    if idx.size:
+        dev.launch(dev.kernel("csr.cl", "scatter_f32"), (idx.size,), (dev.tuning["ew_local"],),
+                   idx.size, x, idx, out)
+    return out
+
+
+def _scan_rows(dev: Device, m: int, count) -> cla.Array:
+    """Row pointers Ap[m+1] from per-row counts that ``count(cnt)`` writes into cnt[m]."""
+    indptr = dev.empty((m + 1,), np.int32)
+    if m == 0:
+        indptr.fill(np.int32(0))
+        return indptr
+    cnt = dev.empty((m,), np.int32)
+    count(cnt)
+    dev.launch(dev.kernel("csr.cl", "scan_counts", SCAN_LOCAL=256), (256,), (256,), m, cnt, indptr)
+    return indptr
+
+
+def _spmm(dev: Device, shape, ap, aj, ax, pm, x, bias, relu, out) -> cla.Array:
+    m, k = shape
+    x = dev.to_device(x)
+    if x.ndim != 2 or x.shape[0] != k:
+        raise ValueError(f"CSR product: operand must have shape ({k}, n), got {x.shape}")
+    n = x.shape[1]
+    if bias is not None:
+        bias = dev.to_device(bias)
+        if bias.shape != (m,):
+            raise ValueError(f"bias must have shape ({m},), got {bias.shape}")
+    if out is None:
+        out = dev.empty((m, n), np.float32)
+    elif out.shape != (m, n) or out.dtype != np.float32:
+        raise ValueError(f"out must be float32 ({m}, {n}), got {out.dtype} {out.shape}")
+    if m and n:
+        t = dev.tuning
+        lx, ly = t["spmm_local"]
+        vec = t["vec"]
+        kern = dev.kernel("csr.cl", "csr_spmm", VEC=vec, LX=lx, LY=ly)
+        dev.launch(kern, (-(-n // vec), m), (lx, ly), m, n, ap, aj, ax, pm, x, out, bias, int(relu))
+    return out

@@ -1,0 +1,239 @@
+"""OpenCL device layer: device choice, memoised program builds, kernel launches.
+
+Everything above this module talks to OpenCL through :class:`Device`.  Kernel
+sources are ``.cl`` files inside the package (``proxcl/kernels``); a program is
+built once per (context, source, options) and its kernels are reused.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from functools import cached_property
+from importlib import resources
+
+import numpy as np
+import pyopencl as cl
+import pyopencl.array as cla
+
+__all__ = ["Device", "DeviceError", "default_device", "list_devices", "ceil_to"]
+
+ENV_VAR = "PROXCL_DEVICE"
+POCL_HINT = "pip install pyopencl pocl-binary-distribution   (a CPU OpenCL device, no system packages needed)"
+
+
+class DeviceError(RuntimeError):
+    """No usable OpenCL device, or a device spec that matches none."""
+
+
+def ceil_to(n: int, m: int) -> int:
+    """The smallest multiple of m that is >= n (and >= m)."""
+    return max(m, -(-int(n) // m) * m)
+
+
+def _platforms() -> list:
+    try:
+        platforms = cl.get_platforms()
+    except cl.Error:
+        platforms = []
+    if not platforms:
+        raise DeviceError(f"no OpenCL platform found; install one, e.g.: {POCL_HINT}")
+    return platforms
+
+
+def _type_name(t: int) -> str:
+    for name in ("GPU", "CPU", "ACCELERATOR", "CUSTOM"):
+        if t & getattr(cl.device_type, name):
+            return name.lower()
+    return "other"
+
+
+def list_devices() -> list[dict]:
+    """Every OpenCL device of every platform, as plain dicts (for `proxcl devices`)."""
+    out = []
+    for p_idx, p in enumerate(_platforms()):
+        try:
+            devices = p.get_devices()
+        except cl.Error:
+            devices = []
+        for d_idx, d in enumerate(devices):
+            out.append({
+                "index": f"{p_idx}:{d_idx}",
+                "platform": p.name.strip(),
+                "name": d.name.strip(),
+                "type": _type_name(d.type),
+                "opencl_c": d.opencl_c_version.strip(),
+                "compute_units": int(d.max_compute_units),
+                "global_mem_bytes": int(d.global_mem_size),
+                "local_mem_bytes": int(d.local_mem_size),
+            })
+    return out
+
+
+def _select(spec: str | None) -> cl.Device:
+    """Resolve a device spec: None (first GPU, else first device), "cpu", "gpu",
+    a platform or device name fragment ("pocl", "nvidia"), or "P:D" indices."""
+    platforms = _platforms()
+    pairs = []
+    for p in platforms:
+        try:
+            pairs += [(p, d) for d in p.get_devices()]
+        except cl.Error:
+            pass
+    if not pairs:
+        raise DeviceError(f"OpenCL platforms exist but have no devices; install one, e.g.: {POCL_HINT}")
+    if spec is None or spec.strip() == "":
+        gpus = [d for _, d in pairs if d.type & cl.device_type.GPU]
+        return (gpus or [pairs[0][1]])[0]
+    s = spec.strip().lower()
+    if ":" in s:
+        try:
+            pi, di = (int(x) for x in s.split(":", 1))
+            return platforms[pi].get_devices()[di]
+        except (ValueError, IndexError, cl.Error):
+            raise DeviceError(f"device {spec!r}: no such platform:device index pair "
+                              f"(see `proxcl devices`)") from None
+    if s in ("cpu", "gpu", "accelerator"):
+        want = {"cpu": cl.device_type.CPU, "gpu": cl.device_type.GPU,
+                "accelerator": cl.device_type.ACCELERATOR}[s]
+        for _, d in pairs:
+            if d.type & want:
+                return d
+        raise DeviceError(f"device {spec!r}: no OpenCL {s.upper()} device (see `proxcl devices`)")
+    for p, d in pairs:
+        if s in p.name.lower() or s in p.vendor.lower() or s in d.name.lower():
+            return d
+    raise DeviceError(f"device {spec!r}: no platform or device name contains it (see `proxcl devices`)")
+
+
+_BUILD_LOCK = threading.Lock()
+_PROGRAMS: dict[tuple, cl.Program] = {}
+
+
+def _kernel_source(filename: str) -> str:
+    """A kernel file's text with the shared ``common.h`` put in front of it."""
+    pkg = resources.files("proxcl.kernels")
+    return pkg.joinpath("common.h").read_text() + "\n" + pkg.joinpath(filename).read_text()
+
+
+class Device:
+    """One OpenCL device with its context and in-order queue.
+
+    ``Device(spec=None, profile=False)``: spec as for :func:`_select`; with no spec,
+    ``$PROXCL_DEVICE``; with neither, the first GPU or else the first device.
+    ``dev.context`` and ``dev.queue`` are the pyopencl objects.
+    """
+
+    def __init__(self, spec: str | None = None, *, profile: bool = False):
+        if spec is None:
+            spec = os.environ.get(ENV_VAR) or None
+        self.spec = spec
+        self.cl_device = _select(spec)
+        self.context = cl.Context([self.cl_device])
+        props = cl.command_queue_properties.PROFILING_ENABLE if profile else 0
+        self.queue = cl.CommandQueue(self.context, properties=props)
+        self.profile = profile
+        self._kernels: dict[tuple, cl.Kernel] = {}
+
+    # ---- description -------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.cl_device.name.strip()
+
+    @property
+    def platform_name(self) -> str:
+        return self.cl_device.platform.name.strip()
+
+    @property
+    def is_cpu(self) -> bool:
+        return bool(self.cl_device.type & cl.device_type.CPU)
+
+    def __repr__(self) -> str:
+        return f"Device({self.platform_name} | {self.name})"
+
+    @cached_property
+    def tuning(self) -> dict:
+        """Per-device-kind launch parameters (vector widths, blockings, local sizes)."""
+        if self.is_cpu:
+            return {"vec": 8, "gemm_rm": 4, "gemm_vec": 8, "gemm_local": (4, 4),
+                    "spmm_local": (4, 4), "sddmm_lanes": 1, "sddmm_group": 16, "ew_local": 64}
+        return {"vec": 4, "gemm_rm": 4, "gemm_vec": 4, "gemm_local": (16, 8),
+                "spmm_local": (32, 4), "sddmm_lanes": 32, "sddmm_group": 4, "ew_local": 256}
+
+    # ---- programs and kernels ---------------------------------------------
+    def program(self, filename: str, **defines) -> cl.Program:
+        """The built program of a package ``.cl`` file with ``-D`` defines, memoised
+        per (context, source, options)."""
+        source = _kernel_source(filename)
+        options = " ".join(f"-D{k}={v}" for k, v in sorted(defines.items()))
+        options += " -cl-std=CL1.2 -cl-mad-enable"
+        key = (self.context.int_ptr, source, options)
+        with _BUILD_LOCK:
+            prg = _PROGRAMS.get(key)
+            if prg is None:
+                prg = cl.Program(self.context, source).build(options=options)
+                _PROGRAMS[key] = prg
+        return prg
+
+    def kernel(self, filename: str, name: str, **defines) -> cl.Kernel:
+        key = (filename, name, tuple(sorted(defines.items())))
+        k = self._kernels.get(key)
+        if k is None:
+            k = cl.Kernel(self.program(filename, **defines), name)
+            self._kernels[key] = k
+        return k
+
+    def launch(self, kernel: cl.Kernel, gsize, lsize, *args, wait_for=None) -> cl.Event:
+        """Set arguments (ints -> int32, floats -> float32, arrays -> buffers) and
+        enqueue with global sizes rounded up to the fixed local size."""
+        conv = []
+        for a in args:
+            if isinstance(a, cla.Array):
+                if a.offset:
+                    raise ValueError("device arrays with a non-zero offset are not supported")
+                conv.append(a.base_data)
+            elif isinstance(a, (bool, np.bool_)):
+                conv.append(np.int32(a))
+            elif isinstance(a, (int, np.integer)):
+                conv.append(np.int32(a))
+            elif isinstance(a, (float, np.floating)):
+                conv.append(np.float32(a))
+            else:
+                conv.append(a)  # cl.Buffer, cl.LocalMemory or None
+        kernel.set_args(*conv)
+        g = tuple(ceil_to(n, l) for n, l in zip(gsize, lsize))
+        return cl.enqueue_nd_range_kernel(self.queue, kernel, g, tuple(lsize), wait_for=wait_for)
+
+    # ---- arrays ------------------------------------------------------------
+    def to_device(self, a, dtype=np.float32) -> cla.Array:
+        """A device copy of a host array (C-contiguous, given dtype); device arrays pass through."""
+        if isinstance(a, cla.Array):
+            if a.dtype != dtype:
+                raise TypeError(f"expected a {np.dtype(dtype).name} device array, got {a.dtype}")
+            return a
+        return cla.to_device(self.queue, np.ascontiguousarray(a, dtype=dtype))
+
+    def empty(self, shape, dtype=np.float32) -> cla.Array:
+        return cla.empty(self.queue, shape, dtype)
+
+    def zeros(self, shape, dtype=np.float32) -> cla.Array:
+        return cla.zeros(self.queue, shape, dtype)
+
+    def full(self, shape, value, dtype=np.float32) -> cla.Array:
+        a = cla.empty(self.queue, shape, dtype)
+        a.fill(dtype(value) if callable(dtype) else np.dtype(dtype).type(value))
+        return a
+
+    def finish(self) -> None:
+        self.queue.finish()
+
+
+_DEFAULT: Device | None = None
+
+
+def default_device() -> Device:
+    """The process-wide device chosen by ``$PROXCL_DEVICE`` (created on first use)."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = Device()
+    return _DEFAULT

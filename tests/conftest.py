@@ -1,0 +1,30 @@
+"""Shared fixtures.  Tests run on the device that $PROXCL_DEVICE names (PoCL in CI).
+In CI (CI=true) a missing OpenCL device is a failure, never a skip."""
+
+from __future__ import annotations
+
+import os
+import zlib
+
+import numpy as np
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(scope="session")
+def dev():
+    import proxcl
+    try:
+        return proxcl.Device()
+    except proxcl.DeviceError as e:
+        if IN_CI:
+            pytest.fail(f"no OpenCL device in CI: {e}")
+        pytest.skip(f"no OpenCL device: {e}")
+
+
+@pytest.fixture
+def rng(request):
+    """A generator seeded from the test's name: fresh inputs per test, reproducible."""
+    seed = zlib.crc32(request.node.nodeid.encode())
+    return np.random.default_rng(seed)
