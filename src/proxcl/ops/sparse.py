@@ -15,12 +15,32 @@ entries that became exactly zero) or ``from_dense``, each of which makes a new p
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import pyopencl.array as cla
 
 from ..runtime import Device, default_device
 
 _I32_MAX = np.iinfo(np.int32).max
+
+
+class HostCSR(NamedTuple):
+    """A CSR matrix in host memory (no scipy needed): indptr[m+1], indices[nnz], data[nnz]."""
+    indptr: np.ndarray
+    indices: np.ndarray
+    data: np.ndarray
+    shape: tuple[int, int]
+
+    @property
+    def nnz(self) -> int:
+        return int(self.indices.shape[0])
+
+    def to_dense(self) -> np.ndarray:
+        out = np.zeros(self.shape, self.data.dtype if self.data.size else np.float32)
+        rows = np.repeat(np.arange(self.shape[0]), np.diff(self.indptr))
+        out[rows, self.indices] = self.data
+        return out
 
 
 class CSRPattern:
@@ -94,6 +114,10 @@ class CSRMatrix:
         pattern = CSRPattern(dev, (m, k), dev.to_device(indptr, np.int32),
                              dev.to_device(indices, np.int32), nnz)
         return cls(pattern, dev.to_device(data, np.float32))
+
+    @classmethod
+    def from_host(cls, h: HostCSR, device: Device | None = None) -> "CSRMatrix":
+        return cls.from_arrays(h.indptr, h.indices, h.data, h.shape, device)
 
     @classmethod
     def from_scipy(cls, mat, device: Device | None = None) -> "CSRMatrix":
@@ -176,17 +200,17 @@ class CSRMatrix:
             return self.indptr.get(), np.zeros(0, np.int32), np.zeros(0, np.float32)
         return self.indptr.get(), self.indices.get(), self.data.get()
 
+    def to_host(self) -> HostCSR:
+        indptr, indices, data = self.to_arrays()
+        return HostCSR(indptr, indices, data, self.shape)
+
     def to_scipy(self):
         import scipy.sparse as sp
         indptr, indices, data = self.to_arrays()
         return sp.csr_matrix((data, indices, indptr), shape=self.shape)
 
     def to_dense(self) -> np.ndarray:
-        indptr, indices, data = self.to_arrays()
-        out = np.zeros(self.shape, np.float32)
-        rows = np.repeat(np.arange(self.shape[0]), np.diff(indptr))
-        out[rows, indices] = data
-        return out
+        return self.to_host().to_dense().astype(np.float32, copy=False)
 
     # ---- products ----------------------------------------------------------
     def matmul(self, x, *, bias=None, relu: bool = False, out=None) -> cla.Array:
