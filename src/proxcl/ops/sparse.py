@@ -250,29 +250,31 @@ class CSRMatrix:
         return CSRMatrix(self.pattern, g)
 
     # ---- support changes ---------------------------------------------------
-    def compact(self, *others: cla.Array):
+    def compact(self, *others: cla.Array, return_src: bool = False):
         """Drop the entries whose value is exactly zero, on the device.
 
         Returns (W', [o'...]) where each array in ``others`` (per-entry state such as optimizer
         moments, shaped like the values) is gathered onto the new support.  When nothing is
-        dropped, W and ``others`` come back unchanged."""
+        dropped, W and ``others`` come back unchanged.  With return_src, a third item: the int32
+        device array Src[nnz'] of the kept entries' old positions (None when nothing changed)."""
         dev = self.device
         m = self.shape[0]
         if self.nnz == 0:
-            return self, list(others)
+            return (self, list(others), None) if return_src else (self, list(others))
         indptr = _scan_rows(dev, m, lambda cnt: dev.launch(
             dev.kernel("csr.cl", "csr_count_nonzero"), (m,), (dev.tuning["ew_local"],),
             m, self.indptr, self.data, cnt))
         nnz = int(indptr[m:].get()[0])
         if nnz == self.nnz:
-            return self, list(others)
+            return (self, list(others), None) if return_src else (self, list(others))
         aj, src = dev.empty((nnz,), np.int32), dev.empty((nnz,), np.int32)
         if nnz:
             dev.launch(dev.kernel("csr.cl", "csr_fill_nonzero"), (m,), (dev.tuning["ew_local"],),
                        m, self.indptr, self.indices, self.data, indptr, aj, src)
         pattern = CSRPattern(dev, self.shape, indptr, aj, nnz)
         gathered = [gather(dev, x, src) for x in (self.data, *others)]
-        return CSRMatrix(pattern, gathered[0]), gathered[1:]
+        out = CSRMatrix(pattern, gathered[0])
+        return (out, gathered[1:], src) if return_src else (out, gathered[1:])
 
 
 class _TransposedCSR:
