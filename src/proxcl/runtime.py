@@ -153,11 +153,19 @@ class Device:
 
     @cached_property
     def tuning(self) -> dict:
-        """Per-device-kind launch parameters (vector widths, blockings, local sizes)."""
-        if self.is_cpu:
-            return {"vec": 8, "gemm_rm": 4, "gemm_vec": 8, "gemm_local": (4, 4),
+        """Per-device-kind launch parameters (vector widths, blockings, local sizes).
+
+        CPUs (PoCL) get few, large work-items, each holding a row segment of several vectors in
+        registers; GPUs get work-items coalesced over the batch columns and a LANES-wide
+        reduction for SDDMM.  ``$PROXCL_TUNING`` ("cpu" or "gpu") forces one of the two tables
+        on any device (the tests run both kernel families on PoCL that way)."""
+        kind = os.environ.get("PROXCL_TUNING", "").strip().lower() or ("cpu" if self.is_cpu else "gpu")
+        if kind not in ("cpu", "gpu"):
+            raise DeviceError(f"PROXCL_TUNING must be 'cpu' or 'gpu', got {kind!r}")
+        if kind == "cpu":
+            return {"kind": "cpu", "vec": 8, "gemm_rm": 4, "gemm_vec": 8, "gemm_local": (4, 4),
                     "spmm_local": (4, 4), "sddmm_lanes": 1, "sddmm_group": 16, "ew_local": 64}
-        return {"vec": 4, "gemm_rm": 4, "gemm_vec": 4, "gemm_local": (16, 8),
+        return {"kind": "gpu", "vec": 4, "gemm_rm": 4, "gemm_vec": 4, "gemm_local": (16, 8),
                 "spmm_local": (32, 4), "sddmm_lanes": 32, "sddmm_group": 4, "ew_local": 256}
 
     # ---- programs and kernels ---------------------------------------------

@@ -291,9 +291,12 @@ class _TransposedCSR:
         return self.w.matmul_t(d)
 
 
-def gather(dev: Device, x: cla.Array, idx: cla.Array) -> cla.Array:
-    """out[q] = x[idx[q]] for a flat float32 array x."""
-    out = dev.empty((idx.size,), np.float32)
+def gather(dev: Device, x: cla.Array, idx: cla.Array, *, out=None) -> cla.Array:
+    """out[q] = x[idx[q]] for a flat float32 array x (out: an optional float32 [idx.size])."""
+    if out is None:
+        out = dev.empty((idx.size,), np.float32)
+    elif out.shape != (idx.size,) or out.dtype != np.float32:
+        raise ValueError(f"gather: out must be float32 ({idx.size},), got {out.dtype} {out.shape}")
     if idx.size:
         dev.launch(dev.kernel("csr.cl", "gather_f32"), (idx.size,), (dev.tuning["ew_local"],),
                    idx.size, x, idx, out)

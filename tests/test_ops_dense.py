@@ -1,0 +1,174 @@
+"""Dense kernels against numpy float64: GEMM in all four transpose combinations with and
+without the bias + ReLU epilogue, transpose, soft-thresholding (scalar and per-element
+threshold, in place), and the input checks.  Outputs are poisoned with NaN before each
+launch; the GPU-style tuning runs here too (``PROXCL_TUNING=gpu``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import proxcl
+from proxcl.ops import gemm, soft_threshold, transpose
+from helpers import poisoned, rel_err
+
+TOL = 1e-5
+SETTINGS = settings(max_examples=15, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+@pytest.fixture(scope="module", params=["native", "gpu-style"])
+def kdev(request, dev, monkeypatch_module):
+    if request.param == "native":
+        return dev
+    monkeypatch_module.setenv("PROXCL_TUNING", "gpu")
+    d = proxcl.Device(dev.spec)
+    assert d.tuning["sddmm_lanes"] > 1
+    monkeypatch_module.delenv("PROXCL_TUNING")
+    return d
+
+
+def randn(rng, *shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def gemm_case(kdev, rng, M, N, K, trans_a, trans_b, epilogue):
+    a = randn(rng, K, M) if trans_a else randn(rng, M, K)
+    b = randn(rng, N, K) if trans_b else randn(rng, K, N)
+    bias = randn(rng, M)
+    a64 = a.astype(np.float64).T if trans_a else a.astype(np.float64)
+    b64 = b.astype(np.float64).T if trans_b else b.astype(np.float64)
+    ref = a64 @ b64
+    out = poisoned(kdev, (M, N))
+    if epilogue:
+        ref = np.maximum(ref + bias[:, None], 0.0)
+        got = gemm(kdev, a, kdev.to_device(b), trans_a=trans_a, trans_b=trans_b, bias=bias,
+                   relu=True, out=out)
+    else:
+        got = gemm(kdev, kdev.to_device(a), b, trans_a=trans_a, trans_b=trans_b, out=out)
+    assert got is out
+    assert rel_err(out.get(), ref) < TOL, (M, N, K, trans_a, trans_b, epilogue)
+
+
+@SETTINGS
+@given(M=st.integers(1, 70), N=st.integers(1, 90), K=st.integers(1, 80),
+       trans_a=st.booleans(), trans_b=st.booleans(), epilogue=st.booleans())
+def test_gemm_matches_numpy(kdev, rng, M, N, K, trans_a, trans_b, epilogue):
+    gemm_case(kdev, rng, M, N, K, trans_a, trans_b, epilogue)
+
+
+@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (False, True), (True, False), (True, True)])
+@pytest.mark.parametrize("M,N,K", [(1, 1, 1), (300, 256, 784), (13, 129, 257), (97, 17, 5)])
+def test_gemm_fixed_shapes(kdev, rng, M, N, K, trans_a, trans_b):
+    """Layer-sized products and tile edges in every transpose combination."""
+    gemm_case(kdev, rng, M, N, K, trans_a, trans_b, epilogue=(M % 2 == 1))
+
+
+@pytest.mark.parametrize("bias,relu", [(True, False), (False, True)])
+def test_gemm_bias_and_relu_separately(kdev, rng, bias, relu):
+    a, b, c = randn(rng, 21, 30), randn(rng, 30, 35), randn(rng, 21)
+    ref = a.astype(np.float64) @ b
+    if bias:
+        ref = ref + c[:, None]
+    if relu:
+        ref = np.maximum(ref, 0)
+    got = gemm(kdev, a, b, bias=c if bias else None, relu=relu, out=poisoned(kdev, (21, 35)))
+    assert rel_err(got.get(), ref) < TOL
+
+
+def test_gemm_more_than_65535_columns(kdev, rng):
+    gemm_case(kdev, rng, 3, 70_001, 4, False, False, True)
+    gemm_case(kdev, rng, 2, 66_000, 3, True, True, False)
+
+
+def test_gemm_k_zero_gives_zeros(kdev):
+    out = gemm(kdev, np.zeros((3, 0), np.float32), np.zeros((0, 4), np.float32),
+               out=poisoned(kdev, (3, 4)))
+    assert np.array_equal(out.get(), np.zeros((3, 4)))
+
+
+def test_gemm_empty_output(kdev):
+    assert gemm(kdev, np.zeros((0, 5), np.float32), np.ones((5, 4), np.float32)).shape == (0, 4)
+
+
+@SETTINGS
+@given(m=st.integers(1, 70), n=st.integers(1, 70))
+def test_transpose(kdev, rng, m, n):
+    a = randn(rng, m, n)
+    out = poisoned(kdev, (n, m))
+    assert transpose(kdev, a, out=out) is out
+    assert np.array_equal(out.get(), a.T)
+
+
+def test_transpose_wide(kdev, rng):
+    a = randn(rng, 3, 70_001)
+    assert np.array_equal(transpose(kdev, a, out=poisoned(kdev, (70_001, 3))).get(), a.T)
+
+
+def soft_ref(z, tau):
+    z, tau = z.astype(np.float64), np.asarray(tau, np.float64)
+    return np.sign(z) * np.maximum(np.abs(z) - tau, 0.0)
+
+
+@SETTINGS
+@given(size=st.integers(1, 5000), tau=st.sampled_from([0.0, 0.1, 1.0, 5.0]),
+       scale=st.sampled_from([1.0, 0.5, 3e-3]), per_element=st.booleans())
+def test_soft_threshold(kdev, rng, size, tau, scale, per_element):
+    z = randn(rng, size)
+    if per_element:
+        t = rng.uniform(0, 2 * tau + 1e-3, size).astype(np.float32)
+        ref = soft_ref(z, scale * t.astype(np.float64))
+        got = soft_threshold(kdev, z, t, scale=scale, out=poisoned(kdev, (size,)))
+    else:
+        ref = soft_ref(z, scale * tau)
+        got = soft_threshold(kdev, kdev.to_device(z), tau, scale=scale, out=poisoned(kdev, (size,)))
+    g = got.get()
+    assert rel_err(g, ref) < TOL if np.any(ref) else np.array_equal(g, ref)
+    # entries at or under the threshold are exact zeros: the support shrinks exactly
+    assert np.array_equal(g == 0, ref == 0)
+
+
+def test_soft_threshold_in_place_and_2d(kdev, rng):
+    z = randn(rng, 40, 30)
+    zd = kdev.to_device(z)
+    got = soft_threshold(kdev, zd, 0.7, out=zd)
+    assert got is zd
+    assert rel_err(zd.get(), soft_ref(z, 0.7)) < TOL
+    t = np.abs(randn(rng, 40, 30))
+    got = soft_threshold(kdev, z, t)
+    assert got.shape == (40, 30) and rel_err(got.get(), soft_ref(z, t)) < TOL
+
+
+def test_soft_threshold_exact_values(kdev):
+    z = np.array([-3.0, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 3.0], np.float32)
+    got = soft_threshold(kdev, z, 1.0).get()
+    assert np.array_equal(got, np.array([-2, 0, 0, 0, 0, 0, 0.5, 2], np.float32))
+    assert not np.any(np.signbit(got[1:6]))  # an exact +0, not -0
+
+
+def test_bad_shapes_raise_value_errors(dev, rng):
+    with pytest.raises(ValueError, match="inner"):
+        gemm(dev, randn(rng, 3, 4), randn(rng, 5, 2))
+    with pytest.raises(ValueError, match="inner"):
+        gemm(dev, randn(rng, 3, 4), randn(rng, 4, 2), trans_a=True)
+    with pytest.raises(ValueError, match="bias"):
+        gemm(dev, randn(rng, 3, 4), randn(rng, 4, 2), bias=randn(rng, 4))
+    with pytest.raises(ValueError, match="out"):
+        gemm(dev, randn(rng, 3, 4), randn(rng, 4, 2), out=dev.empty((2, 3)))
+    with pytest.raises(ValueError, match="2-D"):
+        gemm(dev, randn(rng, 3), randn(rng, 3, 2))
+    with pytest.raises(ValueError, match="tau"):
+        soft_threshold(dev, randn(rng, 5), randn(rng, 4))
+    with pytest.raises(ValueError, match="out"):
+        soft_threshold(dev, randn(rng, 5), 0.1, out=dev.empty((4,)))
+    with pytest.raises(ValueError, match="out"):
+        transpose(dev, randn(rng, 3, 4), out=dev.empty((3, 4)))
