@@ -1,0 +1,437 @@
+"""Optimizers for sparse training: Prox-SGD, Prox-Adam and l1-RDA, plus plain SGD and Adam.
+
+Each update is one OpenCL kernel launch per parameter and step (``kernels/optim.cl``): the
+gradient step and the l1 proximal step (soft-threshold) are fused, and the threshold gives
+exact zeros, so a weight leaves the support the moment ``|z| <= tau``.
+
+Parameters are duck-typed: anything with
+
+* ``name``      -- a unique str (``"fc1.weight"``),
+* ``data``      -- flat float32 device array of the values, updated in place (for a CSR weight:
+  its CSR values),
+* ``grad``      -- flat float32 device array like ``data``: the gradient of the mean loss,
+* ``penalised`` -- bool, whether l1 applies (weights yes, biases no).
+
+Per-value state (momentum, Adam moments, RDA mean gradient and anchor) lives on the device,
+is made the first time a parameter name is seen, and follows support changes through
+:meth:`Optimizer.remap`.  The step counter ``t`` is kept per parameter name.
+
+The l1 weight of a parameter is ``l1 * factor`` where factor comes from ``l1_factors``: a key
+is a parameter name (``"fc1.weight"``) or a layer name (``"fc1"``, or any dotted prefix such as
+``"features"`` for ``"features.0.weight"``); the exact name wins, then the longest prefix;
+parameters no key names have factor 1.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import numpy as np
+import pyopencl.array as cla
+
+from .ops.sparse import gather
+from .runtime import Device, default_device
+
+__all__ = ["OPTIMIZERS", "Optimizer", "ProxSGD", "ProxAdam", "RDA", "make_optimizer"]
+
+OPTIMIZERS = ("prox-sgd", "prox-adam", "rda", "sgd", "adam")
+_KERNELS = "optim.cl"
+
+
+def _finite(name: str, value, lo: float | None = None, hi: float | None = None,
+            lo_open: bool = False, hi_open: bool = False) -> float:
+    """value as a float, checked to be finite and inside the given bounds (one-line ValueError)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    bad = not math.isfinite(v)
+    if lo is not None:
+        bad |= v <= lo if lo_open else v < lo
+    if hi is not None:
+        bad |= v >= hi if hi_open else v > hi
+    if bad:
+        lo_s = "" if lo is None else ("(" if lo_open else "[") + f"{lo:g}"
+        hi_s = "" if hi is None else f"{hi:g}" + (")" if hi_open else "]")
+        where = f" in {lo_s or '(-inf'}, {hi_s or 'inf)'}"
+        raise ValueError(f"{name} must be a finite number{where}, got {value!r}")
+    return v
+
+
+class _State:
+    """The optimizer state of one parameter: its step count, its size and per-value arrays."""
+
+    __slots__ = ("t", "size", "arrays")
+
+    def __init__(self, t: int, size: int, arrays: dict):
+        self.t = t
+        self.size = size
+        self.arrays = arrays
+
+
+class Optimizer:
+    """Base class: hyper-parameters, lazy per-parameter state, l1 factors, checkpoints.
+
+    Subclasses set ``kind``, ``slots`` (names of the per-value state arrays) and implement
+    ``_init_slot`` and ``_update``."""
+
+    kind = ""
+    slots: tuple[str, ...] = ()
+    has_l1 = True
+    _HYPER: tuple[str, ...] = ()
+
+    def __init__(self, *, lr, l1=0.0, l1_factors=None, device: Device | None = None):
+        self.device = device or default_device()
+        self.lr = self._check_lr(lr)
+        self.l1 = self._check_l1(l1)
+        self.l1_factors = self._check_factors(l1_factors)
+        self._state: dict[str, _State] = {}
+        self._factors_checked = False
+
+    # ---- hyper-parameters ---------------------------------------------------
+    def _check_lr(self, lr) -> float:
+        return _finite(f"{self.kind}: learning rate", lr, 0.0, lo_open=True)
+
+    def _check_l1(self, l1) -> float:
+        v = _finite(f"{self.kind}: l1", l1, 0.0)
+        if v and not self.has_l1:
+            raise ValueError(f"{self.kind} has no l1 term (got l1={l1!r}); use prox-{self.kind} or rda")
+        return v
+
+    def _check_factors(self, factors) -> dict[str, float]:
+        if factors is None:
+            return {}
+        if not isinstance(factors, dict):
+            raise ValueError(f"l1_factors must be a dict {{name: factor}}, got {type(factors).__name__}")
+        out = {}
+        for k, v in factors.items():
+            if not isinstance(k, str) or not k:
+                raise ValueError(f"l1_factors keys must be parameter or layer names, got {k!r}")
+            out[k] = _finite(f"l1 factor of {k!r}", v, 0.0)
+        if out and not self.has_l1:
+            raise ValueError(f"{self.kind} has no l1 term, so l1_factors cannot apply")
+        return out
+
+    def factor(self, name: str) -> float:
+        """The l1 factor of a parameter name: exact key, else the longest dotted-prefix key, else 1."""
+        f = self.l1_factors
+        if name in f:
+            return f[name]
+        best = None
+        for k in f:
+            if name.startswith(k + ".") and (best is None or len(k) > len(best)):
+                best = k
+        return f[best] if best is not None else 1.0
+
+    def l1_of(self, p) -> float:
+        """lambda_l of a parameter at the current l1: 0 for unpenalised ones."""
+        return self.l1 * self.factor(p.name) if p.penalised else 0.0
+
+    # ---- the update -----------------------------------------------------------
+    def step(self, params: Iterable, *, lr=None, l1=None) -> None:
+        """One update of every parameter.  ``lr``/``l1`` (from schedules) replace the current
+        values before the update and stay in force for later steps."""
+        if lr is not None:
+            self.lr = self._check_lr(lr)
+        if l1 is not None:
+            self.l1 = self._check_l1(l1)
+        params = list(params)
+        seen = set()
+        for p in params:
+            self._check_param(p)
+            if p.name in seen:
+                raise ValueError(f"parameter {p.name!r} is given twice")
+            seen.add(p.name)
+        if not self._factors_checked and params:
+            unused = [k for k in self.l1_factors
+                      if not any(n == k or n.startswith(k + ".") for n in seen)]
+            if unused:
+                raise ValueError(f"l1_factors key {unused[0]!r} names no parameter "
+                                 f"(parameters: {', '.join(sorted(seen))})")
+            self._factors_checked = True
+        for p in params:
+            st = self._state_of(p)
+            st.t += 1
+            if st.size:
+                self._update(p, st, self.l1_of(p))
+
+    def _check_param(self, p) -> None:
+        name = getattr(p, "name", None)
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a parameter needs a non-empty str name, got {name!r}")
+        data, grad = getattr(p, "data", None), getattr(p, "grad", None)
+        if not isinstance(data, cla.Array) or data.dtype != np.float32 or data.ndim != 1:
+            raise ValueError(f"parameter {name!r}: data must be a flat float32 device array")
+        if not isinstance(grad, cla.Array) or grad.dtype != np.float32 or grad.shape != data.shape:
+            raise ValueError(f"parameter {name!r}: grad must be a float32 device array "
+                             f"of shape {data.shape}")
+        for a in (data, grad):
+            if a.size and a.context.int_ptr != self.device.context.int_ptr:
+                raise ValueError(f"parameter {name!r} lives on another OpenCL context "
+                                 f"than the optimizer's device")
+
+    def _state_of(self, p) -> _State:
+        st = self._state.get(p.name)
+        n = int(p.data.size)
+        if st is None:
+            st = _State(0, n, {s: self._init_slot(s, p) for s in self.slots})
+            self._state[p.name] = st
+        elif st.size != n:
+            raise ValueError(f"parameter {p.name!r} has {n} values but its optimizer state has "
+                             f"{st.size}; call remap() when the support changes")
+        return st
+
+    def _init_slot(self, slot: str, p) -> cla.Array:
+        return self.device.zeros((int(p.data.size),), np.float32)
+
+    def _update(self, p, st: _State, lam: float) -> None:
+        raise NotImplementedError
+
+    def _launch(self, name: str, n: int, *args) -> None:
+        dev = self.device
+        dev.launch(dev.kernel(_KERNELS, name), (n,), (dev.tuning["ew_local"],), n, *args)
+
+    # ---- support changes -------------------------------------------------------
+    def remap(self, name: str, src) -> None:
+        """The parameter ``name`` has a new support: value q of the new one was value src[q] of
+        the old one (src: int32 device array, e.g. from CSRMatrix.from_dense(return_src=True) or
+        compact(return_src=True)).  Gathers every per-value state array; the step count stays.
+        A name the optimizer has not seen yet is left alone."""
+        st = self._state.get(name)
+        if st is None:
+            return
+        if not isinstance(src, cla.Array) or src.dtype != np.int32 or src.ndim != 1:
+            raise ValueError(f"remap {name!r}: src must be a flat int32 device array")
+        if src.size:
+            host = src.get()
+            lo, hi = int(host.min()), int(host.max())
+            if lo < 0 or hi >= st.size:
+                raise ValueError(f"remap {name!r}: src holds positions outside [0, {st.size})")
+        st.arrays = {s: gather(self.device, a, src) for s, a in st.arrays.items()}
+        st.size = int(src.size)
+
+    def state(self, name: str) -> dict[str, cla.Array]:
+        """The per-value state arrays of a parameter (empty before its first step)."""
+        st = self._state.get(name)
+        return dict(st.arrays) if st else {}
+
+    def steps(self, name: str) -> int:
+        """How many updates the parameter ``name`` has had."""
+        st = self._state.get(name)
+        return st.t if st else 0
+
+    # ---- checkpoints -------------------------------------------------------------
+    def hyper(self) -> dict[str, float]:
+        """The hyper-parameters as numbers (lr, l1 and the kind's own)."""
+        return {"lr": self.lr, "l1": self.l1, **{h: getattr(self, h) for h in self._HYPER}}
+
+    def state_dict(self) -> dict:
+        """Everything needed for an exact resume, as {key: number or numpy array}:
+        ``kind`` (index in OPTIMIZERS), the hyper-parameters, ``l1_factor/<key>``, and per
+        parameter ``step/<name>``, ``size/<name>``, ``state/<name>/<slot>`` (float32 arrays)."""
+        d: dict = {"kind": OPTIMIZERS.index(self.kind), **self.hyper()}
+        for k, v in self.l1_factors.items():
+            d[f"l1_factor/{k}"] = v
+        for name, st in self._state.items():
+            d[f"step/{name}"] = st.t
+            d[f"size/{name}"] = st.size
+            for s, a in st.arrays.items():
+                d[f"state/{name}/{s}"] = a.get() if a.size else np.zeros(0, np.float32)
+        return d
+
+    def load_state_dict(self, d: dict) -> None:
+        """Restore a :meth:`state_dict` (hyper-parameters included) onto this optimizer's device."""
+        kind = d.get("kind")
+        if not isinstance(kind, (int, np.integer)) or not 0 <= int(kind) < len(OPTIMIZERS):
+            raise ValueError("optimizer state: missing or invalid 'kind'")
+        if OPTIMIZERS[int(kind)] != self.kind:
+            raise ValueError(f"optimizer state is for {OPTIMIZERS[int(kind)]}, not {self.kind}")
+        hyper, factors, steps, sizes, arrays = {}, {}, {}, {}, {}
+        for key, v in d.items():
+            if key == "kind":
+                continue
+            if key in ("lr", "l1", *self._HYPER):
+                hyper[key] = v
+            elif key.startswith("l1_factor/"):
+                factors[key[len("l1_factor/"):]] = v
+            elif key.startswith("step/"):
+                steps[key[5:]] = v
+            elif key.startswith("size/"):
+                sizes[key[5:]] = v
+            elif key.startswith("state/") and "/" in key[6:]:
+                name, slot = key[6:].rsplit("/", 1)
+                arrays.setdefault(name, {})[slot] = v
+            else:
+                raise ValueError(f"optimizer state: unexpected key {key!r}")
+        missing = {"lr", "l1", *self._HYPER} - set(hyper)
+        if missing:
+            raise ValueError(f"optimizer state: missing {sorted(missing)[0]!r}")
+        if set(steps) != set(sizes) or not set(arrays) <= set(steps):
+            raise ValueError("optimizer state: step/, size/ and state/ keys name different parameters")
+        own = {h: self._check_hyper(h, hyper[h]) for h in self._HYPER}
+        slots = set(self._slots_with(own))
+        state = {}
+        for name, t in steps.items():
+            n = int(sizes[name])
+            got = arrays.get(name, {})
+            if set(got) != slots:
+                raise ValueError(f"optimizer state of {name!r} has slots {sorted(got)}, "
+                                 f"{self.kind} needs {sorted(slots)}")
+            dev_arrays = {}
+            for s, a in got.items():
+                a = np.asarray(a)
+                if a.dtype != np.float32 or a.shape != (n,):
+                    raise ValueError(f"optimizer state {name!r}/{s}: expected float32 ({n},), "
+                                     f"got {a.dtype} {a.shape}")
+                dev_arrays[s] = self.device.to_device(a) if n else self.device.zeros((0,), np.float32)
+            if int(t) < 0 or n < 0:
+                raise ValueError(f"optimizer state of {name!r}: negative step or size")
+            state[name] = _State(int(t), n, dev_arrays)
+        # validate everything before changing anything
+        lr, l1 = self._check_lr(hyper["lr"]), self._check_l1(hyper["l1"])
+        fac = self._check_factors(factors or None)
+        self.lr, self.l1, self.l1_factors, self._state = lr, l1, fac, state
+        for h, v in own.items():
+            setattr(self, h, v)
+        self._factors_checked = bool(state)
+
+    def _check_hyper(self, name: str, value) -> float:
+        raise NotImplementedError
+
+    def _slots_with(self, hyper: dict) -> tuple[str, ...]:
+        """The state slots this optimizer would have with the given own hyper-parameters."""
+        return tuple(self.slots)
+
+    # ---- logging -----------------------------------------------------------------
+    def penalty(self, params: Iterable) -> float:
+        """sum over penalised parameters of lambda_l * ||w||_1 (reads the values back)."""
+        total = 0.0
+        for p in params:
+            lam = self.l1_of(p)
+            if lam and p.data.size:
+                total += lam * float(np.abs(p.data.get().astype(np.float64)).sum())
+        return total
+
+    def __repr__(self) -> str:
+        h = ", ".join(f"{k}={v:g}" for k, v in self.hyper().items())
+        return f"{type(self).__name__}({self.kind}, {h})"
+
+
+class ProxSGD(Optimizer):
+    """Prox-SGD with momentum mu: v <- mu v + g; w <- S_{lr lambda}(w - lr v).
+    With ``plain=True`` it is SGD with momentum (no l1).  mu = 0 keeps no state."""
+
+    _HYPER = ("momentum",)
+
+    def __init__(self, *, lr, l1=0.0, l1_factors=None, momentum=0.9, plain=False, device=None):
+        self.kind = "sgd" if plain else "prox-sgd"
+        self.has_l1 = not plain
+        self.momentum = self._check_hyper("momentum", momentum)
+        super().__init__(lr=lr, l1=l1, l1_factors=l1_factors, device=device)
+
+    @property
+    def slots(self):
+        return self._slots_with({"momentum": self.momentum})
+
+    def _slots_with(self, hyper):
+        return ("momentum",) if hyper["momentum"] else ()
+
+    def _check_hyper(self, name, value):
+        if name != "momentum":
+            raise ValueError(f"{self.kind}: unknown hyper-parameter {name!r}")
+        return _finite(f"{self.kind}: momentum", value, 0.0, 1.0, hi_open=True)
+
+    def _update(self, p, st, lam):
+        self._launch("prox_sgd", st.size, p.data, p.grad, st.arrays.get("momentum"),
+                     self.lr, self.momentum, self.lr * lam)
+
+
+class ProxAdam(Optimizer):
+    """Prox-Adam: Adam moments with bias correction, d = sqrt(v_hat) + eps,
+    w <- S_{lr lambda / d}(w - lr m_hat / d) (a per-coordinate threshold).
+    With ``plain=True`` it is Adam (no l1)."""
+
+    slots = ("m", "v")
+    _HYPER = ("beta1", "beta2", "eps")
+
+    def __init__(self, *, lr, l1=0.0, l1_factors=None, betas=(0.9, 0.999), eps=1e-8,
+                 plain=False, device=None):
+        self.kind = "adam" if plain else "prox-adam"
+        self.has_l1 = not plain
+        try:
+            b1, b2 = betas
+        except (TypeError, ValueError):
+            raise ValueError(f"{self.kind}: betas must be a pair (beta1, beta2), got {betas!r}") from None
+        self.beta1 = self._check_hyper("beta1", b1)
+        self.beta2 = self._check_hyper("beta2", b2)
+        self.eps = self._check_hyper("eps", eps)
+        super().__init__(lr=lr, l1=l1, l1_factors=l1_factors, device=device)
+
+    def _check_hyper(self, name, value):
+        if name in ("beta1", "beta2"):
+            return _finite(f"{self.kind}: {name}", value, 0.0, 1.0, hi_open=True)
+        if name == "eps":
+            return _finite(f"{self.kind}: eps", value, 0.0, lo_open=True)
+        raise ValueError(f"{self.kind}: unknown hyper-parameter {name!r}")
+
+    def _update(self, p, st, lam):
+        b1, b2, t = self.beta1, self.beta2, st.t
+        rc1 = 1.0 / (1.0 - b1 ** t)
+        rc2 = 1.0 / (1.0 - b2 ** t)
+        self._launch("prox_adam", st.size, p.data, p.grad, st.arrays["m"], st.arrays["v"],
+                     self.lr, b1, 1.0 - b1, b2, 1.0 - b2, rc1, rc2, self.eps, self.lr * lam)
+
+
+class RDA(Optimizer):
+    """l1-RDA anchored at the first iterate w0 (captured the first time a parameter is seen):
+    gbar_t = ((t-1)/t) gbar_{t-1} + g_t / t;  w_{t+1} = S_{lambda sqrt(t)/gamma}(w0 - (sqrt(t)/gamma) gbar_t).
+    The step size is sqrt(t)/gamma: the learning rate is not used (schedules' lr is ignored);
+    gamma is the RDA constant (larger gamma, smaller steps)."""
+
+    kind = "rda"
+    slots = ("gbar", "w0")
+    _HYPER = ("gamma",)
+
+    def __init__(self, *, lr=None, l1=0.0, l1_factors=None, gamma=1.0, device=None):
+        self.gamma = self._check_hyper("gamma", gamma)
+        super().__init__(lr=1.0 if lr is None else lr, l1=l1, l1_factors=l1_factors, device=device)
+
+    def _check_lr(self, lr) -> float:
+        # unused by RDA, but kept (and checked) so that schedules and checkpoints stay uniform
+        return _finite("rda: learning rate", lr, 0.0, lo_open=True)
+
+    def _check_hyper(self, name, value):
+        if name != "gamma":
+            raise ValueError(f"rda: unknown hyper-parameter {name!r}")
+        return _finite("rda: gamma", value, 0.0, lo_open=True)
+
+    def _init_slot(self, slot, p):
+        if slot == "w0":
+            return p.data.copy()
+        return super()._init_slot(slot, p)
+
+    def _update(self, p, st, lam):
+        t = st.t
+        s = math.sqrt(t) / self.gamma
+        self._launch("rda", st.size, p.data, p.grad, st.arrays["gbar"], st.arrays["w0"],
+                     (t - 1) / t, 1.0 / t, s, lam * s)
+
+
+def make_optimizer(name: str, *, lr=None, l1=0.0, l1_factors=None, momentum=0.9,
+                   betas=(0.9, 0.999), eps=1e-8, gamma=1.0, device: Device | None = None) -> Optimizer:
+    """An optimizer by name: ``prox-sgd``, ``prox-adam``, ``rda`` (lr unused, gamma its constant),
+    ``sgd`` or ``adam`` (no l1: for dense training and debiasing).  Raises a one-line ValueError
+    for an unknown name or an invalid hyper-parameter."""
+    key = str(name).strip().lower()
+    if key not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r} (choose from {', '.join(OPTIMIZERS)})")
+    if key != "rda" and lr is None:
+        raise ValueError(f"{key} needs a learning rate")
+    if key in ("prox-sgd", "sgd"):
+        return ProxSGD(lr=lr, l1=l1, l1_factors=l1_factors, momentum=momentum,
+                       plain=key == "sgd", device=device)
+    if key in ("prox-adam", "adam"):
+        return ProxAdam(lr=lr, l1=l1, l1_factors=l1_factors, betas=betas, eps=eps,
+                        plain=key == "adam", device=device)
+    return RDA(lr=lr, l1=l1, l1_factors=l1_factors, gamma=gamma, device=device)
