@@ -1,0 +1,98 @@
+"""Learning-rate schedules and the l1 ramp against their formulas, written out here."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from proxcl.schedules import make_l1_schedule, make_lr_schedule
+
+
+def positions(epochs, spe):
+    return [(e, s) for e in range(epochs) for s in range(spe)]
+
+
+def test_constant():
+    sch = make_lr_schedule("constant", 0.03, 5)
+    assert {sch.lr_at(e, s, 7) for e, s in positions(5, 7)} == {0.03}
+    assert sch.lr_at(40) == 0.03   # past the planned epochs too
+
+
+def test_step_drops_by_gamma_every_k_epochs():
+    sch = make_lr_schedule("step", 0.1, 10, every=4, gamma=0.5)
+    want = [0.1] * 4 + [0.05] * 4 + [0.025] * 2
+    for e in range(10):
+        for s in (0, 3, 9):
+            assert sch.lr_at(e, s, 10) == pytest.approx(want[e], rel=1e-12)
+    assert make_lr_schedule("step", 1.0, 9).lr_at(3) == pytest.approx(0.1)  # defaults: every 3, 0.1
+
+
+def test_cosine_endpoints_midpoint_and_within_epoch():
+    base, floor, E, spe = 0.2, 0.002, 8, 5
+    sch = make_lr_schedule("cosine", base, E, floor=floor)
+    assert sch.lr_at(0, 0, spe) == pytest.approx(base)
+    assert sch.lr_at(4, 0, spe) == pytest.approx((base + floor) / 2)
+    assert sch.lr_at(E, 0, spe) == pytest.approx(floor)
+    assert sch.lr_at(E + 3, 2, spe) == pytest.approx(floor)
+    # a quarter of 6 epochs (1.5): floor + (base - floor) (1 + cos(pi/4)) / 2, reached mid-epoch
+    six = make_lr_schedule("cosine", base, 6, floor=floor)
+    assert six.lr_at(1, 5, 10) == pytest.approx(floor + (base - floor) * (1 + math.sqrt(0.5)) / 2)
+    lrs = [sch.lr_at(e, s, spe) for e, s in positions(E, spe)]
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+    assert make_lr_schedule("cosine", 1.0, 4).lr_at(4) == 0.0
+
+
+def test_l1_ramp_is_linear_and_reaches_l1_at_the_end_of_the_ramp():
+    ramp = make_l1_schedule(1e-3, ramp_epochs=2)
+    spe = 4
+    vals = [ramp.l1_at(e, s, spe) for e, s in positions(4, spe)]
+    want = [1e-3 * min(1.0, k / 8) for k in range(1, 17)]
+    assert vals == pytest.approx(want, rel=1e-12)
+    assert vals[7] == pytest.approx(1e-3) and vals[6] < 1e-3
+    const = make_l1_schedule(5e-4)
+    assert {const.l1_at(e, s, 3) for e, s in positions(3, 3)} == {5e-4}
+    assert make_l1_schedule(0.0, 3).l1_at(1, 0, 2) == 0.0
+
+
+@settings(max_examples=40, deadline=None)
+@given(kind=st.sampled_from(["constant", "step", "cosine"]), base=st.floats(1e-6, 10.0),
+       epochs=st.integers(1, 50), spe=st.integers(1, 300), frac=st.floats(0.0, 1.0),
+       data=st.data())
+def test_lr_stays_within_base_and_floor_and_never_rises(kind, base, epochs, spe, frac, data):
+    kw = {"cosine": {"floor": base * frac}, "step": {"every": data.draw(st.integers(1, 10)),
+                                                      "gamma": max(frac, 1e-3)}}.get(kind, {})
+    sch = make_lr_schedule(kind, base, epochs, **kw)
+    e1 = data.draw(st.integers(0, epochs + 2))
+    s1 = data.draw(st.integers(0, spe - 1))
+    e2 = data.draw(st.integers(e1, epochs + 2))
+    s2 = data.draw(st.integers(s1 if e2 == e1 else 0, spe - 1))
+    a, b = sch.lr_at(e1, s1, spe), sch.lr_at(e2, s2, spe)
+    lo = kw.get("floor", 0.0)
+    assert lo * (1 - 1e-12) <= b <= a * (1 + 1e-12) <= base * (1 + 1e-12)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: make_lr_schedule("linear", 0.1, 5), "unknown learning-rate schedule 'linear'"),
+    (lambda: make_lr_schedule("constant", 0.0, 5), "learning rate"),
+    (lambda: make_lr_schedule("constant", float("inf"), 5), "learning rate"),
+    (lambda: make_lr_schedule("cosine", 0.1, 0), "epochs"),
+    (lambda: make_lr_schedule("cosine", 0.1, 2.5), "epochs"),
+    (lambda: make_lr_schedule("cosine", 0.1, 5, floor=0.2), "floor"),
+    (lambda: make_lr_schedule("cosine", 0.1, 5, every=2), "no option 'every'"),
+    (lambda: make_lr_schedule("constant", 0.1, 5, gamma=0.5), "no option 'gamma'"),
+    (lambda: make_lr_schedule("step", 0.1, 5, every=0), "every"),
+    (lambda: make_lr_schedule("step", 0.1, 5, gamma=1.5), "gamma"),
+    (lambda: make_lr_schedule("step", 0.1, 5, gamma=-0.1), "gamma"),
+    (lambda: make_l1_schedule(-1e-3), "l1"),
+    (lambda: make_l1_schedule(1e-3, ramp_epochs=-1), "ramp"),
+    (lambda: make_lr_schedule("constant", 0.1, 5).lr_at(-1), "epoch"),
+    (lambda: make_lr_schedule("constant", 0.1, 5).lr_at(0, 4, 4), "step_in_epoch"),
+    (lambda: make_lr_schedule("constant", 0.1, 5).lr_at(0, 0, 0), "steps_per_epoch"),
+    (lambda: make_l1_schedule(1e-3, 2).l1_at(0, 0, 0), "steps_per_epoch"),
+])
+def test_bad_arguments_raise_one_line(call, match):
+    with pytest.raises(ValueError, match=match) as e:
+        call()
+    assert "\n" not in str(e.value)
