@@ -1,0 +1,553 @@
+"""Layers with exact forward and backward passes on an OpenCL device, dense or CSR weights.
+
+Activations are feature-major (DESIGN.md section 2): a flat batch is ``[F, N]`` and a
+spatial one channel-major ``[C, N, H, W]``, so a convolution is ``W[O, C*kh*kw] @ cols``
+with ``cols[C*kh*kw, N*Ho*Wo]`` and its output ``[O, N, Ho, Wo]`` comes out directly.
+Per-sample shapes (``in_shape``, ``out_shape``) are PyTorch's: ``(F,)`` or ``(C, H, W)``.
+
+A layer's ``forward(x, train, keep)`` returns its output (a buffer of the shared
+:class:`Workspace`, valid until the next call); with ``keep`` it remembers what its
+``backward(dy, need_dx)`` needs.  ``backward`` fills the ``grad`` of its params and returns
+dx (or None).  It may overwrite dy.  A ReLU that directly follows a Linear, Conv2d or
+MaxPool2d is fused into that layer (``relu=True``): the forward uses the kernels' epilogue,
+the backward masks dy with the stored output.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import numpy as np
+import pyopencl.array as cla
+
+from .ops import CSRMatrix, gemm
+from .runtime import Device
+
+__all__ = ["Param", "Workspace", "Layer", "Linear", "Conv2d", "MaxPool2d", "ReLU", "Flatten",
+           "Dropout", "softmax_xent", "nn_kernel", "mix32"]
+
+
+def _local(dev: Device) -> int:
+    return dev.tuning["ew_local"]
+
+
+def nn_kernel(dev: Device, name: str):
+    """A kernel of ``nn.cl`` (one program per device: the defines never vary)."""
+    return dev.kernel("nn.cl", name, VEC=dev.tuning["vec"], RL=64 if dev.is_cpu else 256, XL=64)
+
+
+def mix32(x: int) -> int:
+    """The 32-bit integer hash of ``nn.cl`` (px_mix), on the host."""
+    x &= 0xFFFFFFFF
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    x ^= x >> 16
+    return x
+
+
+class Workspace:
+    """Device buffers reused across calls, one per (owner, role) and shape; a few shapes are
+    kept per role (training and evaluation batch sizes alternate)."""
+
+    KEEP = 3
+
+    def __init__(self, device: Device):
+        self.device = device
+        self._bufs: dict = {}
+
+    def get(self, key, shape, dtype=np.float32) -> cla.Array:
+        shape = tuple(int(s) for s in shape)
+        dtype = np.dtype(dtype)
+        slot = self._bufs.setdefault(key, OrderedDict())
+        a = slot.get((shape, dtype))
+        if a is None:
+            a = cla.empty(self.device.queue, shape, dtype)
+            slot[(shape, dtype)] = a
+            while len(slot) > self.KEEP:
+                slot.popitem(last=False)
+        else:
+            slot.move_to_end((shape, dtype))
+        return a
+
+    def arrays(self) -> list:
+        return [a for slot in self._bufs.values() for a in slot.values()]
+
+    def poison(self) -> None:
+        """Fill every buffer with NaN (float) or -1 (int): a test aid, so that an element a
+        kernel fails to write shows up."""
+        for a in self.arrays():
+            if a.size:
+                a.fill(np.float32(np.nan) if a.dtype == np.float32 else a.dtype.type(-1))
+
+    def clear(self) -> None:
+        self._bufs.clear()
+
+
+class Param:
+    """A trainable tensor.  ``value``: a dense device array of ``matrix_shape`` or a
+    :class:`CSRMatrix`; ``data``: the flat float32 storage of the values (updated in place by
+    optimizers); ``grad``: a flat array like ``data`` written by backward."""
+
+    def __init__(self, name: str, shape, matrix_shape, penalised: bool, value, device: Device):
+        self._device = device
+        self.name = name
+        self.shape = tuple(int(s) for s in shape)
+        self.matrix_shape = tuple(int(s) for s in matrix_shape)
+        self.penalised = bool(penalised)
+        self.value = value
+        self.grad = None
+        self._reset_grad()
+
+    def _reset_grad(self) -> None:
+        n = int(self.data.size)
+        self.grad = cla.zeros(self.device.queue, (n,), np.float32)
+
+    def set_value(self, value) -> None:
+        """Replace the storage (a dense device array of matrix_shape or a CSRMatrix); the
+        gradient is reallocated (zeros) to the new size."""
+        self.value = value
+        self._reset_grad()
+
+    @property
+    def device(self) -> Device:
+        return self._device
+
+    @property
+    def is_sparse(self) -> bool:
+        return isinstance(self.value, CSRMatrix)
+
+    @property
+    def data(self) -> cla.Array:
+        if isinstance(self.value, CSRMatrix):
+            return self.value.data
+        return self.value.reshape(self.value.size)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
+    def stored(self) -> int:
+        """Number of stored values (the CSR entries, or ``size`` when dense)."""
+        return int(self.data.size)
+
+    @property
+    def nnz(self) -> int:
+        """Number of nonzero values (counted on the host; for logging)."""
+        d = self.data
+        return int(np.count_nonzero(d.get())) if d.size else 0
+
+    @property
+    def density(self) -> float:
+        return self.nnz / self.size if self.size else 0.0
+
+    def to_numpy(self) -> np.ndarray:
+        """The values as a dense float32 array of the PyTorch shape (zeros off a CSR support)."""
+        if self.is_sparse:
+            return self.value.to_dense().reshape(self.shape)
+        return self.value.get().reshape(self.shape)
+
+    def grad_numpy(self) -> np.ndarray:
+        """The gradient in the PyTorch shape (for a CSR weight: on its support, zero elsewhere)."""
+        g = self.grad.get()
+        if self.is_sparse:
+            w = self.value
+            indptr, indices = w.indptr.get(), (w.indices.get() if w.nnz else np.zeros(0, np.int32))
+            out = np.zeros(self.matrix_shape, np.float32)
+            rows = np.repeat(np.arange(self.matrix_shape[0]), np.diff(indptr))
+            out[rows, indices] = g
+            return out.reshape(self.shape)
+        return g.reshape(self.shape)
+
+    def __repr__(self) -> str:
+        kind = "csr" if self.is_sparse else "dense"
+        return f"Param({self.name!r}, shape={self.shape}, {kind}, stored={self.stored})"
+
+
+def _make_param(dev: Device, name, shape, matrix_shape, penalised, host: np.ndarray) -> Param:
+    return Param(name, shape, matrix_shape, penalised,
+                 dev.to_device(np.ascontiguousarray(host, np.float32).reshape(matrix_shape)), dev)
+
+
+def _uniform(rng: np.random.Generator, shape, fan_in: int) -> np.ndarray:
+    """PyTorch's default init for Linear and Conv2d (Kaiming uniform with a = sqrt(5), which
+    is U(-1/sqrt(fan_in), 1/sqrt(fan_in)); the same bound for the bias)."""
+    bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+    return rng.uniform(-bound, bound, size=shape).astype(np.float32)
+
+
+class Layer:
+    """Base class: per-sample ``in_shape``/``out_shape``, ``params``, ``forward``, ``backward``."""
+
+    kind = ""
+
+    def __init__(self, device: Device, workspace: Workspace, in_shape, key=None):
+        self.device = device
+        self.ws = workspace
+        self.in_shape = tuple(int(s) for s in in_shape)
+        self.out_shape = self.in_shape
+        self.params: list[Param] = []
+        self.key = key if key is not None else id(self)
+        self.relu = False
+
+    def _buf(self, role, shape, dtype=np.float32) -> cla.Array:
+        return self.ws.get((self.key, role), shape, dtype)
+
+    @staticmethod
+    def batch_shape(shape, n: int) -> tuple:
+        """The internal array shape of a batch of n samples of per-sample ``shape``."""
+        if len(shape) == 1:
+            return (shape[0], n)
+        return (shape[0], n) + tuple(shape[1:])
+
+    def forward(self, x: cla.Array, train: bool = False, keep: bool = False) -> cla.Array:
+        raise NotImplementedError
+
+    def backward(self, dy: cla.Array, need_dx: bool = True):
+        raise NotImplementedError
+
+    def _mask_and_bias_grad(self, dy2: cla.Array, y2: cla.Array, bias: Param | None) -> None:
+        """The fused ReLU's backward (dy2 masked in place by y2 > 0) and the bias gradient
+        (row sums of dy2), in one kernel.  dy2, y2: [m, n]."""
+        if bias is None and not self.relu:
+            return
+        dev = self.device
+        m, n = dy2.shape
+        rl = 64 if dev.is_cpu else 256
+        dev.launch(nn_kernel(dev, "bias_grad"), (m * rl,), (rl,), m, n, dy2,
+                   y2 if self.relu else None, int(self.relu), bias.grad if bias is not None else None)
+
+
+class Linear(Layer):
+    """y = W x + b on ``[in, N] -> [out, N]``; W dense ``[out, in]`` or CSR."""
+
+    kind = "linear"
+
+    def __init__(self, device, workspace, in_shape, name: str, out: int, bias: bool = True,
+                 rng: np.random.Generator | None = None, key=None):
+        super().__init__(device, workspace, in_shape, key)
+        if len(self.in_shape) != 1:
+            raise ValueError(f"linear layer {name!r} needs a flat input, got shape {list(self.in_shape)} "
+                             "(add a flatten layer)")
+        fan_in = self.in_shape[0]
+        self.name = name
+        self.out_shape = (int(out),)
+        rng = rng if rng is not None else np.random.default_rng(0)
+        self.weight = _make_param(device, f"{name}.weight", (out, fan_in), (out, fan_in), True,
+                                  _uniform(rng, (out, fan_in), fan_in))
+        self.bias = (_make_param(device, f"{name}.bias", (out,), (out,), False, _uniform(rng, (out,), fan_in))
+                     if bias else None)
+        self.params = [self.weight] + ([self.bias] if self.bias is not None else [])
+
+    def forward(self, x, train=False, keep=False):
+        n = x.shape[1]
+        y = self._buf("y", (self.out_shape[0], n))
+        w = self.weight.value
+        b = self.bias.value if self.bias is not None else None
+        if isinstance(w, CSRMatrix):
+            w.matmul(x, bias=b, relu=self.relu, out=y)
+        else:
+            gemm(self.device, w, x, bias=b, relu=self.relu, out=y)
+        if keep:
+            self._x, self._y = x, y
+        return y
+
+    def backward(self, dy, need_dx=True):
+        x, y, dev = self._x, self._y, self.device
+        self._mask_and_bias_grad(dy, y, self.bias)
+        w = self.weight.value
+        if isinstance(w, CSRMatrix):
+            w.sddmm(dy, x, out=self.weight.grad)
+        else:
+            gemm(dev, dy, x, trans_b=True, out=self.weight.grad.reshape(self.weight.matrix_shape))
+        if not need_dx:
+            return None
+        dx = self._buf("dx", x.shape)
+        if isinstance(w, CSRMatrix):
+            w.matmul_t(dy, out=dx)
+        else:
+            gemm(dev, w, dy, trans_a=True, out=dx)
+        return dx
+
+
+def _pair(v, what: str) -> tuple[int, int]:
+    if isinstance(v, (list, tuple)):
+        if len(v) != 2:
+            raise ValueError(f"{what} must be an int or a pair, got {v!r}")
+        a, b = v
+    else:
+        a = b = v
+    try:
+        if int(a) != a or int(b) != b:
+            raise TypeError
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be an int or a pair of ints, got {v!r}") from None
+    return int(a), int(b)
+
+
+def _out_size(n: int, k: int, s: int, p: int) -> int:
+    return (n + 2 * p - k) // s + 1
+
+
+class _Window(Layer):
+    """Shared geometry of Conv2d and MaxPool2d."""
+
+    def _geometry(self, what, kernel, stride, padding):
+        if len(self.in_shape) != 3:
+            raise ValueError(f"{what} needs a [C, H, W] input, got shape {list(self.in_shape)}")
+        self.kh, self.kw = _pair(kernel, f"{what} kernel")
+        self.sh, self.sw = _pair(stride, f"{what} stride")
+        self.ph, self.pw = _pair(padding, f"{what} padding")
+        if min(self.kh, self.kw, self.sh, self.sw) < 1 or min(self.ph, self.pw) < 0:
+            raise ValueError(f"{what}: kernel and stride must be >= 1 and padding >= 0")
+        c, h, w = self.in_shape
+        self.ho = _out_size(h, self.kh, self.sh, self.ph)
+        self.wo = _out_size(w, self.kw, self.sw, self.pw)
+        if self.ho < 1 or self.wo < 1:
+            raise ValueError(f"{what}: a {self.kh}x{self.kw} window does not fit a {h}x{w} input "
+                             f"with padding {self.ph},{self.pw}")
+
+    def _geo_args(self, n):
+        c, h, w = self.in_shape
+        return (c, n, h, w, self.kh, self.kw, self.sh, self.sw, self.ph, self.pw, self.ho, self.wo)
+
+
+class Conv2d(_Window):
+    """2-D convolution on ``[C, N, H, W] -> [O, N, Ho, Wo]``: im2col then ``W @ cols`` with
+    W dense ``[O, C*kh*kw]`` or CSR; backward: SDDMM / GEMM for dW, ``W^T dY`` then col2im
+    (a gather) for dx."""
+
+    kind = "conv2d"
+
+    def __init__(self, device, workspace, in_shape, name: str, out: int, kernel, stride=1, padding=0,
+                 bias: bool = True, rng: np.random.Generator | None = None, key=None):
+        super().__init__(device, workspace, in_shape, key)
+        self._geometry(f"conv2d layer {name!r}", kernel, stride, padding)
+        self.name = name
+        c = self.in_shape[0]
+        out = int(out)
+        fan_in = c * self.kh * self.kw
+        self.out_shape = (out, self.ho, self.wo)
+        rng = rng if rng is not None else np.random.default_rng(0)
+        self.weight = _make_param(device, f"{name}.weight", (out, c, self.kh, self.kw), (out, fan_in), True,
+                                  _uniform(rng, (out, c, self.kh, self.kw), fan_in))
+        self.bias = (_make_param(device, f"{name}.bias", (out,), (out,), False, _uniform(rng, (out,), fan_in))
+                     if bias else None)
+        self.params = [self.weight] + ([self.bias] if self.bias is not None else [])
+        self.pointwise = (self.kh == self.kw == self.sh == self.sw == 1 and self.ph == self.pw == 0)
+
+    def _cols(self, x, n):
+        c = self.in_shape[0]
+        if self.pointwise:
+            return x.reshape(c, x.size // c)
+        dev = self.device
+        ckk, npix = c * self.kh * self.kw, n * self.ho * self.wo
+        cols = self._buf("cols", (ckk, npix))
+        dev.launch(nn_kernel(dev, "im2col"), (npix, ckk), (_local(dev), 1), *self._geo_args(n), x, cols)
+        return cols
+
+    def forward(self, x, train=False, keep=False):
+        n = x.shape[1]
+        o = self.out_shape[0]
+        cols = self._cols(x, n)
+        y = self._buf("y", (o, n, self.ho, self.wo))
+        y2 = y.reshape(o, n * self.ho * self.wo)
+        w = self.weight.value
+        b = self.bias.value if self.bias is not None else None
+        if isinstance(w, CSRMatrix):
+            w.matmul(cols, bias=b, relu=self.relu, out=y2)
+        else:
+            gemm(self.device, w, cols, bias=b, relu=self.relu, out=y2)
+        if keep:
+            self._x, self._cols_kept, self._y2, self._n = x, cols, y2, n
+        return y
+
+    def backward(self, dy, need_dx=True):
+        dev, n, cols = self.device, self._n, self._cols_kept
+        o = self.out_shape[0]
+        dy2 = dy.reshape(o, n * self.ho * self.wo)
+        self._mask_and_bias_grad(dy2, self._y2, self.bias)
+        w = self.weight.value
+        if isinstance(w, CSRMatrix):
+            w.sddmm(dy2, cols, out=self.weight.grad)
+        else:
+            gemm(dev, dy2, cols, trans_b=True, out=self.weight.grad.reshape(self.weight.matrix_shape))
+        if not need_dx:
+            return None
+        c = self.in_shape[0]
+        dx = self._buf("dx", self.batch_shape(self.in_shape, n))
+        dcols = dx.reshape(c, dx.size // c) if self.pointwise else self._buf("dcols", cols.shape)
+        if isinstance(w, CSRMatrix):
+            w.matmul_t(dy2, out=dcols)
+        else:
+            gemm(dev, w, dy2, trans_a=True, out=dcols)
+        if not self.pointwise:
+            c, h, wd = self.in_shape
+            dev.launch(nn_kernel(dev, "col2im"), (n * h * wd, c), (_local(dev), 1), *self._geo_args(n),
+                       dcols, dx)
+        return dx
+
+
+class MaxPool2d(_Window):
+    """Max pooling on ``[C, N, H, W] -> [C, N, Ho, Wo]`` (stride defaults to the kernel;
+    padding counts as -inf); backward is a gather over the windows holding each pixel."""
+
+    kind = "maxpool2d"
+
+    def __init__(self, device, workspace, in_shape, kernel, stride=None, padding=0, key=None):
+        super().__init__(device, workspace, in_shape, key)
+        self._geometry("maxpool2d", kernel, kernel if stride is None else stride, padding)
+        if 2 * self.ph > self.kh or 2 * self.pw > self.kw:
+            raise ValueError("maxpool2d: padding must be at most half the kernel size")
+        self.out_shape = (self.in_shape[0], self.ho, self.wo)
+
+    def forward(self, x, train=False, keep=False):
+        dev, n = self.device, x.shape[1]
+        c = self.in_shape[0]
+        y = self._buf("y", (c, n, self.ho, self.wo))
+        idx = self._buf("idx", (y.size,), np.int32) if keep else None
+        dev.launch(nn_kernel(dev, "maxpool_fwd"), (n * self.ho * self.wo, c), (_local(dev), 1),
+                   *self._geo_args(n), x, y, idx, int(self.relu))
+        if keep:
+            self._idx, self._y, self._n = idx, y, n
+        return y
+
+    def backward(self, dy, need_dx=True):
+        if not need_dx:
+            return None
+        dev, n = self.device, self._n
+        c, h, w = self.in_shape
+        dx = self._buf("dx", (c, n, h, w))
+        dev.launch(nn_kernel(dev, "maxpool_bwd"), (n * h * w, c), (_local(dev), 1), *self._geo_args(n),
+                   dy, self._idx, self._y, int(self.relu), dx)
+        return dx
+
+
+class ReLU(Layer):
+    """max(x, 0), for a ReLU that no Linear/Conv2d/MaxPool2d absorbed."""
+
+    kind = "relu"
+
+    def forward(self, x, train=False, keep=False):
+        y = self._buf("y", x.shape)
+        self.device.launch(nn_kernel(self.device, "relu_fwd"), (x.size,), (_local(self.device),), x.size, x, y)
+        if keep:
+            self._y = y
+        return y
+
+    def backward(self, dy, need_dx=True):
+        if not need_dx:
+            return None
+        dev = self.device
+        dev.launch(nn_kernel(dev, "relu_bwd"), (dy.size,), (_local(dev),), dy.size, self._y, dy, dy)
+        return dy
+
+
+class Flatten(Layer):
+    """``[C, N, H, W] -> [C*H*W, N]`` with PyTorch's feature order (c, h, w); identity on a
+    flat input."""
+
+    kind = "flatten"
+
+    def __init__(self, device, workspace, in_shape, key=None):
+        super().__init__(device, workspace, in_shape, key)
+        self.out_shape = (int(np.prod(self.in_shape)),)
+
+    def forward(self, x, train=False, keep=False):
+        n = x.shape[1]
+        f = self.out_shape[0]
+        if len(self.in_shape) == 1:
+            return x
+        c, hw = self.in_shape[0], f // self.in_shape[0]
+        if hw == 1:
+            return x.reshape(f, n)
+        y = self._buf("y", (f, n))
+        self._n = n
+        self.device.launch(nn_kernel(self.device, "permute3"), (y.size,), (_local(self.device),),
+                           c, hw, n, n * hw, 1, hw, x, y)
+        return y
+
+    def backward(self, dy, need_dx=True):
+        if not need_dx:
+            return None
+        if len(self.in_shape) == 1:
+            return dy
+        f, n = dy.shape
+        c, hw = self.in_shape[0], f // self.in_shape[0]
+        shape = self.batch_shape(self.in_shape, n)
+        if hw == 1:
+            return dy.reshape(shape)
+        dx = self._buf("dx", shape)
+        self.device.launch(nn_kernel(self.device, "permute3"), (dx.size,), (_local(self.device),),
+                           c, n, hw, hw * n, 1, n, dy, dx)
+        return dx
+
+
+class Dropout(Layer):
+    """Inverted dropout: in training, each element is zeroed with probability p and the rest
+    scaled by 1/(1-p); identity in evaluation.  The mask comes from a counter-based hash of
+    (seed, layer, step), so the backward pass recomputes exactly the forward's mask."""
+
+    kind = "dropout"
+
+    def __init__(self, device, workspace, in_shape, p: float = 0.5, index: int = 0, key=None):
+        super().__init__(device, workspace, in_shape, key)
+        p = float(p)
+        if not (0.0 <= p < 1.0):
+            raise ValueError(f"dropout p must be in [0, 1), got {p}")
+        self.p = p
+        self.index = int(index)
+        self.set_seed(0)
+        self._active = False
+
+    def set_seed(self, seed: int) -> None:
+        self.seed = int(seed)
+        self.step = 0
+
+    def _keys(self, step: int) -> tuple[int, int]:
+        s = self.seed & 0xFFFFFFFFFFFFFFFF
+        k0 = mix32(mix32(s & 0xFFFFFFFF) ^ mix32((s >> 32) + 0x68E31DA4) ^ mix32(self.index + 0x1B56C4E9))
+        k1 = mix32(mix32(step & 0xFFFFFFFF) + 0x9E3779B9 * ((step >> 32) + 1))
+        return k0, k1
+
+    def _apply(self, x, y, keys) -> None:
+        dev = self.device
+        dev.launch(nn_kernel(dev, "dropout"), (x.size,), (_local(dev),), x.size, x, y,
+                   np.uint32(keys[0]), np.uint32(keys[1]), self.p, 1.0 / (1.0 - self.p))
+
+    def forward(self, x, train=False, keep=False):
+        self._active = bool(train and self.p > 0.0)
+        if not self._active:
+            return x
+        self._keys_used = self._keys(self.step)
+        self.step += 1
+        y = self._buf("y", x.shape)
+        self._apply(x, y, self._keys_used)
+        return y
+
+    def backward(self, dy, need_dx=True):
+        if not need_dx:
+            return None
+        if self._active:
+            self._apply(dy, dy, self._keys_used)
+        return dy
+
+
+def softmax_xent(dev: Device, z: cla.Array, labels: cla.Array | None, *, dz: cla.Array | None = None,
+                 gscale: float = 1.0, probs: cla.Array | None = None,
+                 partial: cla.Array | None = None) -> cla.Array | None:
+    """Softmax cross-entropy on logits ``z[K, N]`` with int32 ``labels[N]``.  Writes
+    ``dz = gscale * (softmax - onehot)`` and ``probs = softmax`` when given; returns the
+    per-work-group partial sums ``[G, 2]`` of (loss, correct) (``partial`` if given) when
+    labels are given.  One launch."""
+    k, n = z.shape
+    xl = 64
+    groups = -(-n // xl)
+    if labels is not None and partial is None:
+        partial = dev.empty((groups, 2), np.float32)
+    dev.launch(nn_kernel(dev, "softmax_xent"), (n,), (xl,), k, n, z, labels, dz, float(gscale), probs,
+               partial if labels is not None else None)
+    return partial if labels is not None else None
