@@ -160,6 +160,42 @@ def test_optimizer_matches_reference(dev, rng, kind):
         assert zeros == 0
 
 
+@pytest.mark.parametrize("vec", [2, 4, 8])
+@pytest.mark.parametrize("kind", ["prox-sgd", "prox-adam", "rda"])
+def test_every_vector_width_and_tail(dev, rng, monkeypatch, kind, vec):
+    """Work-items do VEC values with vector loads and the last one the tail: sizes around
+    multiples of VEC, each against the lock-step reference."""
+    monkeypatch.setitem(dev.__dict__, "tuning", dict(dev.tuning, vec=vec))
+    h = hyper_of(kind)
+    opt = make_optimizer(kind, device=dev, **HYPER[kind])
+    params = [Param(dev, f"w{i}", rng.standard_normal(n))
+              for i, n in enumerate((1, vec, 3 * vec + 1, 64 * vec - 1))]
+    for t in (1, 2, 3):
+        before = {}
+        for p in params:
+            w = p.data.get().astype(np.float64)
+            before[p.name] = (w, device_state(opt, p.name) if t > 1 else initial_state(kind, w, h))
+            p.set_grad(dev, rng.standard_normal(p.data.size))
+        opt.step(params)
+        for p in params:
+            w, st = before[p.name]
+            check_lockstep(kind, w, p.grad.get().astype(np.float64), st, t, h.get("lr", 1.0), h["l1"],
+                           h, p.data.get(), f"{p.name} vec {vec} step {t}")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_nan_gradient_is_not_hidden_by_the_threshold(dev, rng, kind):
+    """A NaN must reach the values (so training can stop), never turn into a clean zero."""
+    g = rng.standard_normal(37)
+    g[[0, 20, 36]] = np.nan
+    p = Param(dev, "w", rng.standard_normal(37) * 1e-3)   # |z| would be under tau for most values
+    p.set_grad(dev, g)
+    make_optimizer(kind, device=dev, **HYPER[kind]).step([p])
+    out = p.data.get()
+    assert np.all(np.isnan(out[[0, 20, 36]]))
+    assert np.all(np.isfinite(np.delete(out, [0, 20, 36])))
+
+
 def test_prox_adam_threshold_is_per_coordinate(dev, rng):
     """First step from w = lr sign(g) + c: z = c for every coordinate and tau = lr lam / |g|,
     so the values with |g| < lr lam / c become zero, the others c - tau.  No single threshold

@@ -190,7 +190,8 @@ class Optimizer:
 
     def _launch(self, name: str, n: int, *args) -> None:
         dev = self.device
-        dev.launch(dev.kernel(_KERNELS, name), (n,), (dev.tuning["ew_local"],), n, *args)
+        vec = dev.tuning["vec"]
+        dev.launch(dev.kernel(_KERNELS, name, VEC=vec), (-(-n // vec),), (dev.tuning["ew_local"],), n, *args)
 
     # ---- support changes -------------------------------------------------------
     def remap(self, name: str, src) -> None:
