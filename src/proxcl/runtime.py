@@ -163,10 +163,14 @@ class Device:
         if kind not in ("cpu", "gpu"):
             raise DeviceError(f"PROXCL_TUNING must be 'cpu' or 'gpu', got {kind!r}")
         if kind == "cpu":
-            return {"kind": "cpu", "vec": 8, "gemm_rm": 4, "gemm_vec": 8, "gemm_local": (4, 4),
-                    "spmm_local": (4, 4), "sddmm_lanes": 1, "sddmm_group": 16, "ew_local": 64}
-        return {"kind": "gpu", "vec": 4, "gemm_rm": 4, "gemm_vec": 4, "gemm_local": (16, 8),
-                "spmm_local": (32, 4), "sddmm_lanes": 32, "sddmm_group": 4, "ew_local": 256}
+            return {"kind": "cpu", "vec": 8, "ew_local": 64,
+                    "gemm_rm": 6, "gemm_vec": 8, "gemm_nv": 2, "gemm_rows": 4, "gemm_local": (4, 4),
+                    "spmm_nv": 8, "spmm_rows": 8, "spmm_local": (4, 4),
+                    "sddmm_lanes": 1, "sddmm_epw": 4, "sddmm_group": 16}
+        return {"kind": "gpu", "vec": 4, "ew_local": 256,
+                "gemm_rm": 4, "gemm_vec": 4, "gemm_nv": 0, "gemm_rows": 0, "gemm_local": (16, 8),
+                "spmm_nv": 0, "spmm_rows": 0, "spmm_local": (32, 4),
+                "sddmm_lanes": 32, "sddmm_epw": 1, "sddmm_group": 4}
 
     # ---- programs and kernels ---------------------------------------------
     def program(self, filename: str, **defines) -> cl.Program:

@@ -6,8 +6,40 @@
 #define PX_CAT_(a, b) a##b
 #define PX_CAT(a, b) PX_CAT_(a, b)
 #define floatV PX_CAT(float, VEC)
-#define VLOAD(p) PX_CAT(vload, VEC)(0, (p))
-#define VSTORE(v, p) PX_CAT(vstore, VEC)((v), 0, (p))
+#define intV PX_CAT(int, VEC)
+
+/* Unaligned vector load / store of VEC floats at p (any address space), written as element
+ * accesses that the compiler merges into one vector access.  (The vloadN / vstoreN builtins
+ * are out-of-line calls on some CPU OpenCL builds, which spills every accumulator.) */
+#if VEC == 2
+#define VLOAD(p) ((float2)((p)[0], (p)[1]))
+#define VSTORE(v, p) do { const float2 px_v_ = (v); (p)[0] = px_v_.s0; (p)[1] = px_v_.s1; } while (0)
+#elif VEC == 4
+#define VLOAD(p) ((float4)((p)[0], (p)[1], (p)[2], (p)[3]))
+#define VSTORE(v, p) do { const float4 px_v_ = (v); (p)[0] = px_v_.s0; (p)[1] = px_v_.s1; \
+    (p)[2] = px_v_.s2; (p)[3] = px_v_.s3; } while (0)
+#elif VEC == 8
+#define VLOAD(p) ((float8)((p)[0], (p)[1], (p)[2], (p)[3], (p)[4], (p)[5], (p)[6], (p)[7]))
+#define VSTORE(v, p) do { const float8 px_v_ = (v); (p)[0] = px_v_.s0; (p)[1] = px_v_.s1; \
+    (p)[2] = px_v_.s2; (p)[3] = px_v_.s3; (p)[4] = px_v_.s4; (p)[5] = px_v_.s5; \
+    (p)[6] = px_v_.s6; (p)[7] = px_v_.s7; } while (0)
+#elif VEC == 16
+#define VLOAD(p) ((float16)((p)[0], (p)[1], (p)[2], (p)[3], (p)[4], (p)[5], (p)[6], (p)[7], \
+    (p)[8], (p)[9], (p)[10], (p)[11], (p)[12], (p)[13], (p)[14], (p)[15]))
+#define VSTORE(v, p) do { const float16 px_v_ = (v); (p)[0] = px_v_.s0; (p)[1] = px_v_.s1; \
+    (p)[2] = px_v_.s2; (p)[3] = px_v_.s3; (p)[4] = px_v_.s4; (p)[5] = px_v_.s5; \
+    (p)[6] = px_v_.s6; (p)[7] = px_v_.s7; (p)[8] = px_v_.s8; (p)[9] = px_v_.s9; \
+    (p)[10] = px_v_.sa; (p)[11] = px_v_.sb; (p)[12] = px_v_.sc; (p)[13] = px_v_.sd; \
+    (p)[14] = px_v_.se; (p)[15] = px_v_.sf; } while (0)
+#else
+#error "VEC must be 2, 4, 8 or 16"
+#endif
+
+/* Integer min / max and max(v, 0) lane-wise, without builtin calls (on some CPU OpenCL builds
+ * even min() and fmax() are out-of-line calls). */
+#define PX_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define PX_MAX(a, b) ((a) > (b) ? (a) : (b))
+#define PX_RELU(v) ((v) > (floatV)(0.0f) ? (v) : (floatV)(0.0f))
 
 /* Sum of the lanes of a floatV. */
 inline float px_hsum(floatV v)

@@ -2,8 +2,10 @@
  * Ap[n_row+1] (int32 row pointers), Aj[nnz] (int32 column indices), Ax[nnz] (float32 values).
  * Dense operands are row-major and feature-major: X[n_col, n_vec], one row per feature,
  * so a CSR row streams over contiguous batch columns.
- * Build defines: VEC (vector width), LX, LY (fixed local size), LANES, GROUP (sddmm),
- * SCAN_LOCAL (scan). */
+ * Build defines: VEC (vector width), LX, LY (fixed local size), TRANSPOSED (values through Pm),
+ * NV (vectors per work-item, csr_spmm_seg), LANES, GROUP (csr_sddmm), EPW (csr_sddmm_rows),
+ * SCAN_LOCAL (scan).  Every *_seg / *_rows kernel is the CPU form of the kernel before it;
+ * Device.tuning picks one per device kind. */
 
 #ifndef LX
 #define LX 4
@@ -11,11 +13,23 @@
 #ifndef LY
 #define LY 4
 #endif
+#ifndef TRANSPOSED
+#define TRANSPOSED 0
+#endif
 
-/* Y[m, n] = A[m, k] X[k, n] (+ bias[m]) (relu)      Ap[m+1], Aj[nnz], Ax[nnz], X[k, n], Y[m, n]
- * With Pm != NULL the value of entry p is Ax[Pm[p]]: this is how A^T products run on the
- * transposed structure (Tp, Ti, Pm) without copying values.
- * Work-item (x, y): row y, columns [x*VEC, x*VEC + VEC).  O(nnz * n). */
+/* Value of entry p: through the permutation Pm on the transposed structure (Tp, Ti, Pm),
+ * so that A^T products reuse A's values array without copying it. */
+#if TRANSPOSED
+#define PX_VAL(p) Ax[Pm[p]]
+#else
+#define PX_VAL(p) Ax[p]
+#endif
+
+/* ---- SpMM, GPU form: work-items coalesced over the batch columns ----
+ * Y[m, n] = A[m, k] X[k, n] (+ bias[m]) (relu)      Ap[m+1], Aj[nnz], Ax[nnz], X[k, n], Y[m, n]
+ * (with TRANSPOSED, Pm[nnz] and Ax holds the values in the untransposed order).
+ * Work-item (x, y): row y, columns [x*VEC, x*VEC + VEC); neighbouring work-items read
+ * neighbouring columns of the same X rows.  O(nnz * n). */
 __kernel __attribute__((reqd_work_group_size(LX, LY, 1)))
 void csr_spmm(const int m, const int n,
               __global const int *restrict Ap, __global const int *restrict Aj,
@@ -31,25 +45,88 @@ void csr_spmm(const int m, const int n,
     __global float *y = Y + (size_t)i * n;
     if (c0 + VEC <= n) {
         floatV acc = (floatV)(0.0f);
-        if (Pm) {
-            for (int p = start; p < end; ++p)
-                acc += (floatV)(Ax[Pm[p]]) * VLOAD(X + (size_t)Aj[p] * n + c0);
-        } else {
-            for (int p = start; p < end; ++p)
-                acc += (floatV)(Ax[p]) * VLOAD(X + (size_t)Aj[p] * n + c0);
-        }
+        for (int p = start; p < end; ++p)
+            acc += (floatV)(PX_VAL(p)) * VLOAD(X + (size_t)Aj[p] * n + c0);
         acc += (floatV)(b);
-        if (relu) acc = fmax(acc, (floatV)(0.0f));
+        if (relu) acc = PX_RELU(acc);
         VSTORE(acc, y + c0);
     } else {
         for (int c = c0; c < n; ++c) {
             float acc = 0.0f;
             for (int p = start; p < end; ++p)
-                acc += Ax[Pm ? Pm[p] : p] * X[(size_t)Aj[p] * n + c];
+                acc += PX_VAL(p) * X[(size_t)Aj[p] * n + c];
             acc += b;
-            if (relu) acc = fmax(acc, 0.0f);
-            y[c] = acc;
+            y[c] = relu ? (acc > 0.0f ? acc : 0.0f) : acc;
         }
+    }
+}
+
+/* ---- SpMM, CPU form: one work-item holds a row segment of NV vectors in registers ----
+ * Same product and shapes as csr_spmm.  Work-item (x, y): row x, columns
+ * [y*NV*VEC, (y+1)*NV*VEC); Aj/Ax of the row are read once per segment and every X row
+ * segment is NV vector loads.  Rows vary fastest, so consecutive work-groups share one
+ * column segment of X (k * NV*VEC floats), which stays in the core's cache.  A segment that
+ * the batch width cuts short falls back to one vector (then one column) at a time. */
+#ifndef NV
+#define NV 8
+#endif
+#if NV == 1
+#define PX_REP(M) M(0)
+#elif NV == 2
+#define PX_REP(M) M(0) M(1)
+#elif NV == 3
+#define PX_REP(M) M(0) M(1) M(2)
+#elif NV == 4
+#define PX_REP(M) M(0) M(1) M(2) M(3)
+#elif NV == 6
+#define PX_REP(M) M(0) M(1) M(2) M(3) M(4) M(5)
+#elif NV == 8
+#define PX_REP(M) M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7)
+#else
+#error "NV must be 1, 2, 3, 4, 6 or 8"
+#endif
+#define PX_SEG_ZERO(j) floatV acc##j = (floatV)(0.0f);
+#define PX_SEG_FMA(j) acc##j += av * VLOAD(x + (j) * VEC);
+#define PX_SEG_OUT(j) { floatV v = acc##j + (floatV)(b); if (relu) v = PX_RELU(v); VSTORE(v, y + (j) * VEC); }
+
+__kernel __attribute__((reqd_work_group_size(LX, 1, 1)))
+void csr_spmm_seg(const int m, const int n,
+                  __global const int *restrict Ap, __global const int *restrict Aj,
+                  __global const float *restrict Ax, __global const int *restrict Pm,
+                  __global const float *restrict X, __global float *restrict Y,
+                  __global const float *restrict bias, const int relu)
+{
+    const int i = get_global_id(0);
+    const int c0 = get_global_id(1) * (NV * VEC);
+    if (i >= m || c0 >= n) return;
+    const int start = Ap[i], end = Ap[i + 1];
+    const float b = bias ? bias[i] : 0.0f;
+    __global float *y = Y + (size_t)i * n + c0;
+    if (c0 + NV * VEC <= n) {
+        PX_REP(PX_SEG_ZERO)
+        for (int p = start; p < end; ++p) {
+            const floatV av = (floatV)(PX_VAL(p));
+            __global const float *x = X + (size_t)Aj[p] * n + c0;
+            PX_REP(PX_SEG_FMA)
+        }
+        PX_REP(PX_SEG_OUT)
+        return;
+    }
+    int c = c0;
+    for (; c + VEC <= n; c += VEC) {
+        floatV acc = (floatV)(0.0f);
+        for (int p = start; p < end; ++p)
+            acc += (floatV)(PX_VAL(p)) * VLOAD(X + (size_t)Aj[p] * n + c);
+        acc += (floatV)(b);
+        if (relu) acc = PX_RELU(acc);
+        VSTORE(acc, Y + (size_t)i * n + c);
+    }
+    for (; c < n; ++c) {
+        float acc = 0.0f;
+        for (int p = start; p < end; ++p)
+            acc += PX_VAL(p) * X[(size_t)Aj[p] * n + c];
+        acc += b;
+        Y[(size_t)i * n + c] = relu ? (acc > 0.0f ? acc : 0.0f) : acc;
     }
 }
 
@@ -60,10 +137,10 @@ void csr_spmm(const int m, const int n,
 #define GROUP 16
 #endif
 
-/* Sampled dense-dense product on a CSR pattern:
+/* Sampled dense-dense product on a CSR pattern, GPU form:
  * G[p] = scale * sum_c A[Ai[p], c] * B[Aj[p], c]      Ai[nnz] (row of each entry), Aj[nnz],
- * A[m, n], B[k, n], G[nnz].  LANES work-items share one entry and reduce in local memory;
- * GROUP entries per work-group.  O(nnz * n). */
+ * A[m, n], B[k, n], G[nnz].  LANES work-items share one entry (coalesced over c) and reduce
+ * in local memory; GROUP entries per work-group.  O(nnz * n). */
 __kernel __attribute__((reqd_work_group_size(LANES, GROUP, 1)))
 void csr_sddmm(const int nnz, const int n,
                __global const int *restrict Ai, __global const int *restrict Aj,
@@ -97,6 +174,58 @@ void csr_sddmm(const int nnz, const int n,
     if (p < nnz && lane == 0) G[p] = s * scale;
 }
 
+/* Sampled dense-dense product, CPU form: same product and shapes as csr_sddmm.  Work-item q
+ * takes the EPW consecutive entries [q*EPW, q*EPW + EPW); when they share one row (the usual
+ * case: entries of a row are contiguous) each vector of A's row is loaded once for all of
+ * them, else each entry is done alone.  Two vector accumulators per entry.  O(nnz * n). */
+#ifndef EPW
+#define EPW 4
+#endif
+__kernel __attribute__((reqd_work_group_size(LX, 1, 1)))
+void csr_sddmm_rows(const int nnz, const int n,
+                    __global const int *restrict Ai, __global const int *restrict Aj,
+                    __global const float *restrict A, __global const float *restrict B,
+                    __global float *restrict G, const float scale)
+{
+    const int p0 = get_global_id(0) * EPW;
+    if (p0 >= nnz) return;
+    const int cnt = PX_MIN(EPW, nnz - p0);
+    const int nv = (n / VEC) * VEC;
+    if (cnt == EPW && Ai[p0] == Ai[p0 + EPW - 1]) {
+        __global const float *a = A + (size_t)Ai[p0] * n;
+        __global const float *b[EPW];
+        floatV acc[EPW];
+        _Pragma("unroll") for (int e = 0; e < EPW; ++e) {
+            b[e] = B + (size_t)Aj[p0 + e] * n;
+            acc[e] = (floatV)(0.0f);
+        }
+        for (int c = 0; c < nv; c += VEC) {
+            const floatV av = VLOAD(a + c);
+            _Pragma("unroll") for (int e = 0; e < EPW; ++e) acc[e] += av * VLOAD(b[e] + c);
+        }
+        _Pragma("unroll") for (int e = 0; e < EPW; ++e) {
+            float s = px_hsum(acc[e]);
+            for (int c = nv; c < n; ++c) s += a[c] * b[e][c];
+            G[p0 + e] = s * scale;
+        }
+        return;
+    }
+    for (int e = 0; e < cnt; ++e) {
+        __global const float *a = A + (size_t)Ai[p0 + e] * n;
+        __global const float *b = B + (size_t)Aj[p0 + e] * n;
+        floatV acc0 = (floatV)(0.0f), acc1 = (floatV)(0.0f);
+        int c = 0;
+        for (; c + 2 * VEC <= nv; c += 2 * VEC) {
+            acc0 += VLOAD(a + c) * VLOAD(b + c);
+            acc1 += VLOAD(a + c + VEC) * VLOAD(b + c + VEC);
+        }
+        if (c < nv) acc0 += VLOAD(a + c) * VLOAD(b + c);
+        float s = px_hsum(acc0 + acc1);
+        for (c = nv; c < n; ++c) s += a[c] * b[c];
+        G[p0 + e] = s * scale;
+    }
+}
+
 /* Row index of every entry: Ai[p] = i for Ap[i] <= p < Ap[i+1].      Ap[m+1], Ai[nnz]. */
 __kernel void csr_row_of_entry(const int m, __global const int *restrict Ap,
                                __global int *restrict Ai)
@@ -116,7 +245,7 @@ __kernel void dense_count_rows(const int m, const int k, __global const float *r
     if (i >= m) return;
     __global const float *d = D + (size_t)i * k;
     int c = 0;
-    for (int j = 0; j < k; ++j) c += fabs(d[j]) > thr;
+    for (int j = 0; j < k; ++j) c += (d[j] > thr) | (d[j] < -thr);
     cnt[i] = c;
 }
 
@@ -133,7 +262,7 @@ __kernel void dense_fill_rows(const int m, const int k, __global const float *re
     int p = Ap[i];
     for (int j = 0; j < k; ++j) {
         const float v = d[j];
-        if (fabs(v) > thr) {
+        if (v > thr || v < -thr) {
             Aj[p] = j;
             Ax[p] = v;
             if (Src) Src[p] = i * k + j;

@@ -1,6 +1,8 @@
-/* Dense kernels: a register-blocked GEMM with a fused bias + ReLU epilogue, and a tiled
- * transpose.  Row-major storage.  Build defines: VEC (columns per work-item, a vector),
- * RM (rows per work-item), LX, LY (fixed local size), TRANS_A (0/1). */
+/* Dense kernels: register-blocked GEMMs with a fused bias + ReLU epilogue, and a tiled
+ * transpose.  Row-major storage.  Build defines: VEC (vector width), RM (rows per
+ * work-item), NV (vectors of columns per work-item, gemm_blk), LX, LY (fixed local size),
+ * TRANS_A (0/1).  gemm is the GPU form (work-items coalesced over columns), gemm_blk the CPU
+ * form (an RM x NV*VEC block of C in registers per work-item); Device.tuning picks one. */
 
 #ifndef RM
 #define RM 4
@@ -32,18 +34,18 @@ void gemm(const int M, const int N, const int K,
     const int i0 = get_global_id(1) * RM;
     if (i0 >= M || c0 >= N) return;
     int rows[RM];
-    for (int r = 0; r < RM; ++r) rows[r] = min(i0 + r, M - 1);   /* clamp: loads stay in range */
+    _Pragma("unroll") for (int r = 0; r < RM; ++r) rows[r] = PX_MIN(i0 + r, M - 1);   /* clamp: loads stay in range */
     if (c0 + VEC <= N) {
         floatV acc[RM];
-        for (int r = 0; r < RM; ++r) acc[r] = (floatV)(0.0f);
+        _Pragma("unroll") for (int r = 0; r < RM; ++r) acc[r] = (floatV)(0.0f);
         for (int k = 0; k < K; ++k) {
             const floatV b = VLOAD(B + (size_t)k * N + c0);
-            for (int r = 0; r < RM; ++r) acc[r] += (floatV)(A_AT(rows[r], k)) * b;
+            _Pragma("unroll") for (int r = 0; r < RM; ++r) acc[r] += (floatV)(A_AT(rows[r], k)) * b;
         }
         for (int r = 0; r < RM && i0 + r < M; ++r) {
             floatV v = acc[r];
             if (bias) v += (floatV)(bias[i0 + r]);
-            if (relu) v = fmax(v, (floatV)(0.0f));
+            if (relu) v = PX_RELU(v);
             VSTORE(v, C + (size_t)(i0 + r) * N + c0);
         }
     } else {
@@ -52,9 +54,62 @@ void gemm(const int M, const int N, const int K,
                 float acc = 0.0f;
                 for (int k = 0; k < K; ++k) acc += A_AT(i0 + r, k) * B[(size_t)k * N + c];
                 if (bias) acc += bias[i0 + r];
-                if (relu) acc = fmax(acc, 0.0f);
+                if (relu) acc = acc > 0.0f ? acc : 0.0f;
                 C[(size_t)(i0 + r) * N + c] = acc;
             }
+        }
+    }
+}
+
+#ifndef NV
+#define NV 2
+#endif
+
+/* C[M, N] = op(A)[M, K] B[K, N] (+ bias[M] per row) (relu)      B[K, N], C[M, N]; A[M, K], or
+ * A[K, M] with TRANS_A.  Work-item (x, y): rows [x*RM, x*RM + RM), columns
+ * [y*NV*VEC, (y+1)*NV*VEC); per k it loads NV vectors of B and RM scalars of A for RM*NV
+ * vector multiply-adds.  Row blocks vary fastest, so neighbouring work-items share one
+ * K x NV*VEC panel of B in cache.  Blocks cut by the matrix edge go column by column.
+ * O(M N K). */
+__kernel __attribute__((reqd_work_group_size(LX, 1, 1)))
+void gemm_blk(const int M, const int N, const int K,
+              __global const float *restrict A, __global const float *restrict B,
+              __global float *restrict C, __global const float *restrict bias, const int relu)
+{
+    const int i0 = get_global_id(0) * RM;
+    const int c0 = get_global_id(1) * (NV * VEC);
+    if (i0 >= M || c0 >= N) return;
+    if (i0 + RM <= M && c0 + NV * VEC <= N) {
+        floatV acc[RM][NV];
+        _Pragma("unroll") for (int r = 0; r < RM; ++r)
+            _Pragma("unroll") for (int j = 0; j < NV; ++j) acc[r][j] = (floatV)(0.0f);
+        for (int k = 0; k < K; ++k) {
+            __global const float *b = B + (size_t)k * N + c0;
+            floatV bv[NV];
+            _Pragma("unroll") for (int j = 0; j < NV; ++j) bv[j] = VLOAD(b + j * VEC);
+            _Pragma("unroll") for (int r = 0; r < RM; ++r) {
+                const floatV a = (floatV)(A_AT(i0 + r, k));
+                _Pragma("unroll") for (int j = 0; j < NV; ++j) acc[r][j] += a * bv[j];
+            }
+        }
+        _Pragma("unroll") for (int r = 0; r < RM; ++r) {
+            const floatV bb = (floatV)(bias ? bias[i0 + r] : 0.0f);
+            _Pragma("unroll") for (int j = 0; j < NV; ++j) {
+                floatV v = acc[r][j] + bb;
+                if (relu) v = PX_RELU(v);
+                VSTORE(v, C + (size_t)(i0 + r) * N + c0 + j * VEC);
+            }
+        }
+        return;
+    }
+    const int rows = PX_MIN(RM, M - i0), cend = PX_MIN(N, c0 + NV * VEC);
+    for (int r = 0; r < rows; ++r) {
+        const float bb = bias ? bias[i0 + r] : 0.0f;
+        for (int c = c0; c < cend; ++c) {
+            float acc = 0.0f;
+            for (int k = 0; k < K; ++k) acc += A_AT(i0 + r, k) * B[(size_t)k * N + c];
+            acc += bb;
+            C[(size_t)(i0 + r) * N + c] = relu ? (acc > 0.0f ? acc : 0.0f) : acc;
         }
     }
 }

@@ -62,9 +62,15 @@ def gemm(dev: Device, a, b, *, trans_a: bool = False, trans_b: bool = False,
     if trans_b:
         b = transpose(dev, b)
     t = dev.tuning
-    vec, rm, (lx, ly) = t["gemm_vec"], t["gemm_rm"], t["gemm_local"]
-    k = dev.kernel("dense.cl", "gemm", VEC=vec, RM=rm, LX=lx, LY=ly, TRANS_A=int(trans_a))
-    dev.launch(k, (-(-N // vec), -(-M // rm)), (lx, ly), M, N, K, a, b, out, bias, int(relu))
+    vec, rm, nv = t["gemm_vec"], t["gemm_rm"], t["gemm_nv"]
+    if nv:   # CPU form: an rm x nv*vec block of C in registers, row blocks varying fastest
+        lx = t["gemm_rows"]
+        k = dev.kernel("dense.cl", "gemm_blk", VEC=vec, RM=rm, NV=nv, LX=lx, TRANS_A=int(trans_a))
+        dev.launch(k, (-(-M // rm), -(-N // (nv * vec))), (lx, 1), M, N, K, a, b, out, bias, int(relu))
+    else:    # GPU form: work-items coalesced over the columns
+        lx, ly = t["gemm_local"]
+        k = dev.kernel("dense.cl", "gemm", VEC=vec, RM=rm, LX=lx, LY=ly, TRANS_A=int(trans_a))
+        dev.launch(k, (-(-N // vec), -(-M // rm)), (lx, ly), M, N, K, a, b, out, bias, int(relu))
     return out
 
 

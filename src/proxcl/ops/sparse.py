@@ -242,11 +242,18 @@ class CSRMatrix:
         if g.shape != (self.nnz,):
             raise ValueError(f"sddmm: out must have shape ({self.nnz},)")
         if self.nnz:
+            n = a.shape[1]
             t = dev.tuning
-            lanes, group = t["sddmm_lanes"], t["sddmm_group"]
-            kern = dev.kernel("csr.cl", "csr_sddmm", VEC=t["vec"], LANES=lanes, GROUP=group)
-            dev.launch(kern, (lanes, self.nnz), (lanes, group), self.nnz, a.shape[1],
-                       self.pattern.rows, self.indices, a, b, g, float(scale))
+            if t["sddmm_lanes"] > 1:
+                lanes, group = t["sddmm_lanes"], t["sddmm_group"]
+                kern = dev.kernel("csr.cl", "csr_sddmm", VEC=t["vec"], LANES=lanes, GROUP=group)
+                dev.launch(kern, (lanes, self.nnz), (lanes, group), self.nnz, n,
+                           self.pattern.rows, self.indices, a, b, g, float(scale))
+            else:
+                epw, lx = t["sddmm_epw"], t["sddmm_group"]
+                kern = dev.kernel("csr.cl", "csr_sddmm_rows", VEC=t["vec"], EPW=epw, LX=lx)
+                dev.launch(kern, (-(-self.nnz // epw),), (lx,), self.nnz, n,
+                           self.pattern.rows, self.indices, a, b, g, float(scale))
         return CSRMatrix(self.pattern, g)
 
     # ---- support changes ---------------------------------------------------
@@ -340,8 +347,16 @@ def _spmm(dev: Device, shape, ap, aj, ax, pm, x, bias, relu, out) -> cla.Array:
         raise ValueError(f"out must be float32 ({m}, {n}), got {out.dtype} {out.shape}")
     if m and n:
         t = dev.tuning
-        lx, ly = t["spmm_local"]
-        vec = t["vec"]
-        kern = dev.kernel("csr.cl", "csr_spmm", VEC=vec, LX=lx, LY=ly)
-        dev.launch(kern, (-(-n // vec), m), (lx, ly), m, n, ap, aj, ax, pm, x, out, bias, int(relu))
+        vec, nv = t["vec"], t["spmm_nv"]
+        tr = int(pm is not None)
+        if nv:   # CPU form: a row segment of nv vectors per work-item, rows varying fastest
+            lx = t["spmm_rows"]
+            kern = dev.kernel("csr.cl", "csr_spmm_seg", VEC=vec, NV=nv, LX=lx, TRANSPOSED=tr)
+            dev.launch(kern, (m, -(-n // (nv * vec))), (lx, 1), m, n, ap, aj, ax, pm, x, out,
+                       bias, int(relu))
+        else:    # GPU form: work-items coalesced over the batch columns
+            lx, ly = t["spmm_local"]
+            kern = dev.kernel("csr.cl", "csr_spmm", VEC=vec, LX=lx, LY=ly, TRANSPOSED=tr)
+            dev.launch(kern, (-(-n // vec), m), (lx, ly), m, n, ap, aj, ax, pm, x, out,
+                       bias, int(relu))
     return out
