@@ -91,7 +91,8 @@ def _value_array(a, half: bool, what: str) -> np.ndarray:
         raise ValueError(f"{what}: values of dtype {a.dtype} cannot be stored")
     if not np.isfinite(a).all():
         raise ValueError(f"{what}: values not finite (NaN or inf)")
-    out = np.ascontiguousarray(a, dtype=DTYPES["F16" if half else "F32"])
+    with np.errstate(over="ignore"):    # overflow is reported below; np.array keeps 0-d arrays 0-d
+        out = np.array(a, dtype=DTYPES["F16" if half else "F32"], order="C")
     if not np.isfinite(out).all():
         raise ValueError(f"{what}: values too large for float16 (|x| > 65504); save without half")
     return out
