@@ -1,0 +1,1 @@
+"""Benchmarks: kernel-level (`proxcl bench kernels`) and model-level (`proxcl bench model`)."""

@@ -1,0 +1,70 @@
+"""proxcl bench: the kernel benchmark (``kernels``) and the model benchmark (``model``)."""
+
+from __future__ import annotations
+
+import importlib
+
+from . import CLIError
+
+
+def _model_module():
+    try:
+        return importlib.import_module("proxcl.bench.model")
+    except ModuleNotFoundError as e:
+        if e.name == "proxcl.bench.model":
+            return None
+        raise
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("bench", help="benchmark kernels or models against their peers",
+                       description="Benchmarks that compare proxcl with its peers in one run.")
+    bsub = p.add_subparsers(dest="bench", metavar="WHAT")
+
+    k = bsub.add_parser("kernels", help="CSR product and dense GEMM against numpy, scipy, torch",
+                        description="Y = W X for W of several shapes and densities and X of 64, "
+                                    "256 and 1024 columns: proxcl's CSR SpMM and dense GEMM against "
+                                    "numpy dense, scipy CSR, torch dense and CSR (CPU device) or torch "
+                                    "CUDA dense and CSR (GPU device). Prints one table of median "
+                                    "milliseconds and ratios.")
+    k.add_argument("--device", default=None, help="OpenCL device spec (default: $PROXCL_DEVICE)")
+    k.add_argument("--json", metavar="PATH", default=None, help="also write the results as JSON")
+    k.add_argument("--repeat", type=int, default=30,
+                   help="most timed repetitions per measurement (fewer when one is slow; default 30)")
+    k.add_argument("--quick", action="store_true", help="two shapes, one batch width, two densities")
+    k.set_defaults(func=run_kernels)
+
+    m = bsub.add_parser("model", help="train/inference speed of whole models",
+                        description="Model-level benchmark.")
+    mod = _model_module()
+    if mod is not None:
+        mod.add_arguments(m)
+    m.set_defaults(func=run_model)
+    p.set_defaults(func=lambda args: _no_what(p))
+
+
+def _no_what(p) -> int:
+    p.print_help()
+    return 2
+
+
+def run_kernels(args) -> int:
+    from ..bench import kernels
+    from ..bench.timing import write_json_atomic
+    if args.repeat < 1:
+        raise ValueError("--repeat must be at least 1")
+    result = kernels.run(args.device, repeat=args.repeat, quick=args.quick,
+                         log=lambda line: print(line, flush=True))
+    print(f"({result['elapsed_s']:.0f} s; load average before {result['host'].get('loadavg')}, "
+          f"after {result['host_after'].get('loadavg')})")
+    if args.json:
+        write_json_atomic(args.json, result)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def run_model(args) -> int:
+    mod = _model_module()
+    if mod is None:
+        raise CLIError("the model benchmark is not available in this installation (no proxcl.bench.model)")
+    return int(mod.run(args) or 0)
