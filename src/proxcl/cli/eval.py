@@ -1,0 +1,34 @@
+"""proxcl eval: accuracy, loss and per-class accuracy of a model file on a data set's test split."""
+
+from __future__ import annotations
+
+import json
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a model file on a test set",
+                       description="Accuracy, mean loss and per-class accuracy on the test split.")
+    p.add_argument("model", help="model file written by proxcl train")
+    p.add_argument("--data", default="fashion-mnist", help="data set spec (default %(default)s)")
+    p.add_argument("--device", default=None, help="OpenCL device (default $PROXCL_DEVICE or the first GPU)")
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--json", action="store_true", help='print {"accuracy", "loss", "n", "per_class"}')
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..data import load_dataset
+    from ..modelfile import load
+    from ..runtime import Device
+    from ..training import evaluate
+    model = load(args.model, device=Device(args.device))
+    ds = load_dataset(args.data)
+    res = evaluate(model, ds, "test", batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps(res))
+        return 0
+    print(f"accuracy {res['accuracy'] * 100:.2f} %   loss {res['loss']:.4f}   n {res['n']}")
+    names = getattr(ds, "class_names", None) or [str(i) for i in range(len(res["per_class"]))]
+    for name, acc in zip(names, res["per_class"]):
+        print(f"  {name:<14} {'-' if acc is None else f'{acc * 100:6.2f} %'}")
+    return 0

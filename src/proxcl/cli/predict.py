@@ -1,0 +1,33 @@
+"""proxcl predict: classify images with a model file."""
+
+from __future__ import annotations
+
+import json
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("predict", help="classify PNG, .npy or IDX images",
+                       description="Print the predicted class and its probability for every image. "
+                                   "Images are raw pixels (0..255) of the model's input size; they are "
+                                   "normalised as in training (statistics stored in the model file).")
+    p.add_argument("model", help="model file written by proxcl train")
+    p.add_argument("files", nargs="+", help="PNG, .npy or IDX image files")
+    p.add_argument("--device", default=None, help="OpenCL device (default $PROXCL_DEVICE or the first GPU)")
+    p.add_argument("--json", action="store_true", help="one JSON object per image")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..modelfile import load
+    from ..predict import predict_files
+    from ..runtime import Device
+    model, meta = load(args.model, device=Device(args.device), with_metadata=True)
+    norm = meta.get("normalisation")
+    if not norm:
+        raise ValueError(f"{args.model} stores no input normalisation (not written by proxcl train)")
+    for r in predict_files(model, args.files, norm, meta.get("class_names")):
+        if args.json:
+            print(json.dumps(r))
+        else:
+            print(f"{r['file']}[{r['index']}]: {r['label']} (class {r['class']}, p = {r['probability']:.3f})")
+    return 0

@@ -1,0 +1,62 @@
+"""Reading images for prediction: PNG, .npy and IDX files -> raw pixel arrays [N, C, H, W]."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+
+def read_images(path: str) -> np.ndarray:
+    """Raw images from one file: a PNG (one image; needs Pillow, installed with proxcl[report]),
+    a .npy array ([H, W], [N, H, W] or [N, C, H, W]) or an IDX image file (raw or .gz)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    lower = path.lower()
+    if lower.endswith(".png"):
+        try:
+            from PIL import Image
+        except ImportError:
+            raise ValueError("reading PNG needs Pillow: pip install 'proxcl[report]'") from None
+        try:
+            with Image.open(path) as im:
+                a = np.asarray(im.convert("L"), dtype=np.float32)
+        except OSError as e:
+            raise ValueError(f"{path}: not a readable PNG ({e})") from None
+        return a[None, None]
+    if lower.endswith(".npy"):
+        try:
+            a = np.load(path, allow_pickle=False)
+        except (ValueError, OSError) as e:
+            raise ValueError(f"{path}: not a readable .npy array ({str(e).splitlines()[0]})") from None
+    else:
+        from .data import read_idx
+        a = read_idx(path)
+    if a.ndim == 2:
+        a = a[None, None]
+    elif a.ndim == 3:
+        a = a[:, None]
+    if a.ndim != 4 or a.size == 0:
+        raise ValueError(f"{path}: expected images [H, W], [N, H, W] or [N, C, H, W], got shape {a.shape}")
+    if not np.issubdtype(a.dtype, np.number):
+        raise ValueError(f"{path}: images must be numbers, got {a.dtype}")
+    return a.astype(np.float32)
+
+
+def predict_files(model, paths: list[str], normalisation: dict, class_names=None) -> list[dict]:
+    """For every image of every file: {"file", "index", "class", "label", "probability"}."""
+    from .data import normalise
+    want = tuple(model.input_shape)
+    out = []
+    for path in paths:
+        raw = read_images(path)
+        if tuple(raw.shape[1:]) != want:
+            raise ValueError(f"{path}: images are {list(raw.shape[1:])}, the model takes {list(want)}")
+        x = normalise(raw, normalisation["mean"], normalisation["std"])
+        probs = model.predict_proba(x)
+        for i, p in enumerate(probs):
+            k = int(np.argmax(p))
+            out.append({"file": path, "index": i, "class": k,
+                        "label": class_names[k] if class_names and k < len(class_names) else str(k),
+                        "probability": float(p[k])})
+    return out

@@ -1,0 +1,120 @@
+"""Training reports as PNG figures: loss, accuracy and density per epoch, nonzeros per layer, and a
+spy plot of every weight matrix.  Needs matplotlib (the `report` extra)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from .ops import HostCSR
+
+
+def read_log(path: str) -> list[dict]:
+    """The records of a JSON-lines training log."""
+    records = []
+    with open(path) as f:
+        for i, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise ValueError(f"{path}:{i}: not a JSON line") from None
+    if not records:
+        raise ValueError(f"{path}: the log has no records")
+    for r in records:
+        if not {"phase", "epoch", "loss", "density"} <= r.keys():
+            raise ValueError(f"{path}: not a proxcl training log (a record lacks phase/epoch/loss/density)")
+    return records
+
+
+def _pyplot():
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ValueError("reports need matplotlib: pip install 'proxcl[report]'") from None
+    return plt
+
+
+def _save(fig, path: str) -> None:
+    tmp = path + ".part.png"
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    os.replace(tmp, path)
+
+
+def write_report(tensors: dict, records: list[dict], out_dir: str) -> list[str]:
+    """Write the report's PNGs into out_dir; return their paths.  tensors: {name: ndarray | HostCSR}
+    as read from a model file; records: the training log."""
+    plt = _pyplot()
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+    x = np.arange(1, len(records) + 1)
+    phases = [r["phase"] for r in records]
+    bounds = [i + 0.5 for i in range(1, len(phases)) if phases[i] != phases[i - 1]]
+
+    def curves(name, keys, ylabel, fname, scale=1.0, log=False):
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        for key, label in keys:
+            ys = [r.get(key) for r in records]
+            if any(y is not None for y in ys):
+                ax.plot(x, [np.nan if y is None else y * scale for y in ys], marker=".", label=label)
+        for b in bounds:
+            ax.axvline(b, color="gray", ls=":", lw=1)
+        ax.set_xlabel("epoch (all phases)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(name)
+        if log:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        path = os.path.join(out_dir, fname)
+        _save(fig, path)
+        plt.close(fig)
+        written.append(path)
+
+    curves("loss", [("loss", "train loss"), ("test_loss", "test loss")], "cross-entropy", "loss.png")
+    curves("accuracy", [("train_accuracy", "train"), ("test_accuracy", "test"), ("val_accuracy", "val")],
+           "accuracy (%)", "accuracy.png", scale=100)
+    curves("nonzero weights", [("density", "all weights")], "nonzero (%)", "density.png", scale=100, log=True)
+
+    # nonzeros per layer over the epochs
+    layer_names = [l["name"] for l in records[-1].get("layers", [])]
+    if layer_names:
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        for name in layer_names:
+            ys = [next((l["nnz"] for l in r.get("layers", []) if l["name"] == name), np.nan) for r in records]
+            ax.plot(x, ys, marker=".", label=name)
+        for b in bounds:
+            ax.axvline(b, color="gray", ls=":", lw=1)
+        ax.set_yscale("log")
+        ax.set_xlabel("epoch (all phases)")
+        ax.set_ylabel("nonzero weights")
+        ax.set_title("nonzeros per layer")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        path = os.path.join(out_dir, "nonzeros_per_layer.png")
+        _save(fig, path)
+        plt.close(fig)
+        written.append(path)
+
+    # spy plot of every weight matrix (2-D storage: [out, in] or [O, C*kh*kw])
+    for name, t in tensors.items():
+        if not name.endswith("weight"):
+            continue
+        dense = t.to_dense() if isinstance(t, HostCSR) else np.asarray(t).reshape(np.asarray(t).shape[0], -1)
+        nz = dense != 0
+        fig, ax = plt.subplots(figsize=(6, 6 * min(3.0, max(0.2, nz.shape[0] / max(nz.shape[1], 1)))))
+        ax.imshow(nz, cmap="Greys", interpolation="nearest", aspect="auto")
+        ax.set_title(f"{name}: {int(nz.sum())} of {nz.size} nonzero ({100 * nz.mean():.2f} %)")
+        ax.set_xlabel("input")
+        ax.set_ylabel("output")
+        path = os.path.join(out_dir, f"spy_{name.replace('.', '_')}.png")
+        _save(fig, path)
+        plt.close(fig)
+        written.append(path)
+    return written
