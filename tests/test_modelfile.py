@@ -573,3 +573,24 @@ def test_load_rejects_unbuildable_spec(dev, tmp_path, rng):
     mf.write_model_file(p, model.spec, st)
     with pytest.raises(ModelFileError, match="cannot be built"):
         mf.load(p, device=dev)
+
+
+# ---- docs/FORMAT.md's worked example is what the writer produces ---------------------------------
+
+def test_format_doc_example_matches_writer():
+    from pathlib import Path
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "FORMAT.md").read_text(encoding="utf-8")
+    spec = {"name": "tiny", "input_shape": [6], "num_classes": 3,
+            "layers": [{"type": "linear", "name": "fc", "out": 3, "bias": True}]}
+    t = {"fc.weight": HostCSR(np.array([0, 2, 2, 3]), np.array([1, 4, 0]),
+                              np.array([0.5, -1.25, 2.0], np.float32), (3, 6)),
+         "fc.bias": np.array([0.1, 0, -0.1], np.float32)}
+    blob = mf.model_file_bytes(spec, t, {"test_accuracy": 0.9})
+    (n,) = struct.unpack("<Q", blob[:8])
+    assert f"is {len(blob)} bytes" in doc and blob[:8].hex(" ") in doc and f"N = {n})" in doc
+    blocks = doc.split("```text\n")
+    header_doc = blocks[1].split("```")[0].replace("⏎\n", "").strip()
+    assert blob[8:8 + n].decode().rstrip(" ") == header_doc
+    assert len(blob[8:8 + n]) - len(header_doc) == 4 and f"file offset {8 + n}" in doc
+    data_doc = bytes.fromhex(" ".join(line[:48] for line in blocks[2].split("```")[0].splitlines()))
+    assert blob[8 + n:] == data_doc
