@@ -2,7 +2,10 @@
 
 Each update is one OpenCL kernel launch per parameter and step (``kernels/optim.cl``): the
 gradient step and the l1 proximal step (soft-threshold) are fused, and the threshold gives
-exact zeros, so a weight leaves the support the moment ``|z| <= tau``.
+exact zeros, so a weight leaves the support the moment ``|z| <= tau``; a NaN stays NaN (it is
+never thresholded away), so a diverging run still shows in the values.  Each work-item handles
+``tuning["vec"]`` values with vector loads; the kernels are memory-bound and run at the
+device's bandwidth on large parameters.
 
 Parameters are duck-typed: anything with
 
