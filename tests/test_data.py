@@ -421,3 +421,16 @@ def test_no_network_message(no_system_data):
     for f in FILES:
         assert f in msg
     assert str(data.cache_dir("fashion-mnist")) in msg and "apt-get install dataset-fashion-mnist" in msg
+
+
+def test_given_normalisation_is_used():
+    """eval normalises with the statistics stored in a model file, not its own."""
+    ds = data.load_dataset("synthetic:200", val_split=0.2, seed=1)
+    again = data.load_dataset("synthetic:200", normalisation=ds.normalisation)
+    assert again.normalisation == ds.normalisation
+    raw = data.synthetic_arrays(200)[2].astype(np.float64)
+    np.testing.assert_allclose(again.images["test"][:, 0], (raw - ds.mean) / ds.std, atol=1e-5)
+    np.testing.assert_array_equal(again.images["test"], ds.images["test"])
+    for bad in ({"mean": 1.0}, {"mean": 0.0, "std": 0.0}, {"mean": "x", "std": 1.0}):
+        with pytest.raises(ValueError, match="normalisation"):
+            data.load_dataset("synthetic:100", normalisation=bad)

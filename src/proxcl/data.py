@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 import struct
 import tempfile
@@ -416,9 +417,10 @@ def _stats(images: np.ndarray) -> tuple[float, float]:
 
 
 def from_arrays(name: str, train_images, train_labels, test_images, test_labels, class_names,
-                *, val_split: float = 0.0, seed: int = 0) -> Dataset:
+                *, val_split: float = 0.0, seed: int = 0, normalisation: dict | None = None) -> Dataset:
     """A Dataset from raw images ([N, H, W] or [N, C, H, W], 0..255) and labels; the validation
-    split (a seeded random fraction) is taken out of the training set before the statistics."""
+    split (a seeded random fraction) is taken out of the training set before the statistics.
+    ``normalisation`` ({"mean", "std"}, e.g. stored with a model) replaces the statistics."""
     if not 0.0 <= float(val_split) < 1.0:
         raise ValueError(f"val_split must be in [0, 1), got {val_split}")
     xs, ys = {}, {}
@@ -447,7 +449,15 @@ def from_arrays(name: str, train_images, train_labels, test_images, test_labels,
         val_idx, train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
         xs["val"], ys["val"] = xs["train"][val_idx], ys["train"][val_idx]
         xs["train"], ys["train"] = xs["train"][train_idx], ys["train"][train_idx]
-    mean, std = _stats(xs["train"])
+    if normalisation is not None:
+        try:
+            mean, std = float(normalisation["mean"]), float(normalisation["std"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"normalisation must be {{'mean': float, 'std': float}}, got {normalisation!r}") from None
+        if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+            raise ValueError(f"normalisation needs a finite mean and a positive std, got {mean}, {std}")
+    else:
+        mean, std = _stats(xs["train"])
     ds = Dataset(name, tuple(class_names), mean, std)
     for split in SPLITS:
         if split in xs:
@@ -456,7 +466,8 @@ def from_arrays(name: str, train_images, train_labels, test_images, test_labels,
     return ds
 
 
-def _load_mnist_like(name: str, folder, *, val_split: float, seed: int, download_ok: bool) -> Dataset:
+def _load_mnist_like(name: str, folder, *, val_split: float, seed: int, download_ok: bool,
+                     normalisation: dict | None) -> Dataset:
     src = SOURCES[name]
     if folder is not None:
         if not Path(folder).is_dir():
@@ -485,7 +496,8 @@ def _load_mnist_like(name: str, folder, *, val_split: float, seed: int, download
         if len(x) != len(y):
             raise DataError(f"{fx} has {len(x)} images but {fy} has {len(y)} labels")
     return from_arrays(name, arrays["train_images"], arrays["train_labels"], arrays["test_images"],
-                       arrays["test_labels"], src.class_names, val_split=val_split, seed=seed)
+                       arrays["test_labels"], src.class_names, val_split=val_split, seed=seed,
+                       normalisation=normalisation)
 
 
 SYNTHETIC_CLASSES = tuple(f"pattern {i}" for i in range(10))
@@ -551,17 +563,20 @@ def parse_spec(spec: str | None) -> tuple[str, str | None]:
 
 
 def load_dataset(spec: str | None = "fashion-mnist", *, val_split: float = 0.0, seed: int = 0,
-                 download: bool = True) -> Dataset:
+                 download: bool = True, normalisation: dict | None = None) -> Dataset:
     """Load a data set by spec: ``fashion-mnist`` (default), ``mnist``, ``fashion-mnist:DIR``,
     ``mnist:DIR``, or ``synthetic`` / ``synthetic:N`` (N training images, N/5 test images).
-    ``val_split`` holds out that fraction of the training set (chosen by ``seed``)."""
+    ``val_split`` holds out that fraction of the training set (chosen by ``seed``).  The images
+    are normalised with the training split's mean and std, or with ``normalisation``
+    ({"mean", "std"}, as ``Dataset.normalisation`` gives and a model file stores) when given."""
     name, arg = parse_spec(spec)
     if name == "synthetic":
         n = _parse_int(arg, "synthetic:N") if arg else 2000
         xtr, ytr, xte, yte = synthetic_arrays(n)
         return from_arrays(f"synthetic:{n}", xtr, ytr, xte, yte, SYNTHETIC_CLASSES,
-                           val_split=val_split, seed=seed)
-    return _load_mnist_like(name, arg, val_split=val_split, seed=seed, download_ok=download)
+                           val_split=val_split, seed=seed, normalisation=normalisation)
+    return _load_mnist_like(name, arg, val_split=val_split, seed=seed, download_ok=download,
+                            normalisation=normalisation)
 
 
 __all__ = ["DataError", "Dataset", "load_dataset", "parse_spec", "normalise", "epoch_order",
