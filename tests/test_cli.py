@@ -1,0 +1,139 @@
+"""The proxcl command end to end, through subprocesses: train -> info -> eval -> predict -> report,
+and bad input giving one line and exit status 2, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+DATA = "synthetic:400"
+
+
+def proxcl(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "proxcl", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def _one_line_error(r, *needles):
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) >= 1 and lines[-1].startswith(("proxcl: error:", "usage:")) or "error:" in lines[-1]
+    for n in needles:
+        assert n in r.stderr, (n, r.stderr)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    d = tmp_path_factory.mktemp("run")
+    out, log = d / "m.proxcl", d / "log.jsonl"
+    r = proxcl("train", "--model", "lenet300", "--data", DATA, "--epochs", 2, "--debias-epochs", 1,
+               "--batch-size", 64, "--l1", 1e-3, "--switch-density", 0.5, "--out", out, "--log", log,
+               "--no-progress", "--json")
+    assert r.returncode == 0, r.stderr
+    return d, out, log, json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_train_writes_model_log_and_checkpoint(trained):
+    d, out, log, summary = trained
+    assert out.exists() and (d / "m.proxcl.ckpt").exists()
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["phase"] for r in records] == ["sparse", "sparse", "debias"]
+    for r in records:
+        assert {"loss", "train_accuracy", "test_accuracy", "nnz", "density", "layers", "seconds"} <= r.keys()
+    assert summary["density"] == pytest.approx(records[-1]["density"])
+    assert not [p for p in os.listdir(d) if p.startswith(".tmp")]
+
+
+def test_info_json_matches_the_file(trained):
+    _, out, _, summary = trained
+    r = proxcl("info", out, "--json")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["total"]["file_bytes"] == out.stat().st_size
+    weights = [layer for layer in info["layers"] if layer["name"].endswith("weight")]
+    assert sum(layer["nnz"] for layer in weights) == summary["nnz"]
+    table = proxcl("info", out).stdout
+    assert "fc1.weight" in table and "compression" in table
+
+
+def test_eval_json_agrees_with_training(trained):
+    _, out, _, summary = trained
+    r = proxcl("eval", out, "--data", DATA, "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert set(res) == {"accuracy", "loss", "n", "per_class"}
+    assert res["accuracy"] == pytest.approx(summary["test_accuracy"], abs=1e-9)
+    assert len(res["per_class"]) == 10 and res["n"] == 80
+
+
+def test_predict_npy_and_idx(trained, tmp_path):
+    from proxcl.data import synthetic_arrays, write_idx
+    _, out, _, _ = trained
+    _, _, xte, yte = synthetic_arrays(400)
+    np.save(tmp_path / "one.npy", xte[0])
+    write_idx(tmp_path / "five-idx3-ubyte", xte[:5].reshape(5, 28, 28).astype(np.uint8))
+    r = proxcl("predict", out, tmp_path / "one.npy", tmp_path / "five-idx3-ubyte", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(rows) == 6
+    for row in rows:
+        assert 0 <= row["class"] < 10 and 0.1 <= row["probability"] <= 1.0
+    assert rows[0]["class"] == rows[1]["class"]  # the same image twice
+
+
+def test_report_writes_pngs(trained, tmp_path):
+    _, out, log, _ = trained
+    r = proxcl("report", out, "--log", log, "--out", tmp_path / "rep")
+    assert r.returncode == 0, r.stderr
+    names = sorted(os.listdir(tmp_path / "rep"))
+    for want in ("loss.png", "accuracy.png", "density.png", "nonzeros_per_layer.png", "spy_fc1_weight.png"):
+        assert want in names
+    for n in names:
+        assert (tmp_path / "rep" / n).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_every_subcommand_has_help():
+    from proxcl.cli import COMMANDS
+    for cmd in COMMANDS:
+        r = proxcl(cmd, "--help")
+        assert r.returncode == 0 and "usage: proxcl" in r.stdout, cmd
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("train", "--data", "nosuch"), "unknown data set"),
+    (("train", "--data", DATA, "--model", "nosuchnet", "--epochs", 1), "nosuchnet"),
+    (("train", "--data", DATA, "--optimizer", "adam"), "proximal optimizer"),
+    (("train", "--data", DATA, "--switch-density", "2"), "density"),
+    (("train", "--data", DATA, "--device", "no-such-device"), "no-such-device"),
+    (("info", "/nonexistent/model.proxcl"), "nonexistent"),
+    (("eval", "/nonexistent/model.proxcl", "--data", DATA), "nonexistent"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, needle, tmp_path):
+    r = proxcl(*args, "--out", tmp_path / "x.proxcl") if args[0] == "train" else proxcl(*args)
+    _one_line_error(r, needle)
+    assert not (tmp_path / "x.proxcl").exists()
+
+
+def test_corrupt_model_file_exit_2(trained, tmp_path):
+    _, out, log, _ = trained
+    bad = tmp_path / "bad.proxcl"
+    bad.write_bytes(out.read_bytes()[:100])
+    for args in (("info", bad), ("eval", bad, "--data", DATA), ("predict", bad, bad),
+                 ("report", bad, "--log", log, "--out", tmp_path / "r")):
+        _one_line_error(proxcl(*args))
+
+
+def test_resume_through_the_cli(tmp_path):
+    args = ["train", "--model", "lenet300", "--data", DATA, "--epochs", 2, "--debias-epochs", 1,
+            "--batch-size", 64, "--no-progress", "--json"]
+    a = proxcl(*args, "--out", tmp_path / "a.proxcl")
+    assert a.returncode == 0, a.stderr
+    b = proxcl(*args, "--out", tmp_path / "b.proxcl", "--resume", tmp_path / "a.proxcl.ckpt")
+    assert b.returncode == 0, b.stderr  # nothing left to do: same model
+    assert json.loads(a.stdout)["test_accuracy"] == json.loads(b.stdout)["test_accuracy"]
