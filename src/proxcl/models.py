@@ -301,9 +301,10 @@ class Model:
         if x.dtype.kind not in "fiub":
             raise ValueError(f"inputs must be numeric, got dtype {x.dtype}")
         feat = int(np.prod(self.input_shape))
-        if x.ndim >= 2 and (tuple(x.shape[1:]) == self.input_shape or int(np.prod(x.shape[1:])) == feat):
-            pass
-        else:
+        ok = (tuple(x.shape[1:]) == self.input_shape or (x.ndim == 2 and x.shape[1] == feat)
+              or (len(self.input_shape) == 3 and self.input_shape[0] == 1
+                  and tuple(x.shape[1:]) == self.input_shape[1:]))
+        if not ok:
             raise ValueError(f"inputs must have shape [N, {', '.join(map(str, self.input_shape))}] or "
                              f"[N, {feat}], got {list(x.shape)}")
         if x.shape[0] == 0:
