@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
-import os
 import struct
 import urllib.error
 from pathlib import Path
@@ -375,8 +374,8 @@ class _Resp:
     def __exit__(self, *a):
         return False
 
-    def read(self):
-        return self.blob
+    def read(self, n=-1):
+        return self.blob if n < 0 else self.blob[:n]
 
 
 def test_download_through_opener(no_system_data, monkeypatch):
@@ -407,6 +406,14 @@ def test_download_rejects_wrong_digest(no_system_data):
     with pytest.raises(DataError, match="SHA-256 does not match"):
         data.download("fashion-mnist", opener=lambda url, timeout: _Resp(blob))
     dest = data.cache_dir("fashion-mnist")
+    assert not dest.exists() or list(dest.iterdir()) == []
+
+
+def test_download_refuses_oversized(no_system_data, monkeypatch):
+    monkeypatch.setattr(data, "DOWNLOAD_MAX_BYTES", 100)
+    with pytest.raises(DataError, match="larger than 100 bytes"):
+        data.download("mnist", opener=lambda url, timeout: _Resp(bytes(1000)))
+    dest = data.cache_dir("mnist")
     assert not dest.exists() or list(dest.iterdir()) == []
 
 

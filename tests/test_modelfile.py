@@ -594,3 +594,10 @@ def test_format_doc_example_matches_writer():
     assert len(blob[8:8 + n]) - len(header_doc) == 4 and f"file offset {8 + n}" in doc
     data_doc = bytes.fromhex(" ".join(line[:48] for line in blocks[2].split("```")[0].splitlines()))
     assert blob[8 + n:] == data_doc
+
+
+def test_read_refuses_special_files(tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(ModelFileError, match="not a regular file"):
+        mf.read_model_file(fifo)

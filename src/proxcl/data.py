@@ -12,6 +12,7 @@ import hashlib
 import math
 import os
 import struct
+import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -278,7 +279,11 @@ def _check_digest(f: _File, blob: bytes, url: str) -> None:
     raise DataError(f"{url}: SHA-256 does not match the known digest (corrupt or altered download)")
 
 
-def download(name: str, dest=None, *, urls=None, opener=None, timeout: float = 60.0) -> Path:
+DOWNLOAD_MAX_BYTES = 1 << 27        # the largest file (MNIST-family training images) is ~26 MB
+
+
+def download(name: str, dest=None, *, urls=None, opener=None, timeout: float = 60.0,
+             progress: bool = True) -> Path:
     """Fetch the four files of ``name`` into ``dest`` (default: the cache), each checked against
     its known SHA-256 before it is renamed into place.  Files already there are kept."""
     src = SOURCES[name]
@@ -291,12 +296,16 @@ def download(name: str, dest=None, *, urls=None, opener=None, timeout: float = 6
         errors = []
         for base in bases:
             url = base.rstrip("/") + "/" + f.name
+            if progress:
+                print(f"proxcl: downloading {url}", file=sys.stderr, flush=True)
             try:
                 with opener(url, timeout=timeout) as resp:
-                    blob = resp.read()
+                    blob = resp.read(DOWNLOAD_MAX_BYTES + 1)
             except (urllib.error.URLError, OSError, ValueError) as e:
                 errors.append(f"{url}: {getattr(e, 'reason', e)}")
                 continue
+            if len(blob) > DOWNLOAD_MAX_BYTES:
+                raise DataError(f"{url}: larger than {DOWNLOAD_MAX_BYTES} bytes, not a data set file")
             _check_digest(f, blob, url)
             _atomic_write_bytes(dest / f.name, blob)
             break

@@ -445,6 +445,8 @@ def _parse(blob: bytes, name: str) -> ParsedFile:
 def _read_bytes(path) -> bytes:
     p = Path(path)
     try:
+        if p.exists() and not p.is_dir() and not p.is_file():
+            raise ModelFileError(f"{path}: not a regular file")
         return p.read_bytes()
     except FileNotFoundError:
         raise ModelFileError(f"{path}: no such file") from None
