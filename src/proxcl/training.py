@@ -324,12 +324,12 @@ def train(cfg: TrainConfig, *, resume: str | None = None, dataset=None, device=N
 
 
 def _file_metadata(cfg: TrainConfig, result: TrainResult, dev, ds) -> dict:
+    """What the model file records of its run (the per-epoch history stays in the log: the header
+    is part of the file size that compression is judged by)."""
     return {"config": dataclasses.asdict(cfg), "test_accuracy": result.test_accuracy,
             "normalisation": ds.normalisation, "class_names": list(ds.class_names),
             "nnz": result.nnz, "weights": result.weights, "device": f"{dev.platform_name} | {dev.name}",
-            "seconds": round(result.seconds, 3),
-            "history": [{k: r[k] for k in ("phase", "epoch", "loss", "train_accuracy", "test_accuracy",
-                                         "nnz", "density") if k in r} for r in result.history]}
+            "seconds": round(result.seconds, 3)}
 
 
 def _enter_phase(cfg: TrainConfig, phase: str, model, history: list, ds) -> None:

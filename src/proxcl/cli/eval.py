@@ -21,8 +21,8 @@ def run(args) -> int:
     from ..modelfile import load
     from ..runtime import Device
     from ..training import evaluate
-    model = load(args.model, device=Device(args.device))
-    ds = load_dataset(args.data)
+    model, meta = load(args.model, device=Device(args.device), with_metadata=True)
+    ds = load_dataset(args.data, normalisation=meta.get("normalisation"))
     res = evaluate(model, ds, "test", batch_size=args.batch_size)
     if args.json:
         print(json.dumps(res))
