@@ -1,7 +1,7 @@
 """Dense kernels against numpy float64: GEMM in all four transpose combinations with and
 without the bias + ReLU epilogue, transpose, soft-thresholding (scalar and per-element
 threshold, in place), and the input checks.  Outputs are poisoned with NaN before each
-launch; the GPU-style tuning runs here too (``PROXCL_TUNING=gpu``)."""
+launch.  Both kernel families (CPU and GPU forms, ``PROXCL_TUNING``) run on the test device."""
 
 from __future__ import annotations
 
@@ -26,13 +26,12 @@ def monkeypatch_module():
     mp.undo()
 
 
-@pytest.fixture(scope="module", params=["native", "gpu-style"])
+@pytest.fixture(scope="module", params=["cpu", "gpu"])
 def kdev(request, dev, monkeypatch_module):
-    if request.param == "native":
-        return dev
-    monkeypatch_module.setenv("PROXCL_TUNING", "gpu")
+    """The test device running the CPU kernel forms, then the GPU forms (PROXCL_TUNING)."""
+    monkeypatch_module.setenv("PROXCL_TUNING", request.param)
     d = proxcl.Device(dev.spec)
-    assert d.tuning["sddmm_lanes"] > 1
+    assert d.tuning["kind"] == request.param
     monkeypatch_module.delenv("PROXCL_TUNING")
     return d
 

@@ -4,9 +4,9 @@ gathered state arrays, gather / scatter, and the input checks.
 
 Every product writes into an ``out=`` array poisoned with NaN, so an element the kernel
 forgets fails.  Shapes come from hypothesis and include empty rows, nnz = 0, 1x1, batch
-widths that are no multiple of any vector width or local size, and > 65535 columns.  The
-GPU-style kernel variants (chosen by ``Device.tuning`` on GPUs) run here too, on the same
-device, through ``PROXCL_TUNING=gpu``."""
+widths that are no multiple of any vector width or local size, and > 65535 columns.  Both
+kernel families (the CPU forms and the GPU forms that ``Device.tuning`` picks per device
+kind) run on the test device, through ``PROXCL_TUNING``."""
 
 from __future__ import annotations
 
@@ -25,14 +25,12 @@ SETTINGS = settings(max_examples=15, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
-@pytest.fixture(scope="module", params=["native", "gpu-style"])
+@pytest.fixture(scope="module", params=["cpu", "gpu"])
 def kdev(request, dev, monkeypatch_module):
-    """The test device with its own tuning, and the same device with the GPU kernel variants."""
-    if request.param == "native":
-        return dev
-    monkeypatch_module.setenv("PROXCL_TUNING", "gpu")
+    """The test device running the CPU kernel forms, then the GPU forms (PROXCL_TUNING)."""
+    monkeypatch_module.setenv("PROXCL_TUNING", request.param)
     d = proxcl.Device(dev.spec)
-    assert d.tuning["sddmm_lanes"] > 1  # the variant under test really is the GPU one
+    assert d.tuning["kind"] == request.param
     monkeypatch_module.delenv("PROXCL_TUNING")
     return d
 

@@ -155,6 +155,11 @@ class Device:
     def tuning(self) -> dict:
         """Per-device-kind launch parameters (vector widths, blockings, local sizes).
 
+        ``vec`` is the general vector width (element-wise kernels of every module); the
+        ``gemm_*``, ``spmm_*`` and ``sddmm_*`` entries belong to the kernels of proxcl.ops
+        (``*_nv`` = 0 / ``sddmm_lanes`` > 1 select the GPU forms).  Values measured with
+        ``proxcl bench kernels`` (docs/PERFORMANCE.md).
+
         CPUs (PoCL) get few, large work-items, each holding a row segment of several vectors in
         registers; GPUs get work-items coalesced over the batch columns and a LANES-wide
         reduction for SDDMM.  ``$PROXCL_TUNING`` ("cpu" or "gpu") forces one of the two tables
@@ -163,14 +168,14 @@ class Device:
         if kind not in ("cpu", "gpu"):
             raise DeviceError(f"PROXCL_TUNING must be 'cpu' or 'gpu', got {kind!r}")
         if kind == "cpu":
-            return {"kind": "cpu", "vec": 8, "ew_local": 64,
+            return {"kind": "cpu", "vec": 8, "ew_local": 64, "aligned": False,
                     "gemm_rm": 6, "gemm_vec": 8, "gemm_nv": 2, "gemm_rows": 4, "gemm_local": (4, 4),
-                    "spmm_nv": 8, "spmm_rows": 8, "spmm_local": (4, 4),
-                    "sddmm_lanes": 1, "sddmm_epw": 4, "sddmm_group": 16}
-        return {"kind": "gpu", "vec": 4, "ew_local": 256,
-                "gemm_rm": 4, "gemm_vec": 4, "gemm_nv": 0, "gemm_rows": 0, "gemm_local": (16, 8),
-                "spmm_nv": 0, "spmm_rows": 0, "spmm_local": (32, 4),
-                "sddmm_lanes": 32, "sddmm_epw": 1, "sddmm_group": 4}
+                    "spmm_vec": 8, "spmm_nv": 8, "spmm_rows": 8, "spmm_local": (4, 4),
+                    "sddmm_lanes": 1, "sddmm_vec": 8, "sddmm_epw": 4, "sddmm_group": 16}
+        return {"kind": "gpu", "vec": 4, "ew_local": 256, "aligned": True,
+                "gemm_rm": 4, "gemm_vec": 2, "gemm_nv": 0, "gemm_rows": 0, "gemm_local": (32, 8),
+                "spmm_vec": 2, "spmm_nv": 0, "spmm_rows": 0, "spmm_local": (32, 8),
+                "sddmm_lanes": 8, "sddmm_vec": 4, "sddmm_epw": 1, "sddmm_group": 16}
 
     # ---- programs and kernels ---------------------------------------------
     def program(self, filename: str, **defines) -> cl.Program:

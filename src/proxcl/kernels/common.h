@@ -8,10 +8,18 @@
 #define floatV PX_CAT(float, VEC)
 #define intV PX_CAT(int, VEC)
 
-/* Unaligned vector load / store of VEC floats at p (any address space), written as element
- * accesses that the compiler merges into one vector access.  (The vloadN / vstoreN builtins
- * are out-of-line calls on some CPU OpenCL builds, which spills every accumulator.) */
-#if VEC == 2
+/* Vector load / store of VEC floats at p.  With PX_ALIGNED=1 (the host's promise that every
+ * such p is a multiple of VEC floats into a buffer; __global pointers only) they are plain
+ * vector accesses.  Otherwise unaligned, written as element accesses that the compiler merges
+ * into one vector access, in any address space.  (The vloadN / vstoreN builtins are
+ * out-of-line calls on some CPU OpenCL builds, which spills every accumulator.) */
+#ifndef PX_ALIGNED
+#define PX_ALIGNED 0
+#endif
+#if PX_ALIGNED
+#define VLOAD(p) (*(const __global floatV *)(p))
+#define VSTORE(v, p) (*(__global floatV *)(p) = (v))
+#elif VEC == 2
 #define VLOAD(p) ((float2)((p)[0], (p)[1]))
 #define VSTORE(v, p) do { const float2 px_v_ = (v); (p)[0] = px_v_.s0; (p)[1] = px_v_.s1; } while (0)
 #elif VEC == 4

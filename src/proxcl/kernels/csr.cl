@@ -2,7 +2,8 @@
  * Ap[n_row+1] (int32 row pointers), Aj[nnz] (int32 column indices), Ax[nnz] (float32 values).
  * Dense operands are row-major and feature-major: X[n_col, n_vec], one row per feature,
  * so a CSR row streams over contiguous batch columns.
- * Build defines: VEC (vector width), LX, LY (fixed local size), TRANSPOSED (values through Pm),
+ * Build defines: VEC (vector width), PX_ALIGNED (see common.h), LX, LY (fixed local size),
+ * TRANSPOSED (values through Pm),
  * NV (vectors per work-item, csr_spmm_seg), LANES, GROUP (csr_sddmm), EPW (csr_sddmm_rows),
  * SCAN_LOCAL (scan).  Every *_seg / *_rows kernel is the CPU form of the kernel before it;
  * Device.tuning picks one per device kind. */
@@ -45,6 +46,7 @@ void csr_spmm(const int m, const int n,
     __global float *y = Y + (size_t)i * n;
     if (c0 + VEC <= n) {
         floatV acc = (floatV)(0.0f);
+        _Pragma("unroll 4")
         for (int p = start; p < end; ++p)
             acc += (floatV)(PX_VAL(p)) * VLOAD(X + (size_t)Aj[p] * n + c0);
         acc += (floatV)(b);

@@ -69,7 +69,8 @@ def gemm(dev: Device, a, b, *, trans_a: bool = False, trans_b: bool = False,
         dev.launch(k, (-(-M // rm), -(-N // (nv * vec))), (lx, 1), M, N, K, a, b, out, bias, int(relu))
     else:    # GPU form: work-items coalesced over the columns
         lx, ly = t["gemm_local"]
-        k = dev.kernel("dense.cl", "gemm", VEC=vec, RM=rm, LX=lx, LY=ly, TRANS_A=int(trans_a))
+        k = dev.kernel("dense.cl", "gemm", VEC=vec, RM=rm, LX=lx, LY=ly, TRANS_A=int(trans_a),
+                       PX_ALIGNED=int(t["aligned"] and N % vec == 0))
         dev.launch(k, (-(-N // vec), -(-M // rm)), (lx, ly), M, N, K, a, b, out, bias, int(relu))
     return out
 

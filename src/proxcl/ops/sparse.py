@@ -246,12 +246,13 @@ class CSRMatrix:
             t = dev.tuning
             if t["sddmm_lanes"] > 1:
                 lanes, group = t["sddmm_lanes"], t["sddmm_group"]
-                kern = dev.kernel("csr.cl", "csr_sddmm", VEC=t["vec"], LANES=lanes, GROUP=group)
+                kern = dev.kernel("csr.cl", "csr_sddmm", VEC=t["sddmm_vec"], LANES=lanes, GROUP=group,
+                                  PX_ALIGNED=int(t["aligned"] and n % t["sddmm_vec"] == 0))
                 dev.launch(kern, (lanes, self.nnz), (lanes, group), self.nnz, n,
                            self.pattern.rows, self.indices, a, b, g, float(scale))
             else:
                 epw, lx = t["sddmm_epw"], t["sddmm_group"]
-                kern = dev.kernel("csr.cl", "csr_sddmm_rows", VEC=t["vec"], EPW=epw, LX=lx)
+                kern = dev.kernel("csr.cl", "csr_sddmm_rows", VEC=t["sddmm_vec"], EPW=epw, LX=lx)
                 dev.launch(kern, (-(-self.nnz // epw),), (lx,), self.nnz, n,
                            self.pattern.rows, self.indices, a, b, g, float(scale))
         return CSRMatrix(self.pattern, g)
@@ -347,7 +348,7 @@ def _spmm(dev: Device, shape, ap, aj, ax, pm, x, bias, relu, out) -> cla.Array:
         raise ValueError(f"out must be float32 ({m}, {n}), got {out.dtype} {out.shape}")
     if m and n:
         t = dev.tuning
-        vec, nv = t["vec"], t["spmm_nv"]
+        vec, nv = t["spmm_vec"], t["spmm_nv"]
         tr = int(pm is not None)
         if nv:   # CPU form: a row segment of nv vectors per work-item, rows varying fastest
             lx = t["spmm_rows"]
@@ -356,7 +357,8 @@ def _spmm(dev: Device, shape, ap, aj, ax, pm, x, bias, relu, out) -> cla.Array:
                        bias, int(relu))
         else:    # GPU form: work-items coalesced over the batch columns
             lx, ly = t["spmm_local"]
-            kern = dev.kernel("csr.cl", "csr_spmm", VEC=vec, LX=lx, LY=ly, TRANSPOSED=tr)
+            kern = dev.kernel("csr.cl", "csr_spmm", VEC=vec, LX=lx, LY=ly, TRANSPOSED=tr,
+                              PX_ALIGNED=int(t["aligned"] and n % vec == 0))
             dev.launch(kern, (-(-n // vec), m), (lx, ly), m, n, ap, aj, ax, pm, x, out,
                        bias, int(relu))
     return out
