@@ -169,6 +169,32 @@ def test_csr_and_dense_models_agree(dev, rng, which):
         assert rel_err(gs[p.name], gd[p.name] * mask) < 1e-5, p.name
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_direct_sparse_convolution_matches_torch(dev, seed):
+    """Inference with sparse CSR convolutions runs without im2col, fused with the pooling,
+    ReLU and flatten after them: every geometry must still give torch's logits."""
+    rng = np.random.default_rng(seed)
+    c, h, w = int(rng.integers(1, 4)), int(rng.integers(9, 15)), int(rng.integers(9, 15))
+    k, s, p = int(rng.integers(1, 4)), int(rng.integers(1, 3)), int(rng.integers(0, 2))
+    pk = int(rng.integers(2, 4))
+    spec = {"input_shape": [c, h, w], "layers": [
+        {"type": "conv2d", "out": 7, "kernel": k, "stride": s, "padding": p}, {"type": "relu"},
+        {"type": "maxpool2d", "kernel": pk, "stride": int(rng.integers(1, pk + 1)), "padding": pk // 2},
+        {"type": "conv2d", "out": 5, "kernel": [2, 1], "padding": [1, 0], "bias": False},
+        {"type": "flatten"}, {"type": "linear", "out": 4}]}
+    model = models.build(spec, device=dev, seed=seed)
+    state = make_sparse(model, rng, 0.15)
+    convs = [l for l in model.layers if l.kind == "conv2d"]
+    assert all(l.direct_ok() for l in convs)
+    x, y = batch(model, rng, 3)
+    model.workspace.poison()
+    z_ref = torch_loss_grads(model.spec, state, x, y)[0]
+    assert rel_err(model.forward(x), z_ref) < TOL
+    # the training pass (im2col) gives the same logits
+    xb = model.prepare_batch(x)
+    assert rel_err(model._forward(xb, train=False, keep=True).get().T, z_ref) < TOL
+
+
 # ---- batches: train, eval, probabilities ------------------------------------------------
 
 def test_train_and_eval_batches(dev, rng):

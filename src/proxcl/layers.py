@@ -32,6 +32,11 @@ def _local(dev: Device) -> int:
     return dev.tuning["ew_local"]
 
 
+def _rows(dev: Device) -> int:
+    """Local size of the kernels that give a work-item one image row."""
+    return 8 if dev.is_cpu else 64
+
+
 def nn_kernel(dev: Device, name: str):
     """A kernel of ``nn.cl`` (one program per device: the defines never vary)."""
     return dev.kernel("nn.cl", name, VEC=dev.tuning["vec"], RL=64 if dev.is_cpu else 256, XL=64)
@@ -310,9 +315,22 @@ class _Window(Layer):
             raise ValueError(f"{what}: a {self.kh}x{self.kw} window does not fit a {h}x{w} input "
                              f"with padding {self.ph},{self.pw}")
 
-    def _geo_args(self, n):
-        c, h, w = self.in_shape
-        return (c, n, h, w, self.kh, self.kw, self.sh, self.sw, self.ph, self.pw, self.ho, self.wo)
+    def _geo(self, n: int, pool: "MaxPool2d | None" = None, out: int = 0) -> cla.Array:
+        """The int32 geometry array G of nn.cl for a batch of n (cached per n and pooling)."""
+        key = (n, id(pool), out)
+        cache = self.__dict__.setdefault("_geo_cache", {})
+        g = cache.get(key)
+        if g is None:
+            c, h, w = self.in_shape
+            vals = [c, n, h, w, self.kh, self.kw, self.sh, self.sw, self.ph, self.pw, self.ho, self.wo]
+            if pool is not None:
+                vals += [pool.kh, pool.kw, pool.sh, pool.sw, pool.ph, pool.pw, pool.ho, pool.wo, out]
+            elif out:
+                vals += [1, 1, 1, 1, 0, 0, self.ho, self.wo, out]
+            if len(cache) > 8:
+                cache.clear()
+            g = cache[key] = self.device.to_device(np.array(vals, np.int32), np.int32)
+        return g
 
 
 class Conv2d(_Window):
@@ -346,7 +364,7 @@ class Conv2d(_Window):
         dev = self.device
         ckk, npix = c * self.kh * self.kw, n * self.ho * self.wo
         cols = self._buf("cols", (ckk, npix))
-        dev.launch(nn_kernel(dev, "im2col"), (npix, ckk), (_local(dev), 1), *self._geo_args(n), x, cols)
+        dev.launch(nn_kernel(dev, "im2col"), (n * self.ho, ckk), (_rows(dev), 1), self._geo(n), x, cols)
         return cols
 
     def forward(self, x, train=False, keep=False):
@@ -386,9 +404,46 @@ class Conv2d(_Window):
             gemm(dev, w, dy2, trans_a=True, out=dcols)
         if not self.pointwise:
             c, h, wd = self.in_shape
-            dev.launch(nn_kernel(dev, "col2im"), (n * h * wd, c), (_local(dev), 1), *self._geo_args(n),
-                       dcols, dx)
+            dev.launch(nn_kernel(dev, "col2im"), (n * h, c), (_rows(dev), 1), self._geo(n), dcols, dx)
         return dx
+
+
+    # ---- inference without im2col (CSR weights) ----------------------------
+    DIRECT_MAX_DENSITY = 0.2
+
+    def direct_ok(self) -> bool:
+        """Whether forward_direct can run: a CSR weight, sparse enough for the direct
+        convolution to beat im2col + SpMM, and taps that fit the packed format."""
+        w = self.weight.value
+        return (isinstance(w, CSRMatrix) and w.density <= self.DIRECT_MAX_DENSITY
+                and self.in_shape[0] < 32768 and self.kh < 256 and self.kw < 256 and self.wo <= 64)
+
+    def _taps(self, w: CSRMatrix) -> cla.Array:
+        """Ak[nnz]: each entry's (c, ky, kx) packed as c << 16 | ky << 8 | kx, made once per support."""
+        cached = getattr(self, "_taps_cache", None)
+        if cached is not None and cached[0] is w.pattern:
+            return cached[1]
+        j = w.indices.get().astype(np.int64) if w.nnz else np.zeros(0, np.int64)
+        c, r = np.divmod(j, self.kh * self.kw)
+        ky, kx = np.divmod(r, self.kw)
+        taps = self.device.to_device(((c << 16) | (ky << 8) | kx).astype(np.int32), np.int32)
+        self._taps_cache = (w.pattern, taps)
+        return taps
+
+    def forward_direct(self, x, pool: "MaxPool2d | None" = None, flat: bool = False) -> cla.Array:
+        """Inference: the convolution straight from the CSR weight, fused with the max pooling
+        ``pool`` that follows (if any), the ReLUs fused into either, and the flatten after it
+        when ``flat`` (output [O*Hp*Wp, N], else [O, N, Hp, Wp])."""
+        dev, n = self.device, x.shape[1]
+        w = self.weight.value
+        o = self.out_shape[0]
+        hp, wp = (pool.ho, pool.wo) if pool is not None else (self.ho, self.wo)
+        relu = self.relu or (pool is not None and pool.relu)
+        y = self._buf(("direct", flat), (o * hp * wp, n) if flat else (o, n, hp, wp))
+        b = self.bias.value if self.bias is not None else None
+        dev.launch(nn_kernel(dev, "csr_conv_pool"), (n * hp, o), (_rows(dev), 1), self._geo(n, pool, o),
+                   w.indptr, self._taps(w), w.data, b, x, y, int(relu), int(flat))
+        return y
 
 
 class MaxPool2d(_Window):
@@ -409,8 +464,8 @@ class MaxPool2d(_Window):
         c = self.in_shape[0]
         y = self._buf("y", (c, n, self.ho, self.wo))
         idx = self._buf("idx", (y.size,), np.int32) if keep else None
-        dev.launch(nn_kernel(dev, "maxpool_fwd"), (n * self.ho * self.wo, c), (_local(dev), 1),
-                   *self._geo_args(n), x, y, idx, int(self.relu))
+        dev.launch(nn_kernel(dev, "maxpool_fwd"), (n * self.ho, c), (_rows(dev), 1), self._geo(n),
+                   x, y, idx, int(self.relu))
         if keep:
             self._idx, self._y, self._n = idx, y, n
         return y
@@ -421,7 +476,7 @@ class MaxPool2d(_Window):
         dev, n = self.device, self._n
         c, h, w = self.in_shape
         dx = self._buf("dx", (c, n, h, w))
-        dev.launch(nn_kernel(dev, "maxpool_bwd"), (n * h * w, c), (_local(dev), 1), *self._geo_args(n),
+        dev.launch(nn_kernel(dev, "maxpool_bwd"), (n * h, c), (_rows(dev), 1), self._geo(n),
                    dy, self._idx, self._y, int(self.relu), dx)
         return dx
 

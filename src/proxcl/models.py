@@ -319,17 +319,18 @@ class Model:
             raise ValueError(f"labels must lie in [0, {self.num_classes - 1}]")
         return y.astype(np.int32)
 
-    def _upload(self, x: np.ndarray, out: cla.Array | None = None) -> cla.Array:
-        """Host batch -> the internal layout ([C, N, H, W] or [F, N]) on the device."""
+    def _upload(self, x: np.ndarray, out: cla.Array | None = None, wait: bool = True) -> cla.Array:
+        """Host batch -> the internal layout ([C, N, H, W] or [F, N]) on the device.  With
+        wait=False the copy is asynchronous: the caller keeps x alive until it reads back."""
         dev = self.device
         n = x.shape[0]
         shape = Layer.batch_shape(self.input_shape, n)
         if len(self.input_shape) == 3 and self.input_shape[0] == 1:
             if out is None:
                 return cla.to_device(dev.queue, x.reshape(shape))
-            out.set(x.reshape(shape))
+            out.set(x.reshape(shape), async_=not wait)
             return out
-        raw = cla.to_device(dev.queue, x)
+        raw = cla.to_device(dev.queue, x, async_=not wait)
         out = out if out is not None else dev.empty(shape)
         if len(self.input_shape) == 3:
             c, hw = self.input_shape[0], self.input_shape[1] * self.input_shape[2]
@@ -360,8 +361,21 @@ class Model:
 
     # ---- passes ------------------------------------------------------------
     def _forward(self, x: cla.Array, train: bool, keep: bool) -> cla.Array:
-        for layer in self._exec:
+        layers, i = self._exec, 0
+        while i < len(layers):
+            layer = layers[i]
+            if not keep and isinstance(layer, Conv2d) and layer.direct_ok():
+                # inference with a sparse CSR convolution: no im2col; the pooling and the
+                # flatten that follow run inside the same kernel
+                nxt = layers[i + 1] if i + 1 < len(layers) else None
+                pool = nxt if isinstance(nxt, MaxPool2d) else None
+                j = i + 1 + (pool is not None)
+                flat = j < len(layers) and isinstance(layers[j], Flatten)
+                x = layer.forward_direct(x, pool, flat)
+                i = j + int(flat)
+                continue
             x = layer.forward(x, train=train, keep=keep)
+            i += 1
         return x
 
     def _backward(self, dz: cla.Array) -> None:
@@ -411,7 +425,8 @@ class Model:
         for s in range(0, x.shape[0], batch_size):
             xc = x[s:s + batch_size]
             xd = self._upload(xc, self.workspace.get(("input", "x"), Layer.batch_shape(self.input_shape,
-                                                                                       xc.shape[0])))
+                                                                                       xc.shape[0])),
+                              wait=False)
             z = self._forward(xd, train=train, keep=False)
             if probs:
                 p = self.workspace.get(("loss", "probs"), z.shape)

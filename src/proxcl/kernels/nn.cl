@@ -3,8 +3,8 @@
  * Activation layouts (feature-major, DESIGN.md section 2):
  *   flat    X[F, N]            one row per feature, the batch along the row;
  *   spatial X[C, N, H, W]      channel-major, so a convolution is W[O, C*kh*kw] @ cols.
- * Convolution and pooling geometry comes in as ints: kernel (KH, KW), stride (SH, SW),
- * padding (PH, PW); output sizes Ho = (H + 2 PH - KH) / SH + 1, likewise Wo.
+ * Convolution and pooling geometry: kernel (KH, KW), stride (SH, SW), padding (PH, PW);
+ * output sizes Ho = (H + 2 PH - KH) / SH + 1, likewise Wo.
  * Build defines: VEC (vector width, common.h), RL (row-sum work-group size),
  * XL (softmax work-group size). */
 
@@ -15,125 +15,150 @@
 #define XL 64
 #endif
 
-/* ---- convolution as a product: im2col and its adjoint (col2im, written as a gather) ---- */
+/* Window geometry comes in a small int32 array G (made once per layer and batch size, so a
+ * launch sets few arguments):  G[0..11] = C, N, H, W, KH, KW, SH, SW, PH, PW, Ho, Wo (input
+ * X[C, N, H, W], a KH x KW window of stride SH, SW and padding PH, PW, output Ho x Wo);
+ * for csr_conv_pool also G[12..20] = QH, QW, QSH, QSW, QPH, QPW, Hp, Wp (the pooling after
+ * the convolution) and O (output channels). */
+#define GEO_CONV const int C = G[0], N = G[1], H = G[2], W = G[3], KH = G[4], KW = G[5], \
+    SH = G[6], SW = G[7], PH = G[8], PW = G[9], Ho = G[10], Wo = G[11]
+#define GEO_POOL const int QH = G[12], QW = G[13], QSH = G[14], QSW = G[15], QPH = G[16], \
+    QPW = G[17], Hp = G[18], Wp = G[19], O = G[20]
+
+/* ---- convolution as a product: im2col and its adjoint (col2im, written as a gather) ----
+ * These kernels give each work-item one image row (all of its columns), so the index
+ * arithmetic (integer divisions) is paid once per row, not once per element. */
 
 /* cols[C*KH*KW, N*Ho*Wo] from X[C, N, H, W]:
  *   cols[(c*KH + ky)*KW + kx, (n*Ho + oy)*Wo + ox] = X[c, n, oy*SH - PH + ky, ox*SW - PW + kx]
- * (zero outside the image).  Work-item (q, r): one element.  O(C KH KW N Ho Wo). */
-__kernel void im2col(const int C, const int N, const int H, const int W,
-                     const int KH, const int KW, const int SH, const int SW,
-                     const int PH, const int PW, const int Ho, const int Wo,
-                     __global const float *restrict X, __global float *restrict cols)
+ * (zero outside the image).  Work-item (g, r), g = n*Ho + oy: one row of Wo values.
+ * O(C KH KW N Ho Wo). */
+__kernel void im2col(__global const int *restrict G, __global const float *restrict X,
+                     __global float *restrict cols)
 {
-    const int q = get_global_id(0);
+    GEO_CONV;
+    const int g = get_global_id(0);
     const int r = get_global_id(1);
-    const int NP = N * Ho * Wo;
-    if (q >= NP || r >= C * KH * KW) return;
+    if (g >= N * Ho || r >= C * KH * KW) return;
     const int kx = r % KW, t = r / KW;
     const int ky = t % KH, c = t / KH;
-    const int ox = q % Wo, u = q / Wo;
-    const int oy = u % Ho, n = u / Ho;
-    const int iy = oy * SH - PH + ky, ix = ox * SW - PW + kx;
-    float v = 0.0f;
-    if (iy >= 0 && iy < H && ix >= 0 && ix < W)
-        v = X[(((size_t)c * N + n) * H + iy) * W + ix];
-    cols[(size_t)r * NP + q] = v;
+    const int oy = g % Ho, n = g / Ho;
+    const int iy = oy * SH - PH + ky;
+    __global float *out = cols + (size_t)r * N * Ho * Wo + (size_t)g * Wo;
+    if (iy < 0 || iy >= H) {
+        for (int ox = 0; ox < Wo; ++ox) out[ox] = 0.0f;
+        return;
+    }
+    __global const float *x = X + (((size_t)c * N + n) * H + iy) * W - PW + kx;
+    if (SW == 1 && PW == 0 && kx + Wo <= W) {
+        for (int ox = 0; ox < Wo; ++ox) out[ox] = x[ox];
+    } else {
+        for (int ox = 0; ox < Wo; ++ox) {
+            const int ix = ox * SW - PW + kx;
+            out[ox] = (ix >= 0 && ix < W) ? x[ox * SW] : 0.0f;
+        }
+    }
 }
 
 /* dX[C, N, H, W] = col2im(dcols[C*KH*KW, N*Ho*Wo]): every input pixel sums the entries of
- * dcols that im2col copied it into (no atomics).  Work-item (q, c), q = (n*H + iy)*W + ix.
+ * dcols that im2col copied it into (no atomics).  Work-item (g, c), g = n*H + iy: one row.
  * O(C N H W KH KW). */
-__kernel void col2im(const int C, const int N, const int H, const int W,
-                     const int KH, const int KW, const int SH, const int SW,
-                     const int PH, const int PW, const int Ho, const int Wo,
-                     __global const float *restrict dcols, __global float *restrict dX)
+__kernel void col2im(__global const int *restrict G, __global const float *restrict dcols,
+                     __global float *restrict dX)
 {
-    const int q = get_global_id(0);
+    GEO_CONV;
+    const int g = get_global_id(0);
     const int c = get_global_id(1);
-    if (q >= N * H * W || c >= C) return;
-    const int ix = q % W, t = q / W;
-    const int iy = t % H, n = t / H;
-    const int NP = N * Ho * Wo;
-    float acc = 0.0f;
+    if (g >= N * H || c >= C) return;
+    const int iy = g % H, n = g / H;
+    const size_t NP = (size_t)N * Ho * Wo;
+    __global float *dx = dX + ((size_t)c * N + n) * H * W + (size_t)iy * W;
+    for (int ix = 0; ix < W; ++ix) dx[ix] = 0.0f;
     for (int ky = 0; ky < KH; ++ky) {
         const int y = iy + PH - ky;
         if (y < 0 || y % SH) continue;
         const int oy = y / SH;
         if (oy >= Ho) continue;
         for (int kx = 0; kx < KW; ++kx) {
-            const int x = ix + PW - kx;
-            if (x < 0 || x % SW) continue;
-            const int ox = x / SW;
-            if (ox >= Wo) continue;
-            acc += dcols[(size_t)((c * KH + ky) * KW + kx) * NP + (n * Ho + oy) * Wo + ox];
+            __global const float *d = dcols + (size_t)((c * KH + ky) * KW + kx) * NP
+                                      + (size_t)(n * Ho + oy) * Wo;
+            if (SW == 1) {
+                /* ox = ix + PW - kx in [0, Wo) */
+                const int lo = max(0, kx - PW), hi = min(W, Wo + kx - PW);
+                for (int ix = lo; ix < hi; ++ix) dx[ix] += d[ix + PW - kx];
+            } else {
+                for (int ix = 0; ix < W; ++ix) {
+                    const int x = ix + PW - kx;
+                    if (x < 0 || x % SW) continue;
+                    const int ox = x / SW;
+                    if (ox < Wo) dx[ix] += d[ox];
+                }
+            }
         }
     }
-    dX[(size_t)c * N * H * W + q] = acc;
 }
 
 /* ---- max pooling ---- */
 
 /* Y[C, N, Ho, Wo] = max over each window of X[C, N, H, W] (padding counts as -inf), then
  * ReLU when relu != 0.  Idx[C*N*Ho*Wo] (may be NULL): the winner's position iy*W + ix in its
- * image, the first maximum in row-major window order (as PyTorch).  Work-item (q, c),
- * q = (n*Ho + oy)*Wo + ox.  O(C N Ho Wo KH KW). */
-__kernel void maxpool_fwd(const int C, const int N, const int H, const int W,
-                          const int KH, const int KW, const int SH, const int SW,
-                          const int PH, const int PW, const int Ho, const int Wo,
-                          __global const float *restrict X, __global float *restrict Y,
+ * image, the first maximum in row-major window order (as PyTorch).  Work-item (g, c),
+ * g = n*Ho + oy: one output row.  O(C N Ho Wo KH KW). */
+__kernel void maxpool_fwd(__global const int *restrict G, __global const float *restrict X,
+                          __global float *restrict Y,
                           __global int *restrict Idx, const int relu)
 {
-    const int q = get_global_id(0);
+    GEO_CONV;
+    const int g = get_global_id(0);
     const int c = get_global_id(1);
-    if (q >= N * Ho * Wo || c >= C) return;
-    const int ox = q % Wo, t = q / Wo;
-    const int oy = t % Ho, n = t / Ho;
+    if (g >= N * Ho || c >= C) return;
+    const int oy = g % Ho, n = g / Ho;
     __global const float *x = X + ((size_t)c * N + n) * H * W;
-    float best = -INFINITY;
-    int arg = -1;
-    for (int ky = 0; ky < KH; ++ky) {
-        const int iy = oy * SH - PH + ky;
-        if (iy < 0 || iy >= H) continue;
-        for (int kx = 0; kx < KW; ++kx) {
-            const int ix = ox * SW - PW + kx;
-            if (ix < 0 || ix >= W) continue;
-            const float v = x[iy * W + ix];
-            if (v > best || arg < 0) { best = v; arg = iy * W + ix; }
-        }
+    const size_t o0 = ((size_t)c * N * Ho + g) * Wo;
+    const int ylo = max(0, oy * SH - PH), yhi = min(H, oy * SH - PH + KH);
+    for (int ox = 0; ox < Wo; ++ox) {
+        const int xlo = max(0, ox * SW - PW), xhi = min(W, ox * SW - PW + KW);
+        float best = x[ylo * W + xlo];
+        int arg = ylo * W + xlo;
+        for (int iy = ylo; iy < yhi; ++iy)
+            for (int ix = xlo; ix < xhi; ++ix) {
+                const float v = x[iy * W + ix];
+                if (v > best) { best = v; arg = iy * W + ix; }
+            }
+        Y[o0 + ox] = relu ? fmax(best, 0.0f) : best;
+        if (Idx) Idx[o0 + ox] = arg;
     }
-    const size_t o = (size_t)c * N * Ho * Wo + q;
-    Y[o] = relu ? fmax(best, 0.0f) : best;
-    if (Idx) Idx[o] = arg;
 }
 
 /* dX[C, N, H, W] from dY[C, N, Ho, Wo]: each input pixel sums dY over the windows that
  * chose it (Idx from maxpool_fwd); with relu != 0 windows whose output Y <= 0 pass nothing.
  * A gather over the at most ceil(KH/SH) * ceil(KW/SW) windows holding the pixel (no atomics).
- * Work-item (q, c), q = (n*H + iy)*W + ix.  O(C N H W). */
-__kernel void maxpool_bwd(const int C, const int N, const int H, const int W,
-                          const int KH, const int KW, const int SH, const int SW,
-                          const int PH, const int PW, const int Ho, const int Wo,
-                          __global const float *restrict dY, __global const int *restrict Idx,
+ * Work-item (g, c), g = n*H + iy: one input row.  O(C N H W). */
+__kernel void maxpool_bwd(__global const int *restrict G, __global const float *restrict dY,
+                          __global const int *restrict Idx,
                           __global const float *restrict Y, const int relu,
                           __global float *restrict dX)
 {
-    const int q = get_global_id(0);
+    GEO_CONV;
+    const int g = get_global_id(0);
     const int c = get_global_id(1);
-    if (q >= N * H * W || c >= C) return;
-    const int ix = q % W, t = q / W;
-    const int iy = t % H, n = t / H;
-    const int me = iy * W + ix;
+    if (g >= N * H || c >= C) return;
+    const int iy = g % H, n = g / H;
     /* windows oy with oy*SH - PH <= iy <= oy*SH - PH + KH - 1 */
     const int ylo = max(0, (iy + PH - KH + SH) / SH), yhi = min(Ho - 1, (iy + PH) / SH);
-    const int xlo = max(0, (ix + PW - KW + SW) / SW), xhi = min(Wo - 1, (ix + PW) / SW);
     const size_t base = ((size_t)c * N + n) * Ho * Wo;
-    float acc = 0.0f;
-    for (int oy = ylo; oy <= yhi; ++oy)
-        for (int ox = xlo; ox <= xhi; ++ox) {
-            const size_t o = base + oy * Wo + ox;
-            if (Idx[o] == me && (!relu || Y[o] > 0.0f)) acc += dY[o];
-        }
-    dX[(size_t)c * N * H * W + q] = acc;
+    __global float *dx = dX + ((size_t)c * N + n) * H * W + (size_t)iy * W;
+    for (int ix = 0; ix < W; ++ix) {
+        const int me = iy * W + ix;
+        const int xlo = max(0, (ix + PW - KW + SW) / SW), xhi = min(Wo - 1, (ix + PW) / SW);
+        float acc = 0.0f;
+        for (int oy = ylo; oy <= yhi; ++oy)
+            for (int ox = xlo; ox <= xhi; ++ox) {
+                const size_t o = base + oy * Wo + ox;
+                if (Idx[o] == me && (!relu || Y[o] > 0.0f)) acc += dY[o];
+            }
+        dx[ix] = acc;
+    }
 }
 
 /* ---- element-wise: ReLU, dropout ---- */
@@ -281,5 +306,73 @@ void softmax_xent(const int K, const int N, __global const float *restrict Z,
     if (lid == 0 && Partial) {
         Partial[2 * get_group_id(0)] = ls[0];
         Partial[2 * get_group_id(0) + 1] = cs[0];
+    }
+}
+
+/* ---- direct sparse convolution (inference) ---- */
+
+#ifndef MAXW
+#define MAXW 64
+#endif
+
+/* A convolution with a CSR weight, fused with the max pooling that follows it (a 1x1 pool of
+ * stride 1 when none does), a ReLU (relu != 0, after the pooling, which commutes with it) and
+ * optionally the flatten after it; no im2col.
+ *   Ap[O+1], Ak[nnz] (the taps of the columns j = (c*KH + ky)*KW + kx, packed as
+ *   c << 16 | ky << 8 | kx), Ax[nnz], bias[O] or NULL, X[C, N, H, W];
+ *   Y[O, N, Hp, Wp] (flat_out = 0) or Y[O*Hp*Wp, N] (flat_out = 1, PyTorch's flatten order).
+ * Conv geometry (KH, KW, SH, SW, PH, PW) -> Ho x Wo (Wo <= MAXW); pool geometry (QH, QW, QSH,
+ * QSW, QPH, QPW) -> Hp x Wp.  Work-item (g, o), g = n*Hp + py: one pooled output row; it
+ * builds the conv rows of its pooling window in private memory, one CSR entry at a time
+ * (each entry adds a shifted input row).  O(nnz N Ho Wo QH / QSH). */
+__kernel void csr_conv_pool(__global const int *restrict G, __global const int *restrict Ap,
+                            __global const int *restrict Ak, __global const float *restrict Ax,
+                            __global const float *restrict bias, __global const float *restrict X,
+                            __global float *restrict Y, const int relu, const int flat_out)
+{
+    GEO_CONV;
+    GEO_POOL;
+    const int g = get_global_id(0);
+    const int o = get_global_id(1);
+    if (g >= N * Hp || o >= O) return;
+    const int py = g % Hp, n = g / Hp;
+    const int start = Ap[o], end = Ap[o + 1];
+    const float b = bias ? bias[o] : 0.0f;
+    const size_t cs = (size_t)N * H * W;
+    __global const float *x = X + (size_t)n * H * W;
+    float best[MAXW], acc[MAXW];
+    for (int px = 0; px < Wp; ++px) best[px] = -INFINITY;
+    const int cylo = max(0, py * QSH - QPH), cyhi = min(Ho, py * QSH - QPH + QH);
+    for (int cy = cylo; cy < cyhi; ++cy) {
+        for (int cx = 0; cx < Wo; ++cx) acc[cx] = b;
+        for (int p = start; p < end; ++p) {
+            const int e = Ak[p];
+            const int iy = cy * SH - PH + ((e >> 8) & 255);
+            if (iy < 0 || iy >= H) continue;
+            const int kx = e & 255;
+            /* cx with 0 <= cx*SW - PW + kx < W */
+            const int lo = max(0, (PW - kx + SW - 1) / SW);
+            const int hi = min(Wo, (W - 1 + PW - kx) / SW + 1);
+            const float v = Ax[p];
+            __global const float *row = x + (size_t)(e >> 16) * cs + (size_t)iy * W - PW + kx;
+            if (SW == 1) {
+                for (int cx = lo; cx < hi; ++cx) acc[cx] += v * row[cx];
+            } else {
+                for (int cx = lo; cx < hi; ++cx) acc[cx] += v * row[cx * SW];
+            }
+        }
+        for (int px = 0; px < Wp; ++px) {
+            const int cxlo = max(0, px * QSW - QPW), cxhi = min(Wo, px * QSW - QPW + QW);
+            float m = best[px];
+            for (int cx = cxlo; cx < cxhi; ++cx) m = fmax(m, acc[cx]);
+            best[px] = m;
+        }
+    }
+    for (int px = 0; px < Wp; ++px) {
+        const float v = relu ? fmax(best[px], 0.0f) : best[px];
+        if (flat_out)
+            Y[((size_t)(o * Hp + py) * Wp + px) * N + n] = v;
+        else
+            Y[(((size_t)o * N + n) * Hp + py) * Wp + px] = v;
     }
 }
