@@ -52,6 +52,7 @@ ROWS = {
 }
 
 
+SCOPES = ["global", "layer"]   # magnitude pruning scopes to run (--scopes)
 OVERRIDE: dict = {}   # --data / --epochs / --debias-epochs from the command line (for trying the script)
 
 
@@ -114,7 +115,7 @@ def run(model: str, outdir: str, jobs: int, device: str | None) -> None:
         if row["tag"] == "dense" or "error" in row:
             continue
         dens = f"{row['nnz'] / row['weights']:.6f}"
-        for scope in ("layer", "global"):
+        for scope in SCOPES:
             tag = f"magnitude {scope} @ {row['tag']}"
             extra = ["--method", "magnitude", "--optimizer", "adam", "--target-density", dens,
                      "--prune-scope", scope]
@@ -184,6 +185,7 @@ def main() -> int:
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--device", default=None)
     p.add_argument("--dir", default="runs/results")
+    p.add_argument("--scopes", default="global,layer", help="magnitude pruning scopes (default %(default)s)")
     p.add_argument("--data", default=None, help="another data set (to try the script)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--debias-epochs", type=int, default=None)
@@ -192,6 +194,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.cmd == "run":
         OVERRIDE.update(data=args.data, epochs=args.epochs, debias_epochs=args.debias_epochs)
+        SCOPES[:] = args.scopes.split(",")
         run(args.model, args.dir, args.jobs, args.device)
     else:
         render(args.dir)
