@@ -230,15 +230,15 @@ def format_row(row: dict, basis: str) -> str:
     pick = (lambda tm: tm["wall_ms"]) if basis == "wall" else \
         (lambda tm: tm["device_ms"] if tm["device_ms"] is not None else tm["wall_ms"])
     gemm = t["proxcl_gemm"]["wall_ms"] if basis == "wall" else t["proxcl_gemm"]["device_ms"]
-    cells = [f"{row['m']}x{row['k']}", str(row["n"]), f"{row['density'] * 100:g}%", str(row["nnz"]),
+    bar = row.get("bar") and row["density"] in (0.05, 0.01)
+    cells = [f"**{row['m']}x{row['k']}**" if bar else f"{row['m']}x{row['k']}", str(row["n"]), f"{row['density'] * 100:g}%", str(row["nnz"]),
              _ms(t["proxcl_csr"]["device_ms"]), _ms(t["proxcl_csr"]["wall_ms"]),
              _ms(row["proxcl_csr_pipelined_ms"]), _ms(gemm)]
     peers = _peers_of(basis)
     cells += [_ms(pick(t[name])) if name in t else "-" for name, _ in peers]
     cells += [_ratio(row["ratios"].get(name)) for name, _ in peers]
     cells.append("-" if row["x_floor"] is None else f"{row['x_floor']:.1f}")
-    line = "| " + " | ".join(cells) + " |"
-    return line + (" <- bar" if row.get("bar") and row["density"] in (0.05, 0.01) else "")
+    return "| " + " | ".join(cells) + " |"
 
 
 def format_table(result: dict) -> str:
@@ -254,12 +254,13 @@ def format_table(result: dict) -> str:
         lines.append("median ms. csr dev: OpenCL profiling events; csr wall / gemm / peers: wall clock "
                      "per call incl. launch and wait, after warm-up; csr pipe: wall per call with calls "
                      "back to back. vs X = X wall / proxcl CSR wall (> 1: proxcl faster). "
-                     "x floor = csr dev / (bytes moved / copy bandwidth).")
+                     "x floor = csr dev / (bytes moved / copy bandwidth). Bold: the bar cases.")
     else:
         lines.append("median ms. csr dev / gemm: OpenCL profiling events; cuBLAS / cuSPARSE: CUDA events "
                      "(torch.mm on CUDA tensors); csr wall: wall clock per call incl. launch and wait; "
                      "csr pipe: wall per call back to back. vs X = X CUDA-event time / proxcl CSR "
-                     "event time (> 1: proxcl faster). x floor = csr dev / (bytes moved / copy bandwidth).")
+                     "event time (> 1: proxcl faster). x floor = csr dev / (bytes moved / copy bandwidth). "
+                     "Bold: the bar shape.")
     lines.append(header(basis))
     lines += [format_row(r, basis) for r in result["rows"]]
     return "\n".join(lines)
