@@ -24,21 +24,38 @@
 #endif
 
 /* C[M, N] = op(A)[M, K] B[K, N] (+ bias[M] per row) (relu)      B[K, N], C[M, N].
- * Work-item (x, y): rows [y*RM, y*RM + RM), columns [x*VEC, x*VEC + VEC).  O(M N K). */
+ * Work-item (x, y, z): rows [y*RM, y*RM + RM), columns [x*VEC, x*VEC + VEC), and the slice
+ * k in [z*KS, z*KS + KS) of the inner dimension, written to C + z*M*N (split-K: with a launch
+ * of S > 1 slices C holds S partial products that gemm_sum_slices adds in a fixed order;
+ * then bias and relu must be off here).  O(M N K). */
 __kernel __attribute__((reqd_work_group_size(LX, LY, 1)))
 void gemm(const int M, const int N, const int K,
           __global const float *restrict A, __global const float *restrict B,
-          __global float *restrict C, __global const float *restrict bias, const int relu)
+          __global float *restrict C, __global const float *restrict bias, const int relu,
+          const int KS)
 {
     const int c0 = get_global_id(0) * VEC;
     const int i0 = get_global_id(1) * RM;
     if (i0 >= M || c0 >= N) return;
+    {
+        const int z = get_global_id(2);
+        const int kb = z * KS;
+        /* shift the operands to the slice: rows kb.. of B (and of A when stored [K, M]) */
+        B += (size_t)kb * N;
+#if TRANS_A
+        A += (size_t)kb * M;
+#else
+        A += kb;
+#endif
+        C += (size_t)z * M * N;
+    }
+    const int KK = PX_MIN(KS, K - get_global_id(2) * KS);
     int rows[RM];
     _Pragma("unroll") for (int r = 0; r < RM; ++r) rows[r] = PX_MIN(i0 + r, M - 1);   /* clamp: loads stay in range */
     if (c0 + VEC <= N) {
         floatV acc[RM];
         _Pragma("unroll") for (int r = 0; r < RM; ++r) acc[r] = (floatV)(0.0f);
-        for (int k = 0; k < K; ++k) {
+        for (int k = 0; k < KK; ++k) {
             const floatV b = VLOAD(B + (size_t)k * N + c0);
             _Pragma("unroll") for (int r = 0; r < RM; ++r) acc[r] += (floatV)(A_AT(rows[r], k)) * b;
         }
@@ -52,7 +69,7 @@ void gemm(const int M, const int N, const int K,
         for (int r = 0; r < RM && i0 + r < M; ++r) {
             for (int c = c0; c < N; ++c) {
                 float acc = 0.0f;
-                for (int k = 0; k < K; ++k) acc += A_AT(i0 + r, k) * B[(size_t)k * N + c];
+                for (int k = 0; k < KK; ++k) acc += A_AT(i0 + r, k) * B[(size_t)k * N + c];
                 if (bias) acc += bias[i0 + r];
                 if (relu) acc = acc > 0.0f ? acc : 0.0f;
                 C[(size_t)(i0 + r) * N + c] = acc;
@@ -112,6 +129,20 @@ void gemm_blk(const int M, const int N, const int K,
             C[(size_t)(i0 + r) * N + c] = relu ? (acc > 0.0f ? acc : 0.0f) : acc;
         }
     }
+}
+
+/* out[q] = sum_{z<S} part[z*MN + q] (+ bias[q / N]) (relu), the slices added in order:
+ * the reduction of a split-K gemm.      part[S, MN], out[MN], bias[MN / N] or NULL. */
+__kernel void gemm_sum_slices(const int MN, const int N, const int S,
+                              __global const float *restrict part, __global float *restrict out,
+                              __global const float *restrict bias, const int relu)
+{
+    const int q = get_global_id(0);
+    if (q >= MN) return;
+    float acc = 0.0f;
+    for (int z = 0; z < S; ++z) acc += part[(size_t)z * MN + q];
+    if (bias) acc += bias[q / N];
+    out[q] = relu ? (acc > 0.0f ? acc : 0.0f) : acc;
 }
 
 #define TT 16

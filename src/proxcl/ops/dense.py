@@ -71,8 +71,27 @@ def gemm(dev: Device, a, b, *, trans_a: bool = False, trans_b: bool = False,
         lx, ly = t["gemm_local"]
         k = dev.kernel("dense.cl", "gemm", VEC=vec, RM=rm, LX=lx, LY=ly, TRANS_A=int(trans_a),
                        PX_ALIGNED=int(t["aligned"] and N % vec == 0))
-        dev.launch(k, (-(-N // vec), -(-M // rm)), (lx, ly), M, N, K, a, b, out, bias, int(relu))
+        gx, gy = -(-N // vec), -(-M // rm)
+        slices, ks = split_k(gx * gy, K)
+        if slices == 1:
+            dev.launch(k, (gx, gy, 1), (lx, ly, 1), M, N, K, a, b, out, bias, int(relu), K)
+        else:
+            part = dev.empty((slices, M, N))
+            dev.launch(k, (gx, gy, slices), (lx, ly, 1), M, N, K, a, b, part, None, 0, ks)
+            dev.launch(dev.kernel("dense.cl", "gemm_sum_slices"), (M * N,), (t["ew_local"],),
+                       M * N, N, slices, part, out, bias, int(relu))
     return out
+
+
+def split_k(items: int, K: int, *, target: int = 16384, min_slice: int = 256) -> tuple[int, int]:
+    """(slices, k per slice) for the GPU GEMM: a product with few output blocks and a long inner
+    dimension (weight gradients over a whole batch: K = N*Ho*Wo) gets split along K so that the
+    device has about ``target`` work-items; the partial products are added in a fixed order."""
+    if items >= target or K < 2 * min_slice:
+        return 1, K
+    slices = min(-(-target // items), K // min_slice, 256)
+    ks = -(-K // slices)
+    return -(-K // ks), ks
 
 
 def soft_threshold(dev: Device, z, tau, *, scale: float = 1.0, out=None) -> cla.Array:
