@@ -47,7 +47,8 @@ ROWS = {
             ("prox-sgd l1=5e-3", ["--optimizer", "prox-sgd", "--lr", "0.05", "--l1", "5e-3"]),
             ("prox-sgd l1=1e-2", ["--optimizer", "prox-sgd", "--lr", "0.05", "--l1", "1e-2"]),
             ("prox-sgd l1=2e-2", ["--optimizer", "prox-sgd", "--lr", "0.05", "--l1", "2e-2"]),
-            ("rda l1=1e-3", ["--optimizer", "rda", "--gamma", "1", "--l1", "1e-3"]),
+            ("rda gamma=10 l1=1e-3", ["--optimizer", "rda", "--gamma", "10", "--l1", "1e-3"]),
+            ("rda gamma=5 l1=5e-4", ["--optimizer", "rda", "--gamma", "5", "--l1", "5e-4"]),
         ],
     },
 }
@@ -105,10 +106,12 @@ def run(model: str, outdir: str, jobs: int, device: str | None) -> None:
     os.makedirs(outdir, exist_ok=True)
     r = ROWS[model]
     epochs, debias = _epochs(model)
-    first = [(model, "dense", _command(model, "dense", ["--method", "dense", "--optimizer", "adam",
+    only = OVERRIDE.get("only")
+    first = [] if only else [(model, "dense", _command(model, "dense", ["--method", "dense", "--optimizer", "adam",
                                                          "--epochs", str(epochs + debias)],
                                        outdir, device), outdir)]
-    first += [(model, tag, _command(model, tag, extra, outdir, device), outdir) for tag, extra in r["proximal"]]
+    first += [(model, tag, _command(model, tag, extra, outdir, device), outdir) for tag, extra in r["proximal"]
+              if not only or only in tag]
     with ThreadPoolExecutor(jobs) as ex:
         rows = list(ex.map(_run_one, first))
     second = []
@@ -187,6 +190,8 @@ def main() -> int:
     p.add_argument("--device", default=None)
     p.add_argument("--dir", default="runs/results")
     p.add_argument("--scopes", default="global,layer", help="magnitude pruning scopes (default %(default)s)")
+    p.add_argument("--only", default=None, help="run only the proximal rows whose tag contains this "
+                                                "(and their magnitude rows); no dense row")
     p.add_argument("--data", default=None, help="another data set (to try the script)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--debias-epochs", type=int, default=None)
@@ -194,7 +199,7 @@ def main() -> int:
     p.add_argument("--dir", default="runs/results")
     args = ap.parse_args()
     if args.cmd == "run":
-        OVERRIDE.update(data=args.data, epochs=args.epochs, debias_epochs=args.debias_epochs)
+        OVERRIDE.update(data=args.data, epochs=args.epochs, debias_epochs=args.debias_epochs, only=args.only)
         SCOPES[:] = args.scopes.split(",")
         run(args.model, args.dir, args.jobs, args.device)
     else:

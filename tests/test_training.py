@@ -130,6 +130,8 @@ def test_resume_refuses_another_configuration(dev, syn, tmp_path):
 def test_divergence_stops_with_a_message(dev, syn):
     with pytest.raises(TrainingError, match=r"step \d+.*smaller learning rate"):
         train(_cfg(lr=1e12, optimizer="prox-sgd", l1=0.0, momentum=0.0), dataset=syn, device=dev)
+    with pytest.raises(TrainingError, match=r"step \d+.*larger --gamma"):
+        train(_cfg(optimizer="rda", gamma=1e-9, l1=0.0), dataset=syn, device=dev)
 
 
 @pytest.mark.parametrize("opt", ["prox-sgd", "rda"])

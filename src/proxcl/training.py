@@ -367,8 +367,10 @@ def _run_epoch(cfg: TrainConfig, phase: str, epoch: int, n_epochs: int, model, o
             xb, yb = model.prepare_batch(x, y)
             loss, ok = model.train_batch(xb, yb)
             if not math.isfinite(loss):
+                hint = ("a larger --gamma (RDA's steps are sqrt(t)/gamma)"
+                        if phase == "sparse" and cfg.optimizer == "rda" else "a smaller learning rate (--lr)")
                 raise TrainingError(f"loss became {loss} in phase {phase}, epoch {epoch + 1}, step {step + 1}; "
-                                    f"try a smaller learning rate (--lr)")
+                                    f"try {hint}")
             lr = lr_sched.lr_at(epoch, step, steps)
             kw = {"lr": lr}
             if phase == "sparse":
