@@ -326,10 +326,20 @@ def train(cfg: TrainConfig, *, resume: str | None = None, dataset=None, device=N
 def _file_metadata(cfg: TrainConfig, result: TrainResult, dev, ds) -> dict:
     """What the model file records of its run (the per-epoch history stays in the log: the header
     is part of the file size that compression is judged by)."""
-    return {"config": dataclasses.asdict(cfg), "test_accuracy": result.test_accuracy,
+    return {"config": _config_summary(cfg), "test_accuracy": result.test_accuracy,
             "normalisation": ds.normalisation, "class_names": list(ds.class_names),
             "nnz": result.nnz, "weights": result.weights, "device": f"{dev.platform_name} | {dev.name}",
             "seconds": round(result.seconds, 3)}
+
+
+def _config_summary(cfg: TrainConfig) -> dict:
+    """The run's settings for the model file: what defines the run, plus every other setting that
+    differs from the defaults (the full configuration is in the checkpoint)."""
+    defaults = dataclasses.asdict(TrainConfig())
+    keep = ("model", "data", "method", "optimizer", "l1", "epochs", "debias_epochs", "seed")
+    skip = ("out", "log", "checkpoint", "progress", "device")
+    return {k: v for k, v in dataclasses.asdict(cfg).items()
+            if k not in skip and (k in keep or v != defaults[k])}
 
 
 def _enter_phase(cfg: TrainConfig, phase: str, model, history: list, ds) -> None:
