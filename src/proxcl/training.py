@@ -391,8 +391,10 @@ def _run_epoch(cfg: TrainConfig, phase: str, epoch: int, n_epochs: int, model, o
             correct += ok
             seen += len(y)
             if step % 20 == 0 or step == steps - 1:
-                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}",
-                                density=f"{_density(model):.4f}" if phase == "sparse" else None, refresh=False)
+                shown = {"loss": f"{loss_sum / seen:.4f}", "acc": f"{correct / seen:.3f}"}
+                if phase == "sparse":
+                    shown["density"] = f"{_density(model):.4f}"
+                bar.set_postfix(shown, refresh=False)
             bar.update(1)
     finally:
         bar.close()
