@@ -1,7 +1,8 @@
 """proxcl demo: the whole idea in one command on Fashion-MNIST with LeNet-300-100.
 
-Trains the dense reference and the compressed model (proximal l1 learning, CSR switch, debiasing)
-with the same epochs, writes the model file, its log and the report, and prints what was reached."""
+Trains the dense reference (for as many epochs as the sparse phase) and the compressed model
+(proximal l1 learning, CSR switch, debiasing), writes the model file, its log and the report, and
+prints what was reached."""
 
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ DEMO = {"model": "lenet300", "optimizer": "prox-adam", "l1": 2e-4, "lr": 1e-3, "
 
 def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="train a compressed LeNet-300-100 on Fashion-MNIST and report",
-                       description="Train dense LeNet-300-100 (the reference) and a compressed one "
-                                   "(Prox-Adam, CSR switch, debiasing) on Fashion-MNIST with the same "
-                                   "epochs; write the model file, the log and the report PNGs; print the "
-                                   "info table and both accuracies.")
+                       description="Train dense LeNet-300-100 (the reference, for as many epochs as "
+                                   "the sparse phase) and a compressed one (Prox-Adam, CSR switch, "
+                                   "debiasing) on Fashion-MNIST; write the model file, the log and the "
+                                   "report PNGs; print the info table and both accuracies.")
     p.add_argument("--out-dir", default="runs/demo", help="where the files go (default %(default)s)")
     p.add_argument("--data", default="fashion-mnist", help="data set spec (default %(default)s)")
     p.add_argument("--device", default=None, help="OpenCL device (default $PROXCL_DEVICE or the first GPU)")
