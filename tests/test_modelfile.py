@@ -15,7 +15,7 @@ import pytest
 import scipy.sparse as sp
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from proxcl import modelfile as mf
+from proxcl import fileio, modelfile as mf
 from proxcl.modelfile import ModelFileError
 from proxcl.ops import HostCSR
 
@@ -235,7 +235,7 @@ def test_atomic_write_failure_leaves_nothing(tmp_path, rng, monkeypatch, where):
     def boom(*a, **k):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(mf.os, where, boom)
+    monkeypatch.setattr(fileio.os, where, boom)
     with pytest.raises(OSError, match="No space"):
         mf.write_model_file(target, SPEC, t)
     assert list(tmp_path.iterdir()) == []
@@ -243,7 +243,7 @@ def test_atomic_write_failure_leaves_nothing(tmp_path, rng, monkeypatch, where):
     monkeypatch.undo()
     mf.write_model_file(target, SPEC, t)
     before = target.read_bytes()
-    monkeypatch.setattr(mf.os, where, boom)
+    monkeypatch.setattr(fileio.os, where, boom)
     with pytest.raises(OSError):
         mf.write_model_file(target, {"other": 1}, t)
     assert target.read_bytes() == before and list(tmp_path.iterdir()) == [target]

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 from helpers import rel_err
 from proxcl import models
-from proxcl.ops import CSRMatrix, HostCSR
+from proxcl.bench.model import torch_model
+from proxcl.ops import HostCSR
 from test_layers import fd_grad, np_forward, np_xent
 
 torch.set_default_dtype(torch.float64)
@@ -36,32 +37,7 @@ MODELS = {"lenet300": "lenet300", "lenet5": "lenet5", "convnet-mini": SMALL_CONV
 
 def torch_net(spec, state):
     """A float64 torch.nn.Sequential of a normalised spec, with the given weights."""
-    mods = []
-    for l in spec["layers"]:
-        t = l["type"]
-        if t == "linear":
-            w = state[l["name"] + ".weight"]
-            m = torch.nn.Linear(w.shape[1], w.shape[0], bias=l["bias"])
-        elif t == "conv2d":
-            w = state[l["name"] + ".weight"]
-            m = torch.nn.Conv2d(w.shape[1], w.shape[0], tuple(w.shape[2:]), stride=l["stride"],
-                                padding=l["padding"], bias=l["bias"])
-        elif t == "maxpool2d":
-            m = torch.nn.MaxPool2d(l["kernel"], l["stride"], l["padding"])
-        elif t == "relu":
-            m = torch.nn.ReLU()
-        elif t == "flatten":
-            m = torch.nn.Flatten()
-        else:
-            m = torch.nn.Dropout(l["p"])
-        if t in ("linear", "conv2d"):
-            with torch.no_grad():
-                m.weight.copy_(torch.tensor(state[l["name"] + ".weight"], dtype=torch.float64))
-                if l["bias"]:
-                    m.bias.copy_(torch.tensor(state[l["name"] + ".bias"], dtype=torch.float64))
-            m.proxcl_name = l["name"]
-        mods.append(m)
-    return torch.nn.Sequential(*mods).eval()
+    return torch_model(spec, state, dtype=torch.float64)
 
 
 def torch_loss_grads(spec, state, x, y):

@@ -13,7 +13,6 @@ import math
 import os
 import struct
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 import zlib
@@ -21,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from .fileio import atomic_write_bytes
 
 
 class DataError(Exception):
@@ -134,31 +135,7 @@ def write_idx(path, array) -> None:
     data = idx_bytes(array)
     if str(path).endswith(".gz"):
         data = gzip.compress(data, mtime=0)
-    _atomic_write_bytes(Path(path), data)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    atomic_write_bytes(Path(path), data)
 
 
 # ---- the MNIST family ---------------------------------------------------------------------------
@@ -307,7 +284,7 @@ def download(name: str, dest=None, *, urls=None, opener=None, timeout: float = 6
             if len(blob) > DOWNLOAD_MAX_BYTES:
                 raise DataError(f"{url}: larger than {DOWNLOAD_MAX_BYTES} bytes, not a data set file")
             _check_digest(f, blob, url)
-            _atomic_write_bytes(dest / f.name, blob)
+            atomic_write_bytes(dest / f.name, blob)
             break
         else:
             raise DataError(_missing_message(name, f" and the download failed ({errors[-1]})"))

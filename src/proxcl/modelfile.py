@@ -12,13 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import struct
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from .fileio import atomic_write_bytes
 from .ops import HostCSR
 
 FORMAT_NAME = "proxcl"
@@ -188,28 +187,6 @@ def _container(entries: dict, meta: dict) -> bytes:
     return b"".join([struct.pack("<Q", len(text)), text] + [entries[k].tobytes() for k in order])
 
 
-def _atomic_write(path: Path, blob: bytes) -> None:
-    """Write to a temporary file in the same folder, then rename: readers see all or nothing."""
-    folder = path.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def write_model_file(path, spec: dict, tensors: dict, metadata: dict | None = None,
                      half: bool = False) -> None:
     """Write a model file atomically.  tensors: {name: numpy array (dense) | HostCSR}; CSR index
@@ -217,7 +194,7 @@ def write_model_file(path, spec: dict, tensors: dict, metadata: dict | None = No
     float16 with half (dense ones too).  The bytes are read back and validated before the rename."""
     blob = model_file_bytes(spec, tensors, metadata, half)
     parse_model_bytes(blob, str(path))          # never leave a file that cannot be read
-    _atomic_write(Path(path), blob)
+    atomic_write_bytes(path, blob)
 
 
 # ---- reading ------------------------------------------------------------------------------------

@@ -12,14 +12,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
+from .fileio import atomic_write
 from .ops import HostCSR
 
 METHODS = ("proximal", "dense", "magnitude")
@@ -185,21 +183,6 @@ def _weight_counts(model) -> tuple[int, int, list[dict]]:
 
 # ---- checkpoints --------------------------------------------------------------------------------
 
-def _atomic_write(path: str, write) -> None:
-    """Call write(tmp_path) for a temporary file beside path, then rename it to path."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=folder)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _save_checkpoint(path: str, cfg: TrainConfig, model, opt, position: dict, history: list) -> None:
     arrays: dict[str, np.ndarray] = {}
     kinds = {}
@@ -222,10 +205,7 @@ def _save_checkpoint(path: str, cfg: TrainConfig, model, opt, position: dict, hi
             "kinds": kinds, "opt_scalars": scalars, "position": position, "history": history}
     arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
 
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-    _atomic_write(path, write)
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def _load_checkpoint(path: str) -> tuple[dict, dict, dict]:

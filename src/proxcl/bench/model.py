@@ -54,19 +54,22 @@ def sparsify_state(model, state: dict, density: float, rng) -> dict:
     return out
 
 
-def torch_model(spec: dict, state: dict, device: str = "cpu"):
-    """The network of a (normalised) proxcl spec as a float32 torch.nn.Sequential."""
+def torch_model(spec: dict, state: dict, device: str = "cpu", dtype=None):
+    """The network of a (normalised) proxcl spec as a torch.nn.Sequential in eval mode, with the
+    given weights (PyTorch names and shapes), float32 unless dtype says otherwise.  Every module
+    with weights carries its proxcl layer name as ``proxcl_name``.  Also the tests' reference."""
     import torch
+    dtype = dtype or torch.float32
     mods = []
     for l in spec["layers"]:
         t = l["type"]
         if t == "linear":
             w = state[l["name"] + ".weight"]
-            m = torch.nn.Linear(w.shape[1], w.shape[0], bias=l["bias"])
+            m = torch.nn.Linear(w.shape[1], w.shape[0], bias=l["bias"], dtype=dtype)
         elif t == "conv2d":
             w = state[l["name"] + ".weight"]
             m = torch.nn.Conv2d(w.shape[1], w.shape[0], tuple(w.shape[2:]), stride=l["stride"],
-                                padding=l["padding"], bias=l["bias"])
+                                padding=l["padding"], bias=l["bias"], dtype=dtype)
         elif t == "maxpool2d":
             m = torch.nn.MaxPool2d(l["kernel"], l["stride"], l["padding"])
         elif t == "relu":
@@ -77,11 +80,12 @@ def torch_model(spec: dict, state: dict, device: str = "cpu"):
             m = torch.nn.Dropout(l["p"])
         if t in ("linear", "conv2d"):
             with torch.no_grad():
-                m.weight.copy_(torch.from_numpy(state[l["name"] + ".weight"]))
+                m.weight.copy_(torch.tensor(state[l["name"] + ".weight"], dtype=dtype))
                 if l["bias"]:
-                    m.bias.copy_(torch.from_numpy(state[l["name"] + ".bias"]))
+                    m.bias.copy_(torch.tensor(state[l["name"] + ".bias"], dtype=dtype))
+            m.proxcl_name = l["name"]
         mods.append(m)
-    return torch.nn.Sequential(*mods).float().to(device)
+    return torch.nn.Sequential(*mods).eval().to(device)
 
 
 def _torch_times(net, x1, x256, x64, y64, repeat, budget_s, sync=None) -> dict:

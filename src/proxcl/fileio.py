@@ -1,0 +1,39 @@
+"""Atomic file writes: a temporary file in the destination's folder, then a rename, so a reader
+sees the old file or the whole new one and an error leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path, write) -> None:
+    """Call ``write(f)`` with a binary file object open on a temporary file beside ``path``, then
+    flush, fsync and rename it to ``path`` (mode 0666 less the umask, as open() would give)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    atomic_write(path, lambda f: f.write(data))
