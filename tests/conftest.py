@@ -28,3 +28,23 @@ def rng(request):
     """A generator seeded from the test's name: fresh inputs per test, reproducible."""
     seed = zlib.crc32(request.node.nodeid.encode())
     return np.random.default_rng(seed)
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+@pytest.fixture(scope="module", params=["cpu", "gpu"])
+def kdev(request, dev, monkeypatch_module):
+    """The test device running the CPU kernel forms, then the GPU forms (PROXCL_TUNING), so both
+    families of kernels are checked on whatever device the tests have."""
+    import proxcl
+    monkeypatch_module.setenv("PROXCL_TUNING", request.param)
+    d = proxcl.Device(dev.spec)
+    assert d.tuning["kind"] == request.param
+    monkeypatch_module.delenv("PROXCL_TUNING")
+    return d
+

@@ -16,30 +16,12 @@ import scipy.sparse as sp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import proxcl
 from proxcl.ops import CSRMatrix, HostCSR, gather, scatter
 from helpers import poisoned, rel_err
 
 TOL = 1e-5
 SETTINGS = settings(max_examples=15, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
-
-
-@pytest.fixture(scope="module", params=["cpu", "gpu"])
-def kdev(request, dev, monkeypatch_module):
-    """The test device running the CPU kernel forms, then the GPU forms (PROXCL_TUNING)."""
-    monkeypatch_module.setenv("PROXCL_TUNING", request.param)
-    d = proxcl.Device(dev.spec)
-    assert d.tuning["kind"] == request.param
-    monkeypatch_module.delenv("PROXCL_TUNING")
-    return d
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    mp = pytest.MonkeyPatch()
-    yield mp
-    mp.undo()
 
 
 def random_csr(rng, m, k, density, empty_rows=True) -> sp.csr_matrix:

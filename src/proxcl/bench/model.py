@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from ..runtime import Device
-from .timing import machine_info, time_host, write_json_atomic
+from .timing import finish, machine_info, time_host
 
 DEFAULT_MODELS = ("lenet300", "lenet5")
 DENSITIES = (1.0, 0.05, 0.01)
@@ -258,9 +258,5 @@ def run(args) -> int:
     if bar:
         print()
         print(bar)
-    print(f"({result['elapsed_s']:.0f} s; load average before {result['host'].get('loadavg')}, "
-          f"after {result['host_after'].get('loadavg')})")
-    if args.json:
-        write_json_atomic(args.json, result)
-        print(f"wrote {args.json}")
+    finish(result, args.json)
     return 0

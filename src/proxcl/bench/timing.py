@@ -18,7 +18,6 @@ import contextlib
 import json
 import os
 import statistics
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -177,19 +176,18 @@ def copy_bandwidth(dev, nbytes: int = 1 << 27, repeat: int = 10) -> float:
 
 
 def write_json_atomic(path: str, obj) -> None:
-    """Write JSON to ``path`` through a temporary file in the same folder and os.replace."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Write JSON to ``path`` atomically (a temporary file beside it, then a rename)."""
+    from ..fileio import atomic_write_bytes
+    atomic_write_bytes(path, (json.dumps(obj, indent=1) + "\n").encode())
+
+
+def finish(result: dict, json_path: str | None) -> None:
+    """The closing lines of a benchmark: time and load average, and the JSON file if asked."""
+    print(f"({result['elapsed_s']:.0f} s; load average before {result['host'].get('loadavg')}, "
+          f"after {result['host_after'].get('loadavg')})")
+    if json_path:
+        write_json_atomic(json_path, result)
+        print(f"wrote {json_path}")
 
 
 def machine_info() -> dict:

@@ -50,16 +50,12 @@ def _no_what(p) -> int:
 
 def run_kernels(args) -> int:
     from ..bench import kernels
-    from ..bench.timing import write_json_atomic
+    from ..bench.timing import finish
     if args.repeat < 1:
         raise ValueError("--repeat must be at least 1")
     result = kernels.run(args.device, repeat=args.repeat, quick=args.quick,
                          log=lambda line: print(line, flush=True))
-    print(f"({result['elapsed_s']:.0f} s; load average before {result['host'].get('loadavg')}, "
-          f"after {result['host_after'].get('loadavg')})")
-    if args.json:
-        write_json_atomic(args.json, result)
-        print(f"wrote {args.json}")
+    finish(result, args.json)
     return 0
 
 
