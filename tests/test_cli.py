@@ -87,6 +87,25 @@ def test_predict_npy_and_idx(trained, tmp_path):
     assert rows[0]["class"] == rows[1]["class"]  # the same image twice
 
 
+def test_predict_png_matches_npy(trained, tmp_path):
+    from PIL import Image
+    from proxcl.data import synthetic_arrays
+    _, out, _, _ = trained
+    _, _, xte, _ = synthetic_arrays(400)
+    img = xte[3].reshape(28, 28).astype(np.uint8)
+    Image.fromarray(img, mode="L").save(tmp_path / "img.png")
+    np.save(tmp_path / "img.npy", img)
+    r = proxcl("predict", out, tmp_path / "img.png", tmp_path / "img.npy", "--json")
+    assert r.returncode == 0, r.stderr
+    png, npy = (json.loads(line) for line in r.stdout.splitlines())
+    assert png["class"] == npy["class"] and png["probability"] == pytest.approx(npy["probability"])
+    text = proxcl("predict", out, tmp_path / "img.png").stdout
+    assert "img.png[0]:" in text and "p = " in text
+    wrong = tmp_path / "small.npy"
+    np.save(wrong, np.zeros((5, 5), np.uint8))
+    _one_line_error(proxcl("predict", out, wrong), "the model takes")
+
+
 def test_report_writes_pngs(trained, tmp_path):
     _, out, log, _ = trained
     r = proxcl("report", out, "--log", log, "--out", tmp_path / "rep")
