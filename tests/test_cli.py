@@ -130,6 +130,7 @@ def test_every_subcommand_has_help():
     (("train", "--data", DATA, "--optimizer", "adam"), "proximal optimizer"),
     (("train", "--data", DATA, "--switch-density", "2"), "density"),
     (("train", "--data", DATA, "--device", "no-such-device"), "no-such-device"),
+    (("train", "--data", DATA, "--log", "/proc/no/log.jsonl"), "cannot write"),
     (("info", "/nonexistent/model.proxcl"), "nonexistent"),
     (("eval", "/nonexistent/model.proxcl", "--data", DATA), "nonexistent"),
 ])

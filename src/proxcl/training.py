@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -241,6 +243,8 @@ def train(cfg: TrainConfig, *, resume: str | None = None, dataset=None, device=N
     from .runtime import Device
 
     cfg.validate()
+    for what, path in (("--out", cfg.out), ("--log", cfg.log), ("--checkpoint", cfg.checkpoint_path)):
+        _check_writable(what, path)
     t_start = time.perf_counter()
     dev = device or Device(cfg.device)
     ds = dataset or load_dataset(cfg.data, val_split=cfg.val_split, seed=cfg.seed)
@@ -310,6 +314,22 @@ def _file_metadata(cfg: TrainConfig, result: TrainResult, dev, ds) -> dict:
             "normalisation": ds.normalisation, "class_names": list(ds.class_names),
             "nnz": result.nnz, "weights": result.weights, "device": f"{dev.platform_name} | {dev.name}",
             "seconds": round(result.seconds, 3)}
+
+
+def _check_writable(what: str, path: str | None) -> None:
+    """Fail before training, not after the first epoch, when a file cannot be written there
+    (creates the folder, and a probe file that is removed at once)."""
+    if not path:
+        return
+    if os.path.isdir(path):
+        raise TrainingError(f"{what} {path} is a folder, not a file name")
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise TrainingError(f"{what} {path}: cannot write in {folder} ({e.strerror or e})") from None
 
 
 def _config_summary(cfg: TrainConfig) -> dict:
