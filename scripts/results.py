@@ -49,6 +49,9 @@ ROWS = {
             ("prox-sgd l1=2e-2", ["--optimizer", "prox-sgd", "--lr", "0.05", "--l1", "2e-2"]),
             ("rda gamma=10 l1=1e-3", ["--optimizer", "rda", "--gamma", "10", "--l1", "1e-3"]),
             ("rda gamma=5 l1=5e-4", ["--optimizer", "rda", "--gamma", "5", "--l1", "5e-4"]),
+            ("rda gamma=2 l1=1e-3", ["--optimizer", "rda", "--gamma", "2", "--l1", "1e-3"]),
+            ("rda gamma=2 l1=3e-3", ["--optimizer", "rda", "--gamma", "2", "--l1", "3e-3"]),
+            ("rda gamma=3 l1=3e-3", ["--optimizer", "rda", "--gamma", "3", "--l1", "3e-3"]),
         ],
     },
 }
