@@ -84,7 +84,8 @@ def _run_one(job):
     model, tag, cmd, outdir = job
     proc = subprocess.run([sys.executable, "-m", "proxcl", *cmd[1:]], capture_output=True, text=True)
     if proc.returncode != 0:
-        return {"model": model, "tag": tag, "command": shlex.join(cmd), "error": proc.stderr.strip()[-500:]}
+        return {"model": model, "tag": tag, "command": shlex.join(cmd[:cmd.index("--out")]),
+                "error": proc.stderr.strip()[-500:]}
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     log = cmd[cmd.index("--log") + 1]
     records = [json.loads(line) for line in open(log)]
