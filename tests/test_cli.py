@@ -47,7 +47,7 @@ def test_train_writes_model_log_and_checkpoint(trained):
     for r in records:
         assert {"loss", "train_accuracy", "test_accuracy", "nnz", "density", "layers", "seconds"} <= r.keys()
     assert summary["density"] == pytest.approx(records[-1]["density"])
-    assert not [p for p in os.listdir(d) if p.startswith(".tmp")]
+    assert not [p for p in os.listdir(d) if p.endswith(".part") or p.startswith(".")]
 
 
 def test_info_json_matches_the_file(trained):
@@ -131,13 +131,55 @@ def test_every_subcommand_has_help():
     (("train", "--data", DATA, "--switch-density", "2"), "density"),
     (("train", "--data", DATA, "--device", "no-such-device"), "no-such-device"),
     (("train", "--data", DATA, "--log", "/proc/no/log.jsonl"), "cannot write"),
+    (("train", "--data", DATA, "--log", "{out}"), "same file"),
+    (("train", "--data", DATA, "--gamma", "nan"), "gamma"),
+    (("train", "--data", DATA, "--momentum", "1.5"), "momentum"),
+    (("train", "--data", DATA, "--method", "dense", "--optimizer", "rda"), "sgd or adam"),
+    (("train", "--data", "synthetic:99999999999"), "at most"),
+    (("report", "/nonexistent/m.proxcl", "--log", "/tmp", "--out", "/tmp/r"), "nonexistent"),
     (("info", "/nonexistent/model.proxcl"), "nonexistent"),
     (("eval", "/nonexistent/model.proxcl", "--data", DATA), "nonexistent"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, needle, tmp_path):
-    r = proxcl(*args, "--out", tmp_path / "x.proxcl") if args[0] == "train" else proxcl(*args)
+    out = tmp_path / "x.proxcl"
+    args = [str(out) if a == "{out}" else a for a in args]
+    r = proxcl(*args, "--out", out) if args[0] == "train" else proxcl(*args)
     _one_line_error(r, needle)
     assert not (tmp_path / "x.proxcl").exists()
+
+
+def test_bad_logs_and_metadata_exit_2(trained, tmp_path):
+    from proxcl.modelfile import read_model_file, write_model_file
+    _, out, log, _ = trained
+    for i, text in enumerate(['[1, 2]', '{"phase": "sparse", "epoch": 1, "loss": "x", "density": 0.5}',
+                              '{"phase": "sparse", "epoch": 1, "loss": 1.0, "density": 0.5, "layers": [{}]}']):
+        bad = tmp_path / f"log{i}.jsonl"
+        bad.write_text(text + "\n")
+        _one_line_error(proxcl("report", out, "--log", bad, "--out", tmp_path / f"r{i}"), "record 1")
+        assert not (tmp_path / f"r{i}").exists() or not os.listdir(tmp_path / f"r{i}")
+    _one_line_error(proxcl("report", out, "--log", tmp_path, "--out", tmp_path / "r"))
+    spec, tensors, meta = read_model_file(str(out))
+    np.save(tmp_path / "img.npy", np.zeros((28, 28), np.uint8))
+    for j, norm in enumerate([{"mean": "a", "std": 1}, [1, 2], {"mean": 0.0, "std": 0.0}]):
+        f = tmp_path / f"norm{j}.proxcl"
+        write_model_file(str(f), spec, tensors, {**meta, "normalisation": norm})
+        _one_line_error(proxcl("predict", f, tmp_path / "img.npy"), "normalisation")
+    f = tmp_path / "names.proxcl"
+    write_model_file(str(f), spec, tensors, {**meta, "class_names": 5})
+    assert proxcl("predict", f, tmp_path / "img.npy").returncode == 0
+
+
+def test_model_with_fewer_classes_than_the_data_exit_2(tmp_path):
+    from proxcl import models
+    from proxcl.modelfile import save
+    spec = {"input_shape": [1, 28, 28], "num_classes": 5,
+            "layers": [{"type": "flatten"}, {"type": "linear", "name": "fc", "out": 5}]}
+    save(models.build(spec), str(tmp_path / "m5.proxcl"))
+    _one_line_error(proxcl("eval", tmp_path / "m5.proxcl", "--data", DATA), "classes")
+    spec_file = tmp_path / "s5.json"
+    spec_file.write_text(json.dumps(spec))
+    _one_line_error(proxcl("train", "--model", spec_file, "--data", DATA, "--out", tmp_path / "x.proxcl"),
+                    "classes")
 
 
 def test_corrupt_model_file_exit_2(trained, tmp_path):
@@ -150,10 +192,34 @@ def test_corrupt_model_file_exit_2(trained, tmp_path):
 
 
 def test_resume_through_the_cli(tmp_path):
+    """An interrupted run resumed by the command ends with the weights of an uninterrupted one
+    and a log with every epoch once."""
+    from proxcl.data import load_dataset
+    from proxcl.modelfile import load
+    from proxcl.training import TrainConfig, train
+
     args = ["train", "--model", "lenet300", "--data", DATA, "--epochs", 2, "--debias-epochs", 1,
             "--batch-size", 64, "--no-progress", "--json"]
     a = proxcl(*args, "--out", tmp_path / "a.proxcl")
     assert a.returncode == 0, a.stderr
-    b = proxcl(*args, "--out", tmp_path / "b.proxcl", "--resume", tmp_path / "a.proxcl.ckpt")
-    assert b.returncode == 0, b.stderr  # nothing left to do: same model
-    assert json.loads(a.stdout)["test_accuracy"] == json.loads(b.stdout)["test_accuracy"]
+
+    class Stop(Exception):
+        pass
+
+    def stop(record):
+        raise Stop
+
+    ckpt = tmp_path / "b.ckpt"
+    cfg = TrainConfig(model="lenet300", data=DATA, epochs=2, debias_epochs=1, batch_size=64,
+                      checkpoint=str(ckpt), log=str(tmp_path / "b.jsonl"), progress=False)
+    with pytest.raises(Stop):
+        train(cfg, dataset=load_dataset(DATA), on_epoch_end=stop)
+    b = proxcl(*args, "--out", tmp_path / "b.proxcl", "--resume", ckpt, "--checkpoint", ckpt,
+               "--log", tmp_path / "b.jsonl")
+    assert b.returncode == 0, b.stderr
+    records = [json.loads(line) for line in (tmp_path / "b.jsonl").read_text().splitlines()]
+    assert [(r["phase"], r["epoch"]) for r in records] == [("sparse", 1), ("sparse", 2), ("debias", 1)]
+    sa = load(str(tmp_path / "a.proxcl")).state_dict()
+    sb = load(str(tmp_path / "b.proxcl")).state_dict()
+    for k in sa:
+        assert np.array_equal(sa[k], sb[k]), k

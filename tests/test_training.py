@@ -143,6 +143,10 @@ def test_other_proximal_optimizers_train_and_sparsify(dev, syn, opt):
 
 def test_dense_method_keeps_every_weight(dev, syn):
     res = train(_cfg(method="dense", optimizer="adam"), dataset=syn, device=dev)
+    # a proximal optimizer's name means its plain form in the dense phases
+    cfg = _cfg(method="dense", optimizer="prox-sgd")
+    cfg.validate()
+    assert cfg.optimizer == "sgd"
     assert [r["phase"] for r in res.history] == ["dense", "dense"]
     assert res.density > 0.999
 
@@ -182,6 +186,14 @@ def test_magnitude_prune_keeps_the_largest(dev, scope):
     (dict(l1=-1.0), "l1"),
     (dict(switch_density=2.0), "switch-density"),
     (dict(target_density=0.0), "target-density"),
+    (dict(gamma=float("nan")), "gamma"),
+    (dict(debias_lr=float("inf")), "debiasing learning rate"),
+    (dict(momentum=1.5), "momentum"),
+    (dict(seed=-1), "seed"),
+    (dict(l1_factors={"fc1": -1.0}), "factor of fc1"),
+    (dict(method="dense", optimizer="rda"), "sgd or adam"),
+    (dict(out="/tmp/a.proxcl", log="/tmp/a.proxcl"), "same file"),
+    (dict(out="/tmp/a.proxcl", checkpoint="/tmp/a.proxcl"), "same file"),
 ])
 def test_bad_configuration_is_one_clear_error(kw, msg):
     with pytest.raises(TrainingError, match=msg):

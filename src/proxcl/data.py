@@ -532,6 +532,8 @@ def _parse_int(text: str, what: str) -> int:
         raise DataError(f"{what} must be an integer, got {text!r}") from None
     if v < 10:
         raise DataError(f"{what} must be at least 10, got {v}")
+    if v > 10_000_000:
+        raise DataError(f"{what} must be at most 10,000,000, got {v}")
     return v
 
 

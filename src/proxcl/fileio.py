@@ -37,3 +37,20 @@ def atomic_write(path, write) -> None:
 
 def atomic_write_bytes(path, data: bytes) -> None:
     atomic_write(path, lambda f: f.write(data))
+
+
+def check_writable(path, what: str = "output") -> None:
+    """Raise a one-line ValueError now, before long work, when ``path`` cannot be written: a
+    folder, or a place where no file can be created (makes the folder and removes a probe file)."""
+    if not path:
+        return
+    if os.path.isdir(path):
+        raise ValueError(f"{what} {path} is a folder, not a file name")
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise ValueError(f"{what} {path}: cannot write in {folder} ({e.strerror or e})") from None
+

@@ -480,7 +480,7 @@ def load(path, device=None, *, with_metadata: bool = False):
     try:
         model = models.build(spec, device=device)
         model.load_sparse_state(tensors)
-    except (ValueError, KeyError, TypeError, IndexError) as e:
+    except (ValueError, KeyError, TypeError, IndexError, MemoryError, OverflowError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelFileError(f"{path}: its model cannot be built: {msg}") from None
     return (model, metadata) if with_metadata else model

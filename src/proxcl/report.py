@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 
+from .fileio import atomic_write
 from .ops import HostCSR
 
 
@@ -25,10 +26,28 @@ def read_log(path: str) -> list[dict]:
                 raise ValueError(f"{path}:{i}: not a JSON line") from None
     if not records:
         raise ValueError(f"{path}: the log has no records")
-    for r in records:
-        if not {"phase", "epoch", "loss", "density"} <= r.keys():
-            raise ValueError(f"{path}: not a proxcl training log (a record lacks phase/epoch/loss/density)")
+    for i, r in enumerate(records, 1):
+        if not _is_record(r):
+            raise ValueError(f"{path}: record {i} is not a proxcl training log record "
+                             f"(phase, epoch, loss, density as numbers; layers with name and nnz)")
     return records
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _is_record(r) -> bool:
+    if not isinstance(r, dict) or not {"phase", "epoch", "loss", "density"} <= r.keys():
+        return False
+    if not isinstance(r["phase"], str) or not all(_number(r[k]) for k in ("epoch", "loss", "density")):
+        return False
+    for k in ("train_accuracy", "test_accuracy", "val_accuracy", "test_loss"):
+        if k in r and r[k] is not None and not _number(r[k]):
+            return False
+    layers = r.get("layers", [])
+    return isinstance(layers, list) and all(
+        isinstance(l, dict) and isinstance(l.get("name"), str) and _number(l.get("nnz")) for l in layers)
 
 
 def _pyplot():
@@ -42,9 +61,7 @@ def _pyplot():
 
 
 def _save(fig, path: str) -> None:
-    tmp = path + ".part.png"
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
 
 
 def write_report(tensors: dict, records: list[dict], out_dir: str) -> list[str]:

@@ -13,13 +13,12 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .fileio import atomic_write
+from .fileio import atomic_write, check_writable
 from .ops import HostCSR
 
 METHODS = ("proximal", "dense", "magnitude")
@@ -70,16 +69,39 @@ class TrainConfig:
         for name in ("epochs", "debias_epochs", "batch_size", "l1_ramp_epochs"):
             if getattr(self, name) < 0 or (name == "batch_size" and self.batch_size < 1):
                 raise TrainingError(f"{name.replace('_', '-')} must be {'positive' if name == 'batch_size' else '>= 0'}")
-        if not (self.lr > 0 and math.isfinite(self.lr)) or not (self.debias_lr > 0):
-            raise TrainingError("learning rates must be positive")
+        if self.method != "proximal":
+            # the dense phases take the optimizer's plain form; RDA has none
+            plain = {"prox-sgd": "sgd", "prox-adam": "adam", "sgd": "sgd", "adam": "adam"}
+            if self.optimizer not in plain:
+                raise TrainingError(f"method {self.method} trains dense with sgd or adam, not {self.optimizer!r}")
+            self.optimizer = plain[self.optimizer]
+        for name, what in (("lr", "the learning rate (--lr)"), ("debias_lr", "the debiasing learning rate "
+                           "(--debias-lr)"), ("gamma", "RDA's gamma (--gamma)")):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise TrainingError(f"{what} must be a positive number, got {v!r}")
+        if not (math.isfinite(self.momentum) and 0.0 <= self.momentum < 1.0):
+            raise TrainingError(f"momentum must be in [0, 1), got {self.momentum!r}")
+        if self.seed < 0:
+            raise TrainingError(f"seed must be >= 0, got {self.seed}")
         if self.l1 < 0 or not math.isfinite(self.l1):
             raise TrainingError("l1 must be >= 0")
+        for name, v in (self.l1_factors or {}).items():
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise TrainingError(f"l1 factor of {name} must be >= 0, got {v!r}")
         if not 0.0 <= self.switch_density <= 1.0:
             raise TrainingError("switch-density must be in [0, 1]")
         if not 0.0 < self.target_density <= 1.0:
             raise TrainingError("target-density must be in (0, 1]")
         if self.prune_scope not in ("layer", "global"):
             raise TrainingError("prune-scope must be layer or global")
+        paths = {}
+        for what, path in (("--out", self.out), ("--log", self.log), ("--checkpoint", self.checkpoint_path)):
+            if path:
+                real = os.path.realpath(path)
+                if real in paths:
+                    raise TrainingError(f"{paths[real]} and {what} name the same file: {path}")
+                paths[real] = what
 
     @property
     def checkpoint_path(self) -> str | None:
@@ -155,8 +177,20 @@ def magnitude_prune(model, density: float, scope: str = "layer") -> None:
 
 # ---- evaluation ---------------------------------------------------------------------------------
 
+def _check_fits(model, dataset) -> None:
+    """The data set's images and labels must fit the model: one clear error otherwise."""
+    if dataset.num_classes > model.num_classes:
+        raise TrainingError(f"{dataset.name} has {dataset.num_classes} classes, the model "
+                            f"predicts {model.num_classes}")
+    if tuple(dataset.input_shape) != tuple(model.input_shape) and \
+            int(np.prod(dataset.input_shape)) != int(np.prod(model.input_shape)):
+        raise TrainingError(f"{dataset.name} has images of shape {list(dataset.input_shape)}, the model "
+                            f"takes {list(model.input_shape)}")
+
+
 def evaluate(model, dataset, split: str = "test", batch_size: int = 512) -> dict:
     """Accuracy, mean loss, count and per-class accuracy of a model on a split."""
+    _check_fits(model, dataset)
     num_classes = model.num_classes
     correct_per_class = np.zeros(num_classes, np.int64)
     count_per_class = np.zeros(num_classes, np.int64)
@@ -244,11 +278,12 @@ def train(cfg: TrainConfig, *, resume: str | None = None, dataset=None, device=N
 
     cfg.validate()
     for what, path in (("--out", cfg.out), ("--log", cfg.log), ("--checkpoint", cfg.checkpoint_path)):
-        _check_writable(what, path)
+        check_writable(path, what)
     t_start = time.perf_counter()
     dev = device or Device(cfg.device)
     ds = dataset or load_dataset(cfg.data, val_split=cfg.val_split, seed=cfg.seed)
     model = models.build(cfg.model, device=dev, seed=cfg.seed)
+    _check_fits(model, ds)
 
     history: list[dict] = []
     start = {"phase": 0, "epoch": 0}
@@ -259,7 +294,7 @@ def train(cfg: TrainConfig, *, resume: str | None = None, dataset=None, device=N
         mine = dataclasses.asdict(cfg)
         for key in ("model", "data", "method", "optimizer", "l1", "epochs", "debias_epochs", "batch_size",
                     "lr", "seed", "lr_schedule", "switch_density", "target_density", "prune_scope", "gamma", "momentum",
-                    "debias_lr", "debias_optimizer", "l1_ramp_epochs", "val_split"):
+                    "debias_lr", "debias_optimizer", "l1_ramp_epochs", "val_split", "l1_factors"):
             if saved.get(key) != mine.get(key):
                 raise TrainingError(f"checkpoint {resume} was written with {key}={saved.get(key)!r}, "
                                     f"this run has {key}={mine.get(key)!r}")
@@ -267,6 +302,9 @@ def train(cfg: TrainConfig, *, resume: str | None = None, dataset=None, device=N
         start = meta["position"]
         history = meta["history"]
 
+    if cfg.log and resume:
+        # the log is the checkpoint's history: an epoch logged after the last checkpoint is dropped
+        atomic_write(cfg.log, lambda f: f.write("".join(json.dumps(r) + "\n" for r in history).encode()))
     log = open(cfg.log, "a" if resume else "w") if cfg.log else None
     try:
         phases = _phases(cfg)
@@ -314,22 +352,6 @@ def _file_metadata(cfg: TrainConfig, result: TrainResult, dev, ds) -> dict:
             "normalisation": ds.normalisation, "class_names": list(ds.class_names),
             "nnz": result.nnz, "weights": result.weights, "device": f"{dev.platform_name} | {dev.name}",
             "seconds": round(result.seconds, 3)}
-
-
-def _check_writable(what: str, path: str | None) -> None:
-    """Fail before training, not after the first epoch, when a file cannot be written there
-    (creates the folder, and a probe file that is removed at once)."""
-    if not path:
-        return
-    if os.path.isdir(path):
-        raise TrainingError(f"{what} {path} is a folder, not a file name")
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(folder, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as e:
-        raise TrainingError(f"{what} {path}: cannot write in {folder} ({e.strerror or e})") from None
 
 
 def _config_summary(cfg: TrainConfig) -> dict:

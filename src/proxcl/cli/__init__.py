@@ -18,7 +18,9 @@ class CLIError(Exception):
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that are the user's input, not a bug: one line, exit 2."""
     from ..runtime import DeviceError
-    errors: list[type[BaseException]] = [CLIError, DeviceError, FileNotFoundError, ValueError]
+    # OSError: files that cannot be read or written; MemoryError: sizes (a spec, a data set) too
+    # large for this machine.  Both are about the input, and are said in one line.
+    errors: list[type[BaseException]] = [CLIError, DeviceError, OSError, ValueError, MemoryError]
     for mod, name in (("proxcl.modelfile", "ModelFileError"), ("proxcl.data", "DataError"),
                       ("proxcl.training", "TrainingError")):
         try:

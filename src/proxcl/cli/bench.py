@@ -51,8 +51,10 @@ def _no_what(p) -> int:
 def run_kernels(args) -> int:
     from ..bench import kernels
     from ..bench.timing import finish
+    from ..fileio import check_writable
     if args.repeat < 1:
         raise ValueError("--repeat must be at least 1")
+    check_writable(args.json, "--json")
     result = kernels.run(args.device, repeat=args.repeat, quick=args.quick,
                          log=lambda line: print(line, flush=True))
     finish(result, args.json)
@@ -63,4 +65,6 @@ def run_model(args) -> int:
     mod = _model_module()
     if mod is None:
         raise CLIError("the model benchmark is not available in this installation (no proxcl.bench.model)")
+    from ..fileio import check_writable
+    check_writable(getattr(args, "json", None), "--json")
     return int(mod.run(args) or 0)

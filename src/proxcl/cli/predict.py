@@ -17,15 +17,32 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+def stored_inputs(path: str, meta: dict) -> tuple[dict, list | None]:
+    """(normalisation, class names) from a model file's metadata, checked."""
+    import math
+
+    from ..modelfile import ModelFileError
+    norm = meta.get("normalisation")
+    if not norm:
+        raise ModelFileError(f"{path} stores no input normalisation (not written by proxcl train)")
+    try:
+        mean, std = float(norm["mean"]), float(norm["std"])
+    except (TypeError, KeyError, ValueError):
+        raise ModelFileError(f"{path}: its input normalisation is not a mean and a std") from None
+    if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+        raise ModelFileError(f"{path}: its input normalisation has a bad mean or std")
+    names = meta.get("class_names")
+    if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        names = None
+    return {"mean": mean, "std": std}, names
+
+
 def run(args) -> int:
     from ..modelfile import load
     from ..predict import predict_files
     from ..runtime import Device
     model, meta = load(args.model, device=Device(args.device), with_metadata=True)
-    norm = meta.get("normalisation")
-    if not norm:
-        raise ValueError(f"{args.model} stores no input normalisation (not written by proxcl train)")
-    for r in predict_files(model, args.files, norm, meta.get("class_names")):
+    for r in predict_files(model, args.files, *stored_inputs(args.model, meta)):
         if args.json:
             print(json.dumps(r))
         else:
