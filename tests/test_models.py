@@ -171,6 +171,32 @@ def test_direct_sparse_convolution_matches_torch(dev, seed):
     assert rel_err(model._forward(xb, train=False, keep=True).get().T, z_ref) < TOL
 
 
+@pytest.mark.parametrize("geo", [(1, 2, 2, 4, 2, 1), (1, 3, 2, 4, 2, 1), (2, 4, 1, 3, 2, 1),
+                                 (1, 5, 3, 5, 3, 1), (3, 5, 6, 4, 3, 1)])
+def test_direct_sparse_convolution_narrow_inputs(dev, geo):
+    """Kernels wider than the padded input row, with strides >= 2: the taps of the last kernel
+    column (kept on purpose, on a row that lands inside the input) fall right of the row for every
+    output column and must contribute nothing (C division truncates toward zero)."""
+    c, h, w, k, s, p = geo
+    rng = np.random.default_rng(sum(geo))
+    spec = {"input_shape": [c, h, w], "layers": [
+        {"type": "conv2d", "out": 3, "kernel": k, "stride": s, "padding": p},
+        {"type": "flatten"}, {"type": "linear", "out": 4}]}
+    model = models.build(spec, device=dev, seed=1)
+    state = model.state_dict()
+    wgt = state["conv1.weight"]
+    keep = rng.random(wgt.shape) < 0.05
+    keep[:, 0, p, k - 1] = True          # row ky = p: input row cy * s, inside the image
+    state["conv1.weight"] = np.where(keep, wgt, 0).astype(np.float32)
+    model.load_state_dict(state)
+    model.to_sparse()
+    assert model.layers[0].direct_ok()
+    x, y = batch(model, rng, 5)
+    model.workspace.poison()
+    z_ref = torch_loss_grads(model.spec, state, x, y)[0]
+    assert rel_err(model.forward(x), z_ref) < TOL
+
+
 # ---- batches: train, eval, probabilities ------------------------------------------------
 
 def test_train_and_eval_batches(dev, rng):
@@ -429,3 +455,15 @@ def test_weight_stats(dev, rng):
     b = stats["fc1.bias"]
     assert b["kind"] == "dense" and not b["penalised"] and b["nnz"] == 300
     json.dumps(model.weight_stats())
+
+
+def test_load_sparse_state_refuses_non_numeric_csr(dev):
+    model = models.build("lenet300", device=dev)
+    state = model.sparse_state()
+    good = HostCSR(np.array([0, 1] + [1] * 99, np.int32), np.array([0], np.int32),
+                   np.array([1.0], np.float32), (100, 300))
+    for bad in (good._replace(data=np.array(["x"])), good._replace(indices=np.array([0.5]))):
+        with pytest.raises(ValueError, match="fc2.weight: CSR arrays must be"):
+            model.load_sparse_state({**state, "fc2.weight": bad})
+    model.load_sparse_state({**state, "fc2.weight": good})
+    assert model.param("fc2.weight").is_sparse and model.param("fc2.weight").value.nnz == 1

@@ -53,6 +53,11 @@ def mix32(x: int) -> int:
     return x
 
 
+def _fill_poison(a: cla.Array) -> None:
+    if a.size:
+        a.fill(np.float32(np.nan) if a.dtype == np.float32 else a.dtype.type(-1))
+
+
 class Workspace:
     """Device buffers reused across calls, one per (owner, role) and shape; a few shapes are
     kept per role (training and evaluation batch sizes alternate)."""
@@ -62,6 +67,7 @@ class Workspace:
     def __init__(self, device: Device):
         self.device = device
         self._bufs: dict = {}
+        self._poisoned = False
 
     def get(self, key, shape, dtype=np.float32) -> cla.Array:
         shape = tuple(int(s) for s in shape)
@@ -70,6 +76,8 @@ class Workspace:
         a = slot.get((shape, dtype))
         if a is None:
             a = cla.empty(self.device.queue, shape, dtype)
+            if self._poisoned:
+                _fill_poison(a)
             slot[(shape, dtype)] = a
             while len(slot) > self.KEEP:
                 slot.popitem(last=False)
@@ -81,11 +89,11 @@ class Workspace:
         return [a for slot in self._bufs.values() for a in slot.values()]
 
     def poison(self) -> None:
-        """Fill every buffer with NaN (float) or -1 (int): a test aid, so that an element a
-        kernel fails to write shows up."""
+        """Fill every buffer with NaN (float) or -1 (int), now and whenever a new one is made
+        from here on: a test aid, so that an element a kernel fails to write shows up."""
+        self._poisoned = True
         for a in self.arrays():
-            if a.size:
-                a.fill(np.float32(np.nan) if a.dtype == np.float32 else a.dtype.type(-1))
+            _fill_poison(a)
 
     def clear(self) -> None:
         self._bufs.clear()

@@ -544,7 +544,11 @@ class Model:
                     raise ValueError(f"{p.name} is a bias; it cannot be CSR")
                 if tuple(v.shape) != p.matrix_shape:
                     raise ValueError(f"{p.name}: CSR shape {list(v.shape)} != {list(p.matrix_shape)}")
-                data = np.asarray(v.data)
+                arrays = [np.asarray(a) for a in (v.indptr, v.indices, v.data)]
+                if any(a.dtype.kind not in "iu" for a in arrays[:2]) or arrays[2].dtype.kind not in "fiu":
+                    raise ValueError(f"{p.name}: CSR arrays must be integer row pointers and column "
+                                     f"indices and numeric values")
+                data = arrays[2]
                 if data.size and not np.all(np.isfinite(data)):
                     raise ValueError(f"{p.name}: values must be finite")
                 try:

@@ -350,9 +350,12 @@ __kernel void csr_conv_pool(__global const int *restrict G, __global const int *
             const int iy = cy * SH - PH + ((e >> 8) & 255);
             if (iy < 0 || iy >= H) continue;
             const int kx = e & 255;
-            /* cx with 0 <= cx*SW - PW + kx < W */
+            /* cx with 0 <= cx*SW - PW + kx < W; none when the tap lies right of the padded row
+             * (C division truncates toward zero, so a negative span must not reach the divide) */
+            const int span = W - 1 + PW - kx;
+            if (span < 0) continue;
             const int lo = max(0, (PW - kx + SW - 1) / SW);
-            const int hi = min(Wo, (W - 1 + PW - kx) / SW + 1);
+            const int hi = min(Wo, span / SW + 1);
             const float v = Ax[p];
             __global const float *row = x + (size_t)(e >> 16) * cs + (size_t)iy * W - PW + kx;
             if (SW == 1) {
