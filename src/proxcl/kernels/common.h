@@ -16,31 +16,36 @@
 #ifndef PX_ALIGNED
 #define PX_ALIGNED 0
 #endif
-#if PX_ALIGNED
-#define VLOAD(p) (*(const __global floatV *)(p))
-#define VSTORE(v, p) (*(__global floatV *)(p) = (v))
-#elif VEC == 2
-#define VLOAD(p) ((float2)((p)[0], (p)[1]))
-#define VSTORE(v, p) do { const float2 px_v_ = (v); (p)[0] = px_v_.s0; (p)[1] = px_v_.s1; } while (0)
+#if VEC == 2
+#define VLOAD_E(p) ((float2)((p)[0], (p)[1]))
+#define VSTORE_E(v, p) do { const float2 px_v_ = (v); (p)[0] = px_v_.s0; (p)[1] = px_v_.s1; } while (0)
 #elif VEC == 4
-#define VLOAD(p) ((float4)((p)[0], (p)[1], (p)[2], (p)[3]))
-#define VSTORE(v, p) do { const float4 px_v_ = (v); (p)[0] = px_v_.s0; (p)[1] = px_v_.s1; \
+#define VLOAD_E(p) ((float4)((p)[0], (p)[1], (p)[2], (p)[3]))
+#define VSTORE_E(v, p) do { const float4 px_v_ = (v); (p)[0] = px_v_.s0; (p)[1] = px_v_.s1; \
     (p)[2] = px_v_.s2; (p)[3] = px_v_.s3; } while (0)
 #elif VEC == 8
-#define VLOAD(p) ((float8)((p)[0], (p)[1], (p)[2], (p)[3], (p)[4], (p)[5], (p)[6], (p)[7]))
-#define VSTORE(v, p) do { const float8 px_v_ = (v); (p)[0] = px_v_.s0; (p)[1] = px_v_.s1; \
+#define VLOAD_E(p) ((float8)((p)[0], (p)[1], (p)[2], (p)[3], (p)[4], (p)[5], (p)[6], (p)[7]))
+#define VSTORE_E(v, p) do { const float8 px_v_ = (v); (p)[0] = px_v_.s0; (p)[1] = px_v_.s1; \
     (p)[2] = px_v_.s2; (p)[3] = px_v_.s3; (p)[4] = px_v_.s4; (p)[5] = px_v_.s5; \
     (p)[6] = px_v_.s6; (p)[7] = px_v_.s7; } while (0)
 #elif VEC == 16
-#define VLOAD(p) ((float16)((p)[0], (p)[1], (p)[2], (p)[3], (p)[4], (p)[5], (p)[6], (p)[7], \
+#define VLOAD_E(p) ((float16)((p)[0], (p)[1], (p)[2], (p)[3], (p)[4], (p)[5], (p)[6], (p)[7], \
     (p)[8], (p)[9], (p)[10], (p)[11], (p)[12], (p)[13], (p)[14], (p)[15]))
-#define VSTORE(v, p) do { const float16 px_v_ = (v); (p)[0] = px_v_.s0; (p)[1] = px_v_.s1; \
+#define VSTORE_E(v, p) do { const float16 px_v_ = (v); (p)[0] = px_v_.s0; (p)[1] = px_v_.s1; \
     (p)[2] = px_v_.s2; (p)[3] = px_v_.s3; (p)[4] = px_v_.s4; (p)[5] = px_v_.s5; \
     (p)[6] = px_v_.s6; (p)[7] = px_v_.s7; (p)[8] = px_v_.s8; (p)[9] = px_v_.s9; \
     (p)[10] = px_v_.sa; (p)[11] = px_v_.sb; (p)[12] = px_v_.sc; (p)[13] = px_v_.sd; \
     (p)[14] = px_v_.se; (p)[15] = px_v_.sf; } while (0)
 #else
 #error "VEC must be 2, 4, 8 or 16"
+#endif
+/* VLOAD_E / VSTORE_E: the element forms, for any address space (private arrays too). */
+#if PX_ALIGNED
+#define VLOAD(p) (*(const __global floatV *)(p))
+#define VSTORE(v, p) (*(__global floatV *)(p) = (v))
+#else
+#define VLOAD(p) VLOAD_E(p)
+#define VSTORE(v, p) VSTORE_E(v, p)
 #endif
 
 /* Integer min / max and max(v, 0) lane-wise, without builtin calls (on some CPU OpenCL builds

@@ -86,7 +86,8 @@ void gemm(const int M, const int N, const int K,
  * A[K, M] with TRANS_A.  Work-item (x, y): rows [x*RM, x*RM + RM), columns
  * [y*NV*VEC, (y+1)*NV*VEC); per k it loads NV vectors of B and RM scalars of A for RM*NV
  * vector multiply-adds.  Row blocks vary fastest, so neighbouring work-items share one
- * K x NV*VEC panel of B in cache.  Blocks cut by the matrix edge go column by column.
+ * K x NV*VEC panel of B in cache.  Blocks cut by the matrix edge keep the blocking (clamped
+ * row loads, zero-filled column loads, guarded stores).
  * O(M N K). */
 __kernel __attribute__((reqd_work_group_size(LX, 1, 1)))
 void gemm_blk(const int M, const int N, const int K,
@@ -119,14 +120,44 @@ void gemm_blk(const int M, const int N, const int K,
         }
         return;
     }
-    const int rows = PX_MIN(RM, M - i0), cend = PX_MIN(N, c0 + NV * VEC);
-    for (int r = 0; r < rows; ++r) {
-        const float bb = bias ? bias[i0 + r] : 0.0f;
-        for (int c = c0; c < cend; ++c) {
-            float acc = 0.0f;
-            for (int k = 0; k < K; ++k) acc += A_AT(i0 + r, k) * B[(size_t)k * N + c];
-            acc += bb;
-            C[(size_t)(i0 + r) * N + c] = relu ? (acc > 0.0f ? acc : 0.0f) : acc;
+    /* Edge block, the same register blocking: rows past M load row M-1 (their sums are not
+     * stored), columns past N load as zeros and are not stored. */
+    int rows[RM];
+    _Pragma("unroll") for (int r = 0; r < RM; ++r) rows[r] = PX_MIN(i0 + r, M - 1);
+    floatV acc[RM][NV];
+    _Pragma("unroll") for (int r = 0; r < RM; ++r)
+        _Pragma("unroll") for (int j = 0; j < NV; ++j) acc[r][j] = (floatV)(0.0f);
+    for (int k = 0; k < K; ++k) {
+        __global const float *b = B + (size_t)k * N + c0;
+        floatV bv[NV];
+        _Pragma("unroll") for (int j = 0; j < NV; ++j) {
+            if (c0 + (j + 1) * VEC <= N) {
+                bv[j] = VLOAD(b + j * VEC);
+            } else {
+                float t[VEC];
+                _Pragma("unroll") for (int l = 0; l < VEC; ++l)
+                    t[l] = c0 + j * VEC + l < N ? b[j * VEC + l] : 0.0f;
+                bv[j] = VLOAD_E(t);
+            }
+        }
+        _Pragma("unroll") for (int r = 0; r < RM; ++r) {
+            const floatV a = (floatV)(A_AT(rows[r], k));
+            _Pragma("unroll") for (int j = 0; j < NV; ++j) acc[r][j] += a * bv[j];
+        }
+    }
+    for (int r = 0; r < RM && i0 + r < M; ++r) {
+        const floatV bb = (floatV)(bias ? bias[i0 + r] : 0.0f);
+        __global float *c = C + (size_t)(i0 + r) * N + c0;
+        _Pragma("unroll") for (int j = 0; j < NV; ++j) {
+            floatV v = acc[r][j] + bb;
+            if (relu) v = PX_RELU(v);
+            if (c0 + (j + 1) * VEC <= N) {
+                VSTORE(v, c + j * VEC);
+            } else {
+                float t[VEC];
+                VSTORE_E(v, t);
+                for (int l = 0; l < VEC && c0 + j * VEC + l < N; ++l) c[j * VEC + l] = t[l];
+            }
         }
     }
 }
