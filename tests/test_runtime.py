@@ -61,3 +61,20 @@ def test_no_platform_exits_2_with_one_line(monkeypatch, capsys):
     assert main(["devices"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pocl-binary-distribution" in err and "Traceback" not in err
+
+
+def test_launch_sets_only_changed_arguments_and_stays_correct(dev):
+    """Arguments equal to the previous launch's are not set again; a changed buffer, scalar
+    or NULL is.  The results must follow every change."""
+    k = dev.kernel("csr.cl", "gather_f32")
+    x1 = dev.to_device(np.arange(8, dtype=np.float32))
+    x2 = dev.to_device(np.arange(8, dtype=np.float32) * 10)
+    idx = dev.to_device(np.array([7, 0, 3], np.int32), np.int32)
+    out = dev.full((3,), np.nan)
+    for x, n, want in ((x1, 3, [7, 0, 3]), (x1, 3, [7, 0, 3]), (x2, 3, [70, 0, 30]), (x2, 2, [70, 0, 30]),
+                       (x1, 3, [7, 0, 3])):
+        if n == 2:
+            out.fill(np.float32(-1))
+            want = [70, 0, -1]
+        dev.launch(k, (3,), (64,), n, x, idx, out)
+        assert out.get().tolist() == want
