@@ -71,11 +71,19 @@ def _repeats(first_s: float, repeat: int, budget_s: float, min_repeat: int = 3) 
     return int(max(min_repeat, min(repeat, budget_s / first_s)))
 
 
+# Pause before each measurement: worker threads of the library measured just before (OpenBLAS,
+# OpenMP in torch, PoCL) keep spinning for a while after their last call and would take cores
+# from the next one.  On 2 cores that changed ratios by up to 1.5x.
+SETTLE_S = 0.1
+
+
 def time_opencl(dev, fn, *, repeat: int = 50, warmup: int = 3, budget_s: float = 0.5) -> Timing:
     """Time ``fn()``, which launches OpenCL work on ``dev`` through ``dev.launch``.
 
     Wall: host clock around ``fn(); dev.finish()``.  Device: the summed profiling time of the
-    kernels one call launched (only when ``dev`` was made with ``profile=True``)."""
+    kernels one call launched (only when ``dev`` was made with ``profile=True``), in a second
+    pass, so that recording the events adds nothing to the wall time."""
+    time.sleep(SETTLE_S)
     for _ in range(warmup):
         fn()
     dev.finish()
@@ -85,13 +93,17 @@ def time_opencl(dev, fn, *, repeat: int = 50, warmup: int = 3, budget_s: float =
     n = _repeats(time.perf_counter() - t0, repeat, budget_s)
     walls, devs = [], []
     for _ in range(n):
-        with record_events(dev) as evs:
-            t0 = time.perf_counter()
-            fn()
-            dev.finish()
-            walls.append((time.perf_counter() - t0) * 1e3)
-        if dev.profile and evs:
-            devs.append(_event_ms(evs))
+        t0 = time.perf_counter()
+        fn()
+        dev.finish()
+        walls.append((time.perf_counter() - t0) * 1e3)
+    if dev.profile:
+        for _ in range(n):
+            with record_events(dev) as evs:
+                fn()
+                dev.finish()
+            if evs:
+                devs.append(_event_ms(evs))
     return Timing(wall_ms=statistics.median(walls),
                   device_ms=statistics.median(devs) if devs else None, repeats=n,
                   samples={"wall_ms": walls, "device_ms": devs})
@@ -115,6 +127,7 @@ def time_pipelined(dev, fn, *, calls: int = 20, repeat: int = 5) -> float:
 
 def time_host(fn, *, repeat: int = 50, warmup: int = 2, budget_s: float = 0.5) -> Timing:
     """Wall time of a synchronous host call (numpy, scipy, torch on the CPU)."""
+    time.sleep(SETTLE_S)
     for _ in range(warmup):
         fn()
     t0 = time.perf_counter()
