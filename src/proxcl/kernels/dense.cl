@@ -82,6 +82,28 @@ void gemm(const int M, const int N, const int K,
 #define NV 2
 #endif
 
+/* gemm_blk's inner loop over k, with LOADB(j) giving the j-th vector of B's row k at c0. */
+#define GEMM_BLK_ACCUMULATE(LOADB)                                                            \
+    for (int k = 0; k < K; ++k) {                                                              \
+        __global const float *b = B + (size_t)k * N + c0;                                      \
+        floatV bv[NV];                                                                         \
+        _Pragma("unroll") for (int j = 0; j < NV; ++j) LOADB(j);                               \
+        _Pragma("unroll") for (int r = 0; r < RM; ++r) {                                       \
+            const floatV a = (floatV)(A_AT(rows[r], k));                                       \
+            _Pragma("unroll") for (int j = 0; j < NV; ++j) acc[r][j] += a * bv[j];              \
+        }                                                                                      \
+    }
+#define GEMM_BLK_LOAD_FULL(j) bv[j] = VLOAD(b + (j) * VEC)
+#define GEMM_BLK_LOAD_EDGE(j)                                                                 \
+    if (c0 + ((j) + 1) * VEC <= N) {                                                           \
+        bv[j] = VLOAD(b + (j) * VEC);                                                          \
+    } else {                                                                                   \
+        float t[VEC];                                                                          \
+        _Pragma("unroll") for (int l = 0; l < VEC; ++l)                                        \
+            t[l] = c0 + (j) * VEC + l < N ? b[(j) * VEC + l] : 0.0f;                           \
+        bv[j] = VLOAD_E(t);                                                                    \
+    }
+
 /* C[M, N] = op(A)[M, K] B[K, N] (+ bias[M] per row) (relu)      B[K, N], C[M, N]; A[M, K], or
  * A[K, M] with TRANS_A.  Work-item (x, y): rows [x*RM, x*RM + RM), columns
  * [y*NV*VEC, (y+1)*NV*VEC); per k it loads NV vectors of B and RM scalars of A for RM*NV
@@ -97,55 +119,22 @@ void gemm_blk(const int M, const int N, const int K,
     const int i0 = get_global_id(0) * RM;
     const int c0 = get_global_id(1) * (NV * VEC);
     if (i0 >= M || c0 >= N) return;
-    if (i0 + RM <= M && c0 + NV * VEC <= N) {
-        floatV acc[RM][NV];
-        _Pragma("unroll") for (int r = 0; r < RM; ++r)
-            _Pragma("unroll") for (int j = 0; j < NV; ++j) acc[r][j] = (floatV)(0.0f);
-        for (int k = 0; k < K; ++k) {
-            __global const float *b = B + (size_t)k * N + c0;
-            floatV bv[NV];
-            _Pragma("unroll") for (int j = 0; j < NV; ++j) bv[j] = VLOAD(b + j * VEC);
-            _Pragma("unroll") for (int r = 0; r < RM; ++r) {
-                const floatV a = (floatV)(A_AT(i0 + r, k));
-                _Pragma("unroll") for (int j = 0; j < NV; ++j) acc[r][j] += a * bv[j];
-            }
-        }
-        _Pragma("unroll") for (int r = 0; r < RM; ++r) {
-            const floatV bb = (floatV)(bias ? bias[i0 + r] : 0.0f);
-            _Pragma("unroll") for (int j = 0; j < NV; ++j) {
-                floatV v = acc[r][j] + bb;
-                if (relu) v = PX_RELU(v);
-                VSTORE(v, C + (size_t)(i0 + r) * N + c0 + j * VEC);
-            }
-        }
-        return;
-    }
-    /* Edge block, the same register blocking: rows past M load row M-1 (their sums are not
-     * stored), columns past N load as zeros and are not stored. */
+    /* Rows past M load row M-1 (their sums are not stored); in a block cut by the right edge,
+     * columns past N load as zeros and are not stored.  Interior blocks, the common case, take
+     * plain vector loads and stores. */
+    const int interior = i0 + RM <= M && c0 + NV * VEC <= N;
     int rows[RM];
     _Pragma("unroll") for (int r = 0; r < RM; ++r) rows[r] = PX_MIN(i0 + r, M - 1);
     floatV acc[RM][NV];
     _Pragma("unroll") for (int r = 0; r < RM; ++r)
         _Pragma("unroll") for (int j = 0; j < NV; ++j) acc[r][j] = (floatV)(0.0f);
-    for (int k = 0; k < K; ++k) {
-        __global const float *b = B + (size_t)k * N + c0;
-        floatV bv[NV];
-        _Pragma("unroll") for (int j = 0; j < NV; ++j) {
-            if (c0 + (j + 1) * VEC <= N) {
-                bv[j] = VLOAD(b + j * VEC);
-            } else {
-                float t[VEC];
-                _Pragma("unroll") for (int l = 0; l < VEC; ++l)
-                    t[l] = c0 + j * VEC + l < N ? b[j * VEC + l] : 0.0f;
-                bv[j] = VLOAD_E(t);
-            }
-        }
-        _Pragma("unroll") for (int r = 0; r < RM; ++r) {
-            const floatV a = (floatV)(A_AT(rows[r], k));
-            _Pragma("unroll") for (int j = 0; j < NV; ++j) acc[r][j] += a * bv[j];
-        }
+    if (interior) {
+        GEMM_BLK_ACCUMULATE(GEMM_BLK_LOAD_FULL);
+    } else {
+        GEMM_BLK_ACCUMULATE(GEMM_BLK_LOAD_EDGE);
     }
-    for (int r = 0; r < RM && i0 + r < M; ++r) {
+    _Pragma("unroll") for (int r = 0; r < RM; ++r) {
+        if (i0 + r >= M) break;
         const floatV bb = (floatV)(bias ? bias[i0 + r] : 0.0f);
         __global float *c = C + (size_t)(i0 + r) * N + c0;
         _Pragma("unroll") for (int j = 0; j < NV; ++j) {
