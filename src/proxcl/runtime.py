@@ -171,10 +171,12 @@ class Device:
         if kind == "cpu":
             return {"kind": "cpu", "vec": 8, "ew_local": 64, "aligned": False,
                     "gemm_rm": 6, "gemm_vec": 8, "gemm_nv": 2, "gemm_rows": 4, "gemm_local": (4, 4),
+                    "gemm_nt_rm": 3, "gemm_nt_rn": 3,
                     "spmm_vec": 8, "spmm_nv": 8, "spmm_rows": 8, "spmm_local": (4, 4),
                     "sddmm_lanes": 1, "sddmm_vec": 8, "sddmm_epw": 4, "sddmm_group": 16}
         return {"kind": "gpu", "vec": 4, "ew_local": 256, "aligned": True,
                 "gemm_rm": 4, "gemm_vec": 2, "gemm_nv": 0, "gemm_rows": 0, "gemm_local": (32, 8),
+                "gemm_nt_rm": 0, "gemm_nt_rn": 0,
                 "spmm_vec": 2, "spmm_nv": 0, "spmm_rows": 0, "spmm_local": (32, 8),
                 "sddmm_lanes": 8, "sddmm_vec": 4, "sddmm_epw": 1, "sddmm_group": 16}
 

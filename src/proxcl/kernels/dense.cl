@@ -151,6 +151,52 @@ void gemm_blk(const int M, const int N, const int K,
     }
 }
 
+#ifndef RN
+#define RN 2
+#endif
+
+/* C[M, N] = A[M, K] B[N, K]^T (+ bias[M] per row) (relu): every output is a dot product of a
+ * row of A and a row of B, both contiguous in k, so the product runs without transposing B
+ * (the CPU form of NT products: weight gradients, K = batch or batch x output pixels).
+ * Work-item (x, y): rows [x*RM, x*RM + RM) of A and [y*RN, y*RN + RN) of B; RM*RN vector
+ * accumulators along k, summed across lanes at the end.  Rows past M or N load row M-1 or
+ * N-1 and are not stored.  O(M N K). */
+__kernel __attribute__((reqd_work_group_size(LX, 1, 1)))
+void gemm_nt_blk(const int M, const int N, const int K,
+                 __global const float *restrict A, __global const float *restrict B,
+                 __global float *restrict C, __global const float *restrict bias, const int relu)
+{
+    const int i0 = get_global_id(0) * RM;
+    const int j0 = get_global_id(1) * RN;
+    if (i0 >= M || j0 >= N) return;
+    __global const float *a[RM];
+    __global const float *b[RN];
+    _Pragma("unroll") for (int r = 0; r < RM; ++r) a[r] = A + (size_t)PX_MIN(i0 + r, M - 1) * K;
+    _Pragma("unroll") for (int c = 0; c < RN; ++c) b[c] = B + (size_t)PX_MIN(j0 + c, N - 1) * K;
+    floatV acc[RM][RN];
+    _Pragma("unroll") for (int r = 0; r < RM; ++r)
+        _Pragma("unroll") for (int c = 0; c < RN; ++c) acc[r][c] = (floatV)(0.0f);
+    const int kv = K / VEC * VEC;
+    for (int k = 0; k < kv; k += VEC) {
+        floatV av[RM], bv[RN];
+        _Pragma("unroll") for (int r = 0; r < RM; ++r) av[r] = VLOAD(a[r] + k);
+        _Pragma("unroll") for (int c = 0; c < RN; ++c) bv[c] = VLOAD(b[c] + k);
+        _Pragma("unroll") for (int r = 0; r < RM; ++r)
+            _Pragma("unroll") for (int c = 0; c < RN; ++c) acc[r][c] += av[r] * bv[c];
+    }
+    _Pragma("unroll") for (int r = 0; r < RM; ++r) {
+        if (i0 + r >= M) break;
+        const float bb = bias ? bias[i0 + r] : 0.0f;
+        _Pragma("unroll") for (int c = 0; c < RN; ++c) {
+            if (j0 + c >= N) break;
+            float v = px_hsum(acc[r][c]);
+            for (int k = kv; k < K; ++k) v += a[r][k] * b[c][k];
+            v += bb;
+            C[(size_t)(i0 + r) * N + j0 + c] = relu ? (v > 0.0f ? v : 0.0f) : v;
+        }
+    }
+}
+
 /* out[q] = sum_{z<S} part[z*MN + q] (+ bias[q / N]) (relu), the slices added in order:
  * the reduction of a split-K gemm.      part[S, MN], out[MN], bias[MN / N] or NULL. */
 __kernel void gemm_sum_slices(const int MN, const int N, const int S,

@@ -39,7 +39,8 @@ def gemm(dev: Device, a, b, *, trans_a: bool = False, trans_b: bool = False,
     """C = op(a) @ op(b) (+ bias[:, None]) (ReLU), float32 on the device.
 
     a: [M, K] ([K, M] with trans_a); b: [K, N] ([N, K] with trans_b); bias: [M] or None.
-    NT products transpose b once into a temporary, then run the NN kernel.
+    On CPUs an NT product runs as row dot products (no copy of b); elsewhere, and for TT, b is
+    transposed once into a temporary and the NN kernel runs.
     """
     a = _as2d(dev, a, "a")
     b = _as2d(dev, b, "b")
@@ -59,9 +60,15 @@ def gemm(dev: Device, a, b, *, trans_a: bool = False, trans_b: bool = False,
         if bias is not None or relu:
             raise ValueError("gemm: K == 0 with an epilogue is not supported")
         return out
+    t = dev.tuning
+    if trans_b and not trans_a and t["gemm_nt_rn"]:
+        # CPU form of A B^T: dot products of rows, no transposed copy of B
+        rm, rn, lx = t["gemm_nt_rm"], t["gemm_nt_rn"], t["gemm_rows"]
+        k = dev.kernel("dense.cl", "gemm_nt_blk", VEC=t["gemm_vec"], RM=rm, RN=rn, LX=lx)
+        dev.launch(k, (-(-M // rm), -(-N // rn)), (lx, 1), M, N, K, a, b, out, bias, int(relu))
+        return out
     if trans_b:
         b = transpose(dev, b)
-    t = dev.tuning
     vec, rm, nv = t["gemm_vec"], t["gemm_rm"], t["gemm_nv"]
     if nv:   # CPU form: an rm x nv*vec block of C in registers, row blocks varying fastest
         lx = t["gemm_rows"]
