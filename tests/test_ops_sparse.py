@@ -189,8 +189,9 @@ def test_sddmm_matches_reference(kdev, rng, shape, scale):
     assert rel_err(out.get(), sddmm_ref(a, A, B, scale)) < TOL
 
 
-@pytest.mark.parametrize("n", [1, 5, 8, 31, 33, 128, 257, 1024])
+@pytest.mark.parametrize("n", [1, 5, 8, 31, 33, 128, 257, 1024, 2047, 2048, 5003])
 def test_sddmm_batch_widths(kdev, rng, n):
+    """Widths around the vector sizes and around SDDMM_WIDE_N, where the GPU form widens."""
     a = random_csr(rng, 17, 23, 0.3)
     A, B = randn(rng, 17, n), randn(rng, 23, n)
     g = CSRMatrix.from_scipy(a, kdev).sddmm(A, B, out=poisoned(kdev, (a.nnz,)))

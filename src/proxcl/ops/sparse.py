@@ -24,6 +24,11 @@ from ..runtime import Device, default_device
 
 _I32_MAX = np.iinfo(np.int32).max
 
+# GPU form of SDDMM: from this many columns on (a convolution's weight gradient has
+# n = batch x output pixels, 73,728 for LeNet-5's conv1), each entry gets this many lanes.
+SDDMM_WIDE_N = 2048
+SDDMM_WIDE_LANES = 64
+
 
 class HostCSR(NamedTuple):
     """A CSR matrix in host memory (no scipy needed): indptr[m+1], indices[nnz], data[nnz]."""
@@ -246,6 +251,8 @@ class CSRMatrix:
             t = dev.tuning
             if t["sddmm_lanes"] > 1:
                 lanes, group = t["sddmm_lanes"], t["sddmm_group"]
+                if n >= SDDMM_WIDE_N:   # long dot products (conv weight gradients): more lanes each
+                    lanes, group = SDDMM_WIDE_LANES, max(1, 256 // SDDMM_WIDE_LANES)
                 kern = dev.kernel("csr.cl", "csr_sddmm", VEC=t["sddmm_vec"], LANES=lanes, GROUP=group,
                                   PX_ALIGNED=int(t["aligned"] and n % t["sddmm_vec"] == 0))
                 dev.launch(kern, (lanes, self.nnz), (lanes, group), self.nnz, n,
