@@ -84,7 +84,7 @@ __kernel void col2im(__global const int *restrict G, __global const float *restr
                                       + (size_t)(n * Ho + oy) * Wo;
             if (SW == 1) {
                 /* ox = ix + PW - kx in [0, Wo) */
-                const int lo = max(0, kx - PW), hi = min(W, Wo + kx - PW);
+                const int lo = PX_MAX(0, kx - PW), hi = PX_MIN(W, Wo + kx - PW);
                 for (int ix = lo; ix < hi; ++ix) dx[ix] += d[ix + PW - kx];
             } else {
                 for (int ix = 0; ix < W; ++ix) {
@@ -115,9 +115,9 @@ __kernel void maxpool_fwd(__global const int *restrict G, __global const float *
     const int oy = g % Ho, n = g / Ho;
     __global const float *x = X + ((size_t)c * N + n) * H * W;
     const size_t o0 = ((size_t)c * N * Ho + g) * Wo;
-    const int ylo = max(0, oy * SH - PH), yhi = min(H, oy * SH - PH + KH);
+    const int ylo = PX_MAX(0, oy * SH - PH), yhi = PX_MIN(H, oy * SH - PH + KH);
     for (int ox = 0; ox < Wo; ++ox) {
-        const int xlo = max(0, ox * SW - PW), xhi = min(W, ox * SW - PW + KW);
+        const int xlo = PX_MAX(0, ox * SW - PW), xhi = PX_MIN(W, ox * SW - PW + KW);
         float best = x[ylo * W + xlo];
         int arg = ylo * W + xlo;
         for (int iy = ylo; iy < yhi; ++iy)
@@ -125,7 +125,7 @@ __kernel void maxpool_fwd(__global const int *restrict G, __global const float *
                 const float v = x[iy * W + ix];
                 if (v > best) { best = v; arg = iy * W + ix; }
             }
-        Y[o0 + ox] = relu ? fmax(best, 0.0f) : best;
+        Y[o0 + ox] = relu ? (best > 0.0f ? best : 0.0f) : best;
         if (Idx) Idx[o0 + ox] = arg;
     }
 }
@@ -145,12 +145,12 @@ __kernel void maxpool_bwd(__global const int *restrict G, __global const float *
     if (g >= N * H || c >= C) return;
     const int iy = g % H, n = g / H;
     /* windows oy with oy*SH - PH <= iy <= oy*SH - PH + KH - 1 */
-    const int ylo = max(0, (iy + PH - KH + SH) / SH), yhi = min(Ho - 1, (iy + PH) / SH);
+    const int ylo = PX_MAX(0, (iy + PH - KH + SH) / SH), yhi = PX_MIN(Ho - 1, (iy + PH) / SH);
     const size_t base = ((size_t)c * N + n) * Ho * Wo;
     __global float *dx = dX + ((size_t)c * N + n) * H * W + (size_t)iy * W;
     for (int ix = 0; ix < W; ++ix) {
         const int me = iy * W + ix;
-        const int xlo = max(0, (ix + PW - KW + SW) / SW), xhi = min(Wo - 1, (ix + PW) / SW);
+        const int xlo = PX_MAX(0, (ix + PW - KW + SW) / SW), xhi = PX_MIN(Wo - 1, (ix + PW) / SW);
         float acc = 0.0f;
         for (int oy = ylo; oy <= yhi; ++oy)
             for (int ox = xlo; ox <= xhi; ++ox) {
@@ -167,7 +167,7 @@ __kernel void maxpool_bwd(__global const int *restrict G, __global const float *
 __kernel void relu_fwd(const int n, __global const float *X, __global float *Y)
 {
     const int q = get_global_id(0);
-    if (q < n) Y[q] = fmax(X[q], 0.0f);
+    if (q < n) Y[q] = X[q] > 0.0f ? X[q] : 0.0f;
 }
 
 /* dX[n] = Y[n] > 0 ? dY[n] : 0, Y the ReLU's output.  Safe in place (dX = dY). */
@@ -342,7 +342,7 @@ __kernel void csr_conv_pool(__global const int *restrict G, __global const int *
     __global const float *x = X + (size_t)n * H * W;
     float best[MAXW], acc[MAXW];
     for (int px = 0; px < Wp; ++px) best[px] = -INFINITY;
-    const int cylo = max(0, py * QSH - QPH), cyhi = min(Ho, py * QSH - QPH + QH);
+    const int cylo = PX_MAX(0, py * QSH - QPH), cyhi = PX_MIN(Ho, py * QSH - QPH + QH);
     for (int cy = cylo; cy < cyhi; ++cy) {
         for (int cx = 0; cx < Wo; ++cx) acc[cx] = b;
         for (int p = start; p < end; ++p) {
@@ -354,8 +354,8 @@ __kernel void csr_conv_pool(__global const int *restrict G, __global const int *
              * (C division truncates toward zero, so a negative span must not reach the divide) */
             const int span = W - 1 + PW - kx;
             if (span < 0) continue;
-            const int lo = max(0, (PW - kx + SW - 1) / SW);
-            const int hi = min(Wo, span / SW + 1);
+            const int lo = PX_MAX(0, (PW - kx + SW - 1) / SW);
+            const int hi = PX_MIN(Wo, span / SW + 1);
             const float v = Ax[p];
             __global const float *row = x + (size_t)(e >> 16) * cs + (size_t)iy * W - PW + kx;
             if (SW == 1) {
@@ -365,14 +365,14 @@ __kernel void csr_conv_pool(__global const int *restrict G, __global const int *
             }
         }
         for (int px = 0; px < Wp; ++px) {
-            const int cxlo = max(0, px * QSW - QPW), cxhi = min(Wo, px * QSW - QPW + QW);
+            const int cxlo = PX_MAX(0, px * QSW - QPW), cxhi = PX_MIN(Wo, px * QSW - QPW + QW);
             float m = best[px];
-            for (int cx = cxlo; cx < cxhi; ++cx) m = fmax(m, acc[cx]);
+            for (int cx = cxlo; cx < cxhi; ++cx) m = acc[cx] > m ? acc[cx] : m;
             best[px] = m;
         }
     }
     for (int px = 0; px < Wp; ++px) {
-        const float v = relu ? fmax(best[px], 0.0f) : best[px];
+        const float v = relu ? (best[px] > 0.0f ? best[px] : 0.0f) : best[px];
         if (flat_out)
             Y[((size_t)(o * Hp + py) * Wp + px) * N + n] = v;
         else
