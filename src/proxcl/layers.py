@@ -258,31 +258,20 @@ class Linear(Layer):
     def forward(self, x, train=False, keep=False):
         n = x.shape[1]
         y = self._buf("y", (self.out_shape[0], n))
-        w = self.weight.value
         b = self.bias.value if self.bias is not None else None
-        if isinstance(w, CSRMatrix):
-            w.matmul(x, bias=b, relu=self.relu, out=y)
-        else:
-            gemm(self.device, w, x, bias=b, relu=self.relu, out=y)
+        _weight_times(self.weight, x, b, self.relu, y)
         if keep:
             self._x, self._y = x, y
         return y
 
     def backward(self, dy, need_dx=True):
-        x, y, dev = self._x, self._y, self.device
+        x, y = self._x, self._y
         self._mask_and_bias_grad(dy, y, self.bias)
-        w = self.weight.value
-        if isinstance(w, CSRMatrix):
-            w.sddmm(dy, x, out=self.weight.grad)
-        else:
-            gemm(dev, dy, x, trans_b=True, out=self.weight.grad.reshape(self.weight.matrix_shape))
+        _weight_grad(self.weight, dy, x)
         if not need_dx:
             return None
         dx = self._buf("dx", x.shape)
-        if isinstance(w, CSRMatrix):
-            w.matmul_t(dy, out=dx)
-        else:
-            gemm(dev, w, dy, trans_a=True, out=dx)
+        _weight_t_times(self.weight, dy, dx)
         return dx
 
 
@@ -381,12 +370,8 @@ class Conv2d(_Window):
         cols = self._cols(x, n)
         y = self._buf("y", (o, n, self.ho, self.wo))
         y2 = y.reshape(o, n * self.ho * self.wo)
-        w = self.weight.value
         b = self.bias.value if self.bias is not None else None
-        if isinstance(w, CSRMatrix):
-            w.matmul(cols, bias=b, relu=self.relu, out=y2)
-        else:
-            gemm(self.device, w, cols, bias=b, relu=self.relu, out=y2)
+        _weight_times(self.weight, cols, b, self.relu, y2)
         if keep:
             self._x, self._cols_kept, self._y2, self._n = x, cols, y2, n
         return y
@@ -396,20 +381,13 @@ class Conv2d(_Window):
         o = self.out_shape[0]
         dy2 = dy.reshape(o, n * self.ho * self.wo)
         self._mask_and_bias_grad(dy2, self._y2, self.bias)
-        w = self.weight.value
-        if isinstance(w, CSRMatrix):
-            w.sddmm(dy2, cols, out=self.weight.grad)
-        else:
-            gemm(dev, dy2, cols, trans_b=True, out=self.weight.grad.reshape(self.weight.matrix_shape))
+        _weight_grad(self.weight, dy2, cols)
         if not need_dx:
             return None
         c = self.in_shape[0]
         dx = self._buf("dx", self.batch_shape(self.in_shape, n))
         dcols = dx.reshape(c, dx.size // c) if self.pointwise else self._buf("dcols", cols.shape)
-        if isinstance(w, CSRMatrix):
-            w.matmul_t(dy2, out=dcols)
-        else:
-            gemm(dev, w, dy2, trans_a=True, out=dcols)
+        _weight_t_times(self.weight, dy2, dcols)
         if not self.pointwise:
             c, h, wd = self.in_shape
             dev.launch(nn_kernel(dev, "col2im"), (n * h, c), (_rows(dev), 1), self._geo(n), dcols, dx)
@@ -614,3 +592,32 @@ def softmax_xent(dev: Device, z: cla.Array, labels: cla.Array | None, *, dz: cla
     dev.launch(nn_kernel(dev, "softmax_xent"), (n,), (xl,), k, n, z, labels, dz, float(gscale), probs,
                partial if labels is not None else None)
     return partial if labels is not None else None
+
+
+# ---- the three products of a weight, dense or CSR (Linear, and Conv2d on im2col columns) ----
+
+def _weight_times(p: "Param", x: cla.Array, bias, relu: bool, out: cla.Array) -> None:
+    """out = W x (+ bias) (ReLU): SpMM for a CSR weight, GEMM for a dense one."""
+    w = p.value
+    if isinstance(w, CSRMatrix):
+        w.matmul(x, bias=bias, relu=relu, out=out)
+    else:
+        gemm(p.device, w, x, bias=bias, relu=relu, out=out)
+
+
+def _weight_grad(p: "Param", dy: cla.Array, x: cla.Array) -> None:
+    """p.grad = dy x^T: on the support (SDDMM) for a CSR weight, dense (GEMM NT) otherwise."""
+    w = p.value
+    if isinstance(w, CSRMatrix):
+        w.sddmm(dy, x, out=p.grad)
+    else:
+        gemm(p.device, dy, x, trans_b=True, out=p.grad.reshape(p.matrix_shape))
+
+
+def _weight_t_times(p: "Param", dy: cla.Array, out: cla.Array) -> None:
+    """out = W^T dy: transposed SpMM for a CSR weight, GEMM TN for a dense one."""
+    w = p.value
+    if isinstance(w, CSRMatrix):
+        w.matmul_t(dy, out=out)
+    else:
+        gemm(p.device, w, dy, trans_a=True, out=out)
