@@ -370,6 +370,18 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
                                                 0x5EED])).permutation(n)
 
 
+def check_normalisation(norm) -> tuple[float, float]:
+    """(mean, std) of a {"mean", "std"} dict (as a model file stores it): finite numbers and a
+    positive std, else a one-line ValueError."""
+    try:
+        mean, std = float(norm["mean"]), float(norm["std"])
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"normalisation must be {{'mean': float, 'std': float}}, got {norm!r}") from None
+    if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+        raise ValueError(f"normalisation needs a finite mean and a positive std, got {mean}, {std}")
+    return mean, std
+
+
 def normalise(images, mean: float, std: float) -> np.ndarray:
     """Raw pixels (0..255; [H, W], [N, H, W] or [N, C, H, W]) -> float32 [N, C, H, W],
     (x - mean) / std with the training set's statistics."""
@@ -380,8 +392,7 @@ def normalise(images, mean: float, std: float) -> np.ndarray:
         a = a[:, None]
     elif a.ndim != 4:
         raise ValueError(f"images must be [H, W], [N, H, W] or [N, C, H, W], got shape {a.shape}")
-    if not (np.isfinite(mean) and np.isfinite(std) and std > 0):
-        raise ValueError(f"normalisation needs a finite mean and a positive std, got {mean}, {std}")
+    mean, std = check_normalisation({"mean": mean, "std": std})
     out = a.astype(np.float32)
     out -= np.float32(mean)
     out *= np.float32(1.0 / std)
@@ -436,12 +447,7 @@ def from_arrays(name: str, train_images, train_labels, test_images, test_labels,
         xs["val"], ys["val"] = xs["train"][val_idx], ys["train"][val_idx]
         xs["train"], ys["train"] = xs["train"][train_idx], ys["train"][train_idx]
     if normalisation is not None:
-        try:
-            mean, std = float(normalisation["mean"]), float(normalisation["std"])
-        except (KeyError, TypeError, ValueError):
-            raise ValueError(f"normalisation must be {{'mean': float, 'std': float}}, got {normalisation!r}") from None
-        if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
-            raise ValueError(f"normalisation needs a finite mean and a positive std, got {mean}, {std}")
+        mean, std = check_normalisation(normalisation)
     else:
         mean, std = _stats(xs["train"])
     ds = Dataset(name, tuple(class_names), mean, std)
@@ -567,6 +573,7 @@ def load_dataset(spec: str | None = "fashion-mnist", *, val_split: float = 0.0, 
                             normalisation=normalisation)
 
 
-__all__ = ["DataError", "Dataset", "load_dataset", "parse_spec", "normalise", "epoch_order",
+__all__ = ["DataError", "Dataset", "load_dataset", "parse_spec", "normalise", "check_normalisation",
+           "epoch_order",
            "read_idx", "parse_idx", "write_idx", "idx_bytes", "download", "find_files", "search_dirs",
            "cache_dir", "from_arrays", "synthetic_arrays", "SOURCES", "IDX_TYPES"]

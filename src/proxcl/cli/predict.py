@@ -19,18 +19,15 @@ def add_parser(sub) -> None:
 
 def stored_inputs(path: str, meta: dict) -> tuple[dict, list | None]:
     """(normalisation, class names) from a model file's metadata, checked."""
-    import math
-
+    from ..data import check_normalisation
     from ..modelfile import ModelFileError
     norm = meta.get("normalisation")
     if not norm:
         raise ModelFileError(f"{path} stores no input normalisation (not written by proxcl train)")
     try:
-        mean, std = float(norm["mean"]), float(norm["std"])
-    except (TypeError, KeyError, ValueError):
-        raise ModelFileError(f"{path}: its input normalisation is not a mean and a std") from None
-    if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
-        raise ModelFileError(f"{path}: its input normalisation has a bad mean or std")
+        mean, std = check_normalisation(norm)
+    except ValueError as e:
+        raise ModelFileError(f"{path}: stored input {e}") from None
     names = meta.get("class_names")
     if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
         names = None
