@@ -22,13 +22,17 @@ $(VENV)/.test: pyproject.toml $(VENV)/.runtime
 venv: $(VENV)/.runtime
 venv-test: $(VENV)/.test
 
-# Fashion-MNIST from Debian's dataset-fashion-mnist where apt is usable; proxcl also
-# looks in $$PROXCL_DATA and ~/.cache/proxcl and can download the files itself.
+# Fashion-MNIST from Debian's dataset-fashion-mnist, and Debian's PoCL (pocl-opencl-icd), where apt is
+# usable. proxcl also looks in $$PROXCL_DATA and ~/.cache/proxcl and can download the data itself; the
+# PoCL wheel (pocl-binary-distribution) is the CPU device where apt is not, but its LLVM 14 cannot
+# name newer CPUs (AMD Zen 5: "unknown target CPU 'generic'"), which Debian's PoCL 3.1 can.
+SYSTEM_PACKAGES := dataset-fashion-mnist pocl-opencl-icd
 data:
-	@if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] \
-	   && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-	  echo "installing dataset-fashion-mnist with apt-get"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	@missing=""; for p in $(SYSTEM_PACKAGES); do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ] && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing$$missing with apt-get"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
 demo: venv data
