@@ -23,6 +23,13 @@ The l1 weight of a parameter is ``l1 * factor`` where factor comes from ``l1_fac
 is a parameter name (``"fc1.weight"``) or a layer name (``"fc1"``, or any dotted prefix such as
 ``"features"`` for ``"features.0.weight"``); the exact name wins, then the longest prefix;
 parameters no key names have factor 1.
+
+Reweighted l1 (``reweight_eps=eps``, the adaptive lasso) scales each weight's threshold by
+``c / (|w| + eps c)``, where ``c`` is the mean magnitude of the parameter's nonzero values:
+weights of the typical size are shrunk as by plain l1, small ones up to 1/eps times harder, so
+the penalty removes small weights and leaves large ones nearly unbiased.  ``c`` is measured when
+a parameter is first seen and again at every :meth:`Optimizer.refresh_reweighting` (the
+training loop calls it once per epoch); the threshold uses the current ``|w|`` at every step.
 """
 
 from __future__ import annotations
@@ -33,13 +40,13 @@ from typing import Iterable
 import numpy as np
 import pyopencl.array as cla
 
+from .ops import optim as kernels
 from .ops.sparse import gather
 from .runtime import Device, default_device
 
 __all__ = ["OPTIMIZERS", "Optimizer", "ProxSGD", "ProxAdam", "RDA", "make_optimizer"]
 
 OPTIMIZERS = ("prox-sgd", "prox-adam", "rda", "sgd", "adam")
-_KERNELS = "optim.cl"
 
 
 def _finite(name: str, value, lo: float | None = None, hi: float | None = None,
@@ -65,12 +72,13 @@ def _finite(name: str, value, lo: float | None = None, hi: float | None = None,
 class _State:
     """The optimizer state of one parameter: its step count, its size and per-value arrays."""
 
-    __slots__ = ("t", "size", "arrays")
+    __slots__ = ("t", "size", "arrays", "rw_c")
 
-    def __init__(self, t: int, size: int, arrays: dict):
+    def __init__(self, t: int, size: int, arrays: dict, rw_c: float = 1.0):
         self.t = t
         self.size = size
         self.arrays = arrays
+        self.rw_c = rw_c        # reweighted l1: the mean nonzero magnitude c
 
 
 class Optimizer:
@@ -84,11 +92,12 @@ class Optimizer:
     has_l1 = True
     _HYPER: tuple[str, ...] = ()
 
-    def __init__(self, *, lr, l1=0.0, l1_factors=None, device: Device | None = None):
+    def __init__(self, *, lr, l1=0.0, l1_factors=None, reweight_eps=None, device: Device | None = None):
         self.device = device or default_device()
         self.lr = self._check_lr(lr)
         self.l1 = self._check_l1(l1)
         self.l1_factors = self._check_factors(l1_factors)
+        self.reweight_eps = self._check_reweight(reweight_eps)
         self._state: dict[str, _State] = {}
         self._factors_checked = False
 
@@ -101,6 +110,40 @@ class Optimizer:
         if v and not self.has_l1:
             raise ValueError(f"{self.kind} has no l1 term (got l1={l1!r}); use prox-{self.kind} or rda")
         return v
+
+    def _check_reweight(self, eps) -> float:
+        """0.0 for plain l1, else the reweighting's eps (> 0)."""
+        if eps is None or eps == 0:
+            return 0.0
+        v = _finite(f"{self.kind}: reweighting eps", eps, 0.0, lo_open=True)
+        if not self.has_l1:
+            raise ValueError(f"{self.kind} has no l1 term, so it cannot reweight it")
+        return v
+
+    def _reweight_of(self, p, st: _State):
+        """The kernels' reweight argument for a parameter: None (plain l1) or (c, eps)."""
+        return (st.rw_c, self.reweight_eps) if self.reweight_eps and p.penalised else None
+
+    @staticmethod
+    def _mean_magnitude(p) -> float:
+        """The mean |w| of a parameter's nonzero values (1.0 when it has none)."""
+        a = np.abs(p.data.get()) if p.data.size else np.zeros(0, np.float32)
+        nz = a[a != 0]
+        return float(nz.astype(np.float64).mean()) if nz.size else 1.0
+
+    def refresh_reweighting(self, params: Iterable) -> None:
+        """Measure c (mean nonzero magnitude) again for every penalised parameter already seen."""
+        if not self.reweight_eps:
+            return
+        for p in params:
+            st = self._state.get(p.name)
+            if st is not None and p.penalised:
+                st.rw_c = self._mean_magnitude(p)
+
+    def reweight_scale(self, name: str) -> float | None:
+        """The c of a parameter under reweighted l1 (None before its first step or without it)."""
+        st = self._state.get(name)
+        return st.rw_c if st is not None and self.reweight_eps else None
 
     def _check_factors(self, factors) -> dict[str, float]:
         if factors is None:
@@ -179,6 +222,8 @@ class Optimizer:
         n = int(p.data.size)
         if st is None:
             st = _State(0, n, {s: self._init_slot(s, p) for s in self.slots})
+            if self.reweight_eps and p.penalised:
+                st.rw_c = self._mean_magnitude(p)
             self._state[p.name] = st
         elif st.size != n:
             raise ValueError(f"parameter {p.name!r} has {n} values but its optimizer state has "
@@ -190,11 +235,6 @@ class Optimizer:
 
     def _update(self, p, st: _State, lam: float) -> None:
         raise NotImplementedError
-
-    def _launch(self, name: str, n: int, *args) -> None:
-        dev = self.device
-        vec = dev.tuning["vec"]
-        dev.launch(dev.kernel(_KERNELS, name, VEC=vec), (-(-n // vec),), (dev.tuning["ew_local"],), n, *args)
 
     # ---- support changes -------------------------------------------------------
     def remap(self, name: str, src) -> None:
@@ -227,19 +267,22 @@ class Optimizer:
 
     # ---- checkpoints -------------------------------------------------------------
     def hyper(self) -> dict[str, float]:
-        """The hyper-parameters as numbers (lr, l1 and the kind's own)."""
-        return {"lr": self.lr, "l1": self.l1, **{h: getattr(self, h) for h in self._HYPER}}
+        """The hyper-parameters as numbers (lr, l1, reweight_eps (0: plain l1) and the kind's own)."""
+        return {"lr": self.lr, "l1": self.l1, "reweight_eps": self.reweight_eps,
+                **{h: getattr(self, h) for h in self._HYPER}}
 
     def state_dict(self) -> dict:
         """Everything needed for an exact resume, as {key: number or numpy array}:
         ``kind`` (index in OPTIMIZERS), the hyper-parameters, ``l1_factor/<key>``, and per
-        parameter ``step/<name>``, ``size/<name>``, ``state/<name>/<slot>`` (float32 arrays)."""
+        parameter ``step/<name>``, ``size/<name>``, ``rw_c/<name>`` (reweighting's c) and
+        ``state/<name>/<slot>`` (float32 arrays)."""
         d: dict = {"kind": OPTIMIZERS.index(self.kind), **self.hyper()}
         for k, v in self.l1_factors.items():
             d[f"l1_factor/{k}"] = v
         for name, st in self._state.items():
             d[f"step/{name}"] = st.t
             d[f"size/{name}"] = st.size
+            d[f"rw_c/{name}"] = st.rw_c
             for s, a in st.arrays.items():
                 d[f"state/{name}/{s}"] = a.get() if a.size else np.zeros(0, np.float32)
         return d
@@ -251,11 +294,11 @@ class Optimizer:
             raise ValueError("optimizer state: missing or invalid 'kind'")
         if OPTIMIZERS[int(kind)] != self.kind:
             raise ValueError(f"optimizer state is for {OPTIMIZERS[int(kind)]}, not {self.kind}")
-        hyper, factors, steps, sizes, arrays = {}, {}, {}, {}, {}
+        hyper, factors, steps, sizes, arrays, scales = {}, {}, {}, {}, {}, {}
         for key, v in d.items():
             if key == "kind":
                 continue
-            if key in ("lr", "l1", *self._HYPER):
+            if key in ("lr", "l1", "reweight_eps", *self._HYPER):
                 hyper[key] = v
             elif key.startswith("l1_factor/"):
                 factors[key[len("l1_factor/"):]] = v
@@ -263,15 +306,17 @@ class Optimizer:
                 steps[key[5:]] = v
             elif key.startswith("size/"):
                 sizes[key[5:]] = v
+            elif key.startswith("rw_c/"):
+                scales[key[5:]] = v
             elif key.startswith("state/") and "/" in key[6:]:
                 name, slot = key[6:].rsplit("/", 1)
                 arrays.setdefault(name, {})[slot] = v
             else:
                 raise ValueError(f"optimizer state: unexpected key {key!r}")
-        missing = {"lr", "l1", *self._HYPER} - set(hyper)
+        missing = {"lr", "l1", "reweight_eps", *self._HYPER} - set(hyper)
         if missing:
             raise ValueError(f"optimizer state: missing {sorted(missing)[0]!r}")
-        if set(steps) != set(sizes) or not set(arrays) <= set(steps):
+        if set(steps) != set(sizes) or set(scales) != set(steps) or not set(arrays) <= set(steps):
             raise ValueError("optimizer state: step/, size/ and state/ keys name different parameters")
         own = {h: self._check_hyper(h, hyper[h]) for h in self._HYPER}
         slots = set(self._slots_with(own))
@@ -291,11 +336,13 @@ class Optimizer:
                 dev_arrays[s] = self.device.to_device(a) if n else self.device.zeros((0,), np.float32)
             if int(t) < 0 or n < 0:
                 raise ValueError(f"optimizer state of {name!r}: negative step or size")
-            state[name] = _State(int(t), n, dev_arrays)
+            rw_c = _finite(f"optimizer state of {name!r}: reweighting scale", scales[name], 0.0, lo_open=True)
+            state[name] = _State(int(t), n, dev_arrays, rw_c)
         # validate everything before changing anything
         lr, l1 = self._check_lr(hyper["lr"]), self._check_l1(hyper["l1"])
         fac = self._check_factors(factors or None)
-        self.lr, self.l1, self.l1_factors, self._state = lr, l1, fac, state
+        rw = self._check_reweight(hyper["reweight_eps"])
+        self.lr, self.l1, self.l1_factors, self._state, self.reweight_eps = lr, l1, fac, state, rw
         for h, v in own.items():
             setattr(self, h, v)
         self._factors_checked = bool(state)
@@ -328,11 +375,12 @@ class ProxSGD(Optimizer):
 
     _HYPER = ("momentum",)
 
-    def __init__(self, *, lr, l1=0.0, l1_factors=None, momentum=0.9, plain=False, device=None):
+    def __init__(self, *, lr, l1=0.0, l1_factors=None, momentum=0.9, plain=False, reweight_eps=None,
+                 device=None):
         self.kind = "sgd" if plain else "prox-sgd"
         self.has_l1 = not plain
         self.momentum = self._check_hyper("momentum", momentum)
-        super().__init__(lr=lr, l1=l1, l1_factors=l1_factors, device=device)
+        super().__init__(lr=lr, l1=l1, l1_factors=l1_factors, reweight_eps=reweight_eps, device=device)
 
     @property
     def slots(self):
@@ -347,8 +395,8 @@ class ProxSGD(Optimizer):
         return _finite(f"{self.kind}: momentum", value, 0.0, 1.0, hi_open=True)
 
     def _update(self, p, st, lam):
-        self._launch("prox_sgd", st.size, p.data, p.grad, st.arrays.get("momentum"),
-                     self.lr, self.momentum, self.lr * lam)
+        kernels.prox_sgd(self.device, p.data, p.grad, st.arrays.get("momentum"), lr=self.lr,
+                         momentum=self.momentum, tau=self.lr * lam, reweight=self._reweight_of(p, st))
 
 
 class ProxAdam(Optimizer):
@@ -360,7 +408,7 @@ class ProxAdam(Optimizer):
     _HYPER = ("beta1", "beta2", "eps")
 
     def __init__(self, *, lr, l1=0.0, l1_factors=None, betas=(0.9, 0.999), eps=1e-8,
-                 plain=False, device=None):
+                 plain=False, reweight_eps=None, device=None):
         self.kind = "adam" if plain else "prox-adam"
         self.has_l1 = not plain
         try:
@@ -370,7 +418,7 @@ class ProxAdam(Optimizer):
         self.beta1 = self._check_hyper("beta1", b1)
         self.beta2 = self._check_hyper("beta2", b2)
         self.eps = self._check_hyper("eps", eps)
-        super().__init__(lr=lr, l1=l1, l1_factors=l1_factors, device=device)
+        super().__init__(lr=lr, l1=l1, l1_factors=l1_factors, reweight_eps=reweight_eps, device=device)
 
     def _check_hyper(self, name, value):
         if name in ("beta1", "beta2"):
@@ -383,8 +431,9 @@ class ProxAdam(Optimizer):
         b1, b2, t = self.beta1, self.beta2, st.t
         rc1 = 1.0 / (1.0 - b1 ** t)
         rc2 = 1.0 / (1.0 - b2 ** t)
-        self._launch("prox_adam", st.size, p.data, p.grad, st.arrays["m"], st.arrays["v"],
-                     self.lr, b1, 1.0 - b1, b2, 1.0 - b2, rc1, rc2, self.eps, self.lr * lam)
+        kernels.prox_adam(self.device, p.data, p.grad, st.arrays["m"], st.arrays["v"], lr=self.lr,
+                          beta1=b1, beta2=b2, rc1=rc1, rc2=rc2, eps=self.eps, lr_lam=self.lr * lam,
+                          reweight=self._reweight_of(p, st))
 
 
 class RDA(Optimizer):
@@ -397,9 +446,10 @@ class RDA(Optimizer):
     slots = ("gbar", "w0")
     _HYPER = ("gamma",)
 
-    def __init__(self, *, lr=None, l1=0.0, l1_factors=None, gamma=1.0, device=None):
+    def __init__(self, *, lr=None, l1=0.0, l1_factors=None, gamma=1.0, reweight_eps=None, device=None):
         self.gamma = self._check_hyper("gamma", gamma)
-        super().__init__(lr=1.0 if lr is None else lr, l1=l1, l1_factors=l1_factors, device=device)
+        super().__init__(lr=1.0 if lr is None else lr, l1=l1, l1_factors=l1_factors,
+                         reweight_eps=reweight_eps, device=device)
 
     def _check_lr(self, lr) -> float:
         # unused by RDA, but kept (and checked) so that schedules and checkpoints stay uniform
@@ -418,15 +468,17 @@ class RDA(Optimizer):
     def _update(self, p, st, lam):
         t = st.t
         s = math.sqrt(t) / self.gamma
-        self._launch("rda", st.size, p.data, p.grad, st.arrays["gbar"], st.arrays["w0"],
-                     (t - 1) / t, 1.0 / t, s, lam * s)
+        kernels.rda(self.device, p.data, p.grad, st.arrays["gbar"], st.arrays["w0"], a=(t - 1) / t,
+                    b=1.0 / t, s=s, tau=lam * s, reweight=self._reweight_of(p, st))
 
 
 def make_optimizer(name: str, *, lr=None, l1=0.0, l1_factors=None, momentum=0.9,
-                   betas=(0.9, 0.999), eps=1e-8, gamma=1.0, device: Device | None = None) -> Optimizer:
+                   betas=(0.9, 0.999), eps=1e-8, gamma=1.0, reweight_eps=None,
+                   device: Device | None = None) -> Optimizer:
     """An optimizer by name: ``prox-sgd``, ``prox-adam``, ``rda`` (lr unused, gamma its constant),
-    ``sgd`` or ``adam`` (no l1: for dense training and debiasing).  Raises a one-line ValueError
-    for an unknown name or an invalid hyper-parameter."""
+    ``sgd`` or ``adam`` (no l1: for dense training and debiasing).  ``reweight_eps`` turns the l1
+    term of the proximal ones into reweighted l1.  Raises a one-line ValueError for an unknown
+    name or an invalid hyper-parameter."""
     key = str(name).strip().lower()
     if key not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r} (choose from {', '.join(OPTIMIZERS)})")
@@ -434,8 +486,8 @@ def make_optimizer(name: str, *, lr=None, l1=0.0, l1_factors=None, momentum=0.9,
         raise ValueError(f"{key} needs a learning rate")
     if key in ("prox-sgd", "sgd"):
         return ProxSGD(lr=lr, l1=l1, l1_factors=l1_factors, momentum=momentum,
-                       plain=key == "sgd", device=device)
+                       plain=key == "sgd", reweight_eps=reweight_eps, device=device)
     if key in ("prox-adam", "adam"):
         return ProxAdam(lr=lr, l1=l1, l1_factors=l1_factors, betas=betas, eps=eps,
-                        plain=key == "adam", device=device)
-    return RDA(lr=lr, l1=l1, l1_factors=l1_factors, gamma=gamma, device=device)
+                        plain=key == "adam", reweight_eps=reweight_eps, device=device)
+    return RDA(lr=lr, l1=l1, l1_factors=l1_factors, gamma=gamma, reweight_eps=reweight_eps, device=device)

@@ -6,7 +6,13 @@
  * soft-threshold S_tau(z) = sign(z) max(|z| - tau, 0): an exact +0 when |z| <= tau, NaN stays NaN.
  * With tau = 0 the threshold is the identity, which gives the plain (unpenalised) updates.
  * Scalars that depend only on the step (bias corrections, sqrt(t)/gamma) come from the host.
- * The update bodies are macros over the element type T (float or floatV) and its load/store. */
+ * The update bodies are macros over the element type T (float or floatV) and its load/store.
+ *
+ * Reweighted l1 (the adaptive lasso): every proximal kernel multiplies its threshold by
+ *   r = rw_c / (|w| + rw_ec),  w the value before the update,
+ * with rw_c = c (the layer's mean nonzero magnitude) and rw_ec = eps c, so that a weight of the
+ * layer's typical size is shrunk about as by plain l1 and small ones up to 1/eps times harder.
+ * Plain l1 passes rw_on = 0: r is then exactly 1 and tau unchanged bit for bit. */
 
 #define PX_LD1(p) (*(p))
 #define PX_ST1(v, p) (*(p) = (v))
@@ -26,7 +32,11 @@
         }                                                                    \
     } while (0)
 
-/* Prox-SGD with heavy-ball momentum:  v <- mu v + g;  w <- S_tau(w - lr v),  tau = lr lambda.
+/* The reweighting factor r of a value w (see above). */
+#define PX_RW(T, w) (rw_on ? rw_c / (fabs(w) + rw_ec) : (T)1.0f)
+#define PX_RW_ARGS const int rw_on, const float rw_c, const float rw_ec
+
+/* Prox-SGD with heavy-ball momentum:  v <- mu v + g;  w <- S_{tau r}(w - lr v),  tau = lr lambda.
  * W[n], G[n], V[n] (momentum, or NULL for mu = 0: then v = g and nothing is stored). */
 #define PROX_SGD_AT(T, LD, ST, i)                                            \
     {                                                                        \
@@ -35,18 +45,20 @@
             v_ = mu * LD(V + (i)) + v_;                                      \
             ST(v_, V + (i));                                                 \
         }                                                                    \
-        const T z_ = LD(W + (i)) - lr * v_;                                  \
-        ST(PX_SHRINK(T, z_, tau), W + (i));                                  \
+        const T w_ = LD(W + (i));                                            \
+        const T z_ = w_ - lr * v_;                                           \
+        ST(PX_SHRINK(T, z_, tau * PX_RW(T, w_)), W + (i));                   \
     }
 
 __kernel void prox_sgd(const int n, __global float *restrict W, __global const float *restrict G,
-                       __global float *restrict V, const float lr, const float mu, const float tau)
+                       __global float *restrict V, const float lr, const float mu, const float tau,
+                       PX_RW_ARGS)
 {
     PX_EACH(PROX_SGD_AT);
 }
 
 /* Prox-Adam:  m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;
- *             d = sqrt(v rc2) + eps;  w <- S_{lr lambda / d}(w - lr (m rc1) / d)
+ *             d = sqrt(v rc2) + eps;  w <- S_{lr lambda r / d}(w - lr (m rc1) / d)
  * rc1 = 1 / (1 - b1^t), rc2 = 1 / (1 - b2^t) (bias corrections), c1 = 1 - b1, c2 = 1 - b2,
  * lr_lam = lr lambda (0 gives plain Adam).  W[n], G[n], M[n], V[n]. */
 #define PROX_ADAM_AT(T, LD, ST, i)                                           \
@@ -57,33 +69,44 @@ __kernel void prox_sgd(const int n, __global float *restrict W, __global const f
         ST(m_, M + (i));                                                     \
         ST(v_, V + (i));                                                     \
         const T inv_d = 1.0f / (sqrt(v_ * rc2) + eps);                       \
-        const T z_ = LD(W + (i)) - lr * (m_ * rc1) * inv_d;                  \
-        ST(PX_SHRINK(T, z_, lr_lam * inv_d), W + (i));                       \
+        const T w_ = LD(W + (i));                                            \
+        const T z_ = w_ - lr * (m_ * rc1) * inv_d;                           \
+        ST(PX_SHRINK(T, z_, lr_lam * inv_d * PX_RW(T, w_)), W + (i));        \
     }
 
 __kernel void prox_adam(const int n, __global float *restrict W, __global const float *restrict G,
                         __global float *restrict M, __global float *restrict V,
                         const float lr, const float b1, const float c1, const float b2, const float c2,
-                        const float rc1, const float rc2, const float eps, const float lr_lam)
+                        const float rc1, const float rc2, const float eps, const float lr_lam,
+                        PX_RW_ARGS)
 {
     PX_EACH(PROX_ADAM_AT);
 }
 
 /* l1-RDA anchored at the first iterate w0:
  *   gbar <- a gbar + b g  (a = (t-1)/t, b = 1/t: the running mean of the gradients);
- *   w <- S_tau(w0 - s gbar),  s = sqrt(t) / gamma,  tau = lambda s.
+ *   w <- S_{tau r}(w0 - s gbar),  s = sqrt(t) / gamma,  tau = lambda s.
  * W[n], G[n], Gbar[n], W0[n]. */
 #define RDA_AT(T, LD, ST, i)                                                 \
     {                                                                        \
         const T gb_ = a * LD(Gbar + (i)) + b * LD(G + (i));                  \
         ST(gb_, Gbar + (i));                                                 \
         const T z_ = LD(W0 + (i)) - s * gb_;                                 \
-        ST(PX_SHRINK(T, z_, tau), W + (i));                                  \
+        ST(PX_SHRINK(T, z_, tau * PX_RW(T, LD(W + (i)))), W + (i));          \
     }
 
 __kernel void rda(const int n, __global float *restrict W, __global const float *restrict G,
                   __global float *restrict Gbar, __global const float *restrict W0,
-                  const float a, const float b, const float s, const float tau)
+                  const float a, const float b, const float s, const float tau, PX_RW_ARGS)
 {
     PX_EACH(RDA_AT);
+}
+
+/* X <- X * M over n values: the 0/1 mask M of a pruned dense weight applied to its values or its
+ * gradient (gradual magnitude pruning), so that a pruned weight stays exactly zero. */
+#define MASK_AT(T, LD, ST, i) ST(LD(X + (i)) * LD(M + (i)), X + (i));
+
+__kernel void apply_mask(const int n, __global float *restrict X, __global const float *restrict M)
+{
+    PX_EACH(MASK_AT);
 }
