@@ -10,6 +10,11 @@ steps_per_epoch), epochs counted from 0:
 * ``L1Ramp(l1, ramp_epochs)``                     lambda rises linearly over the first
   ``ramp_epochs`` epochs, step by step, and reaches l1 at the last step of the ramp;
   ``ramp_epochs=0`` keeps it constant
+* ``CubicSparsity(final, start, end, initial)``   the sparsity of gradual magnitude pruning
+  (Zhu & Gupta 2017): ``s(x) = final + (initial - final) (1 - (x - start) / (end - start))^3``
+  between ``start`` and ``end`` (in epochs), ``initial`` before and ``final`` after
+* ``DensityController(target, l1, ramp)``         lambda adapted during training so that the share
+  of nonzero weights follows 1 - CubicSparsity down to ``target`` and then stays there
 
 Build them with :func:`make_lr_schedule` and :func:`make_l1_schedule`; bad arguments raise a
 one-line ValueError.
@@ -20,8 +25,8 @@ from __future__ import annotations
 import math
 import numbers
 
-__all__ = ["LR_SCHEDULES", "ConstantLR", "StepLR", "CosineLR", "L1Ramp",
-           "make_lr_schedule", "make_l1_schedule"]
+__all__ = ["LR_SCHEDULES", "ConstantLR", "StepLR", "CosineLR", "L1Ramp", "CubicSparsity",
+           "DensityController", "make_lr_schedule", "make_l1_schedule"]
 
 LR_SCHEDULES = ("constant", "step", "cosine")
 
@@ -143,3 +148,84 @@ def make_lr_schedule(kind: str, base_lr, epochs, **kw):
 def make_l1_schedule(l1, ramp_epochs=0) -> L1Ramp:
     """lambda constant (ramp_epochs=0) or ramped linearly from 0 over the first ramp_epochs."""
     return L1Ramp(l1, ramp_epochs)
+
+
+class CubicSparsity:
+    """Sparsity s(x) at training progress x (epochs, a float) of gradual magnitude pruning:
+    ``initial`` until ``start``, then ``final + (initial - final) (1 - (x - start) / (end - start))^3``,
+    and ``final`` from ``end`` on (Zhu & Gupta 2017, eq. 1, with time in epochs)."""
+
+    def __init__(self, final, start, end, initial=0.0):
+        self.final = _number("final sparsity", final)
+        self.initial = _number("initial sparsity", initial)
+        self.start = _number("pruning start", start)
+        self.end = _number("pruning end", end)
+        if not (self.initial <= self.final < 1.0):
+            raise ValueError(f"sparsities must satisfy 0 <= initial ({initial!r}) <= final ({final!r}) < 1")
+        if self.end <= self.start:
+            raise ValueError(f"pruning must end ({end!r}) after it starts ({start!r})")
+
+    def at(self, x: float) -> float:
+        if x <= self.start:
+            return self.initial
+        if x >= self.end:
+            return self.final
+        f = 1.0 - (x - self.start) / (self.end - self.start)
+        return self.final + (self.initial - self.final) * f ** 3
+
+    def __repr__(self) -> str:
+        return (f"CubicSparsity({self.final:g}, start={self.start:g}, end={self.end:g}, "
+                f"initial={self.initial:g})")
+
+
+class DensityController:
+    """Adapts lambda so that the density (share of nonzero weights) follows a target path.
+
+    The path is ``1 - CubicSparsity(1 - target, 0, ramp)``: from dense down to ``target`` over the
+    first ``ramp`` epochs along Zhu & Gupta's cubic, then ``target``.  At every :meth:`update` with
+    the measured density ``d`` and the path's ``d*``, ``e = clip(log(d / d*), -1, 1)`` and
+
+        I <- I + ki e;    lambda = l1 * exp(I + kp e)  if d > d*,  else 0
+
+    a proportional-integral controller on log lambda while the model is denser than the path, and
+    no shrinkage at all once it is not: soft-thresholding with lambda = 0 zeroes nothing, so the
+    density stops falling at once (a CSR weight's support never grows back, and reweighted l1
+    keeps removing small weights for a while even at a small lambda, so a lambda that only
+    decreases would carry the density far below the target).  The integral keeps the lambda at
+    which the density last followed the path.  lambda stays within [``l1_min``, ``l1_max``]."""
+
+    def __init__(self, target, l1, ramp, kp=1.0, ki=0.02, l1_min=1e-8, l1_max=1.0):
+        self.target = _number("target density", target, positive=True)
+        if self.target > 1:
+            raise ValueError(f"target density must be in (0, 1], got {target!r}")
+        self.base = _number("l1", l1, positive=True)
+        self.kp = _number("controller kp", kp)
+        self.ki = _number("controller ki", ki, positive=True)
+        self.l1_min, self.l1_max = float(l1_min), float(l1_max)
+        self.path = CubicSparsity(1.0 - self.target, 0.0, _number("density ramp", ramp, positive=True))
+        self.integral = 0.0
+        self.l1 = self.base
+
+    def density_at(self, x: float) -> float:
+        """The target density after ``x`` epochs."""
+        return 1.0 - self.path.at(x)
+
+    def update(self, density: float, x: float) -> float:
+        """Adjust lambda for a measured ``density`` after ``x`` epochs; returns the new lambda."""
+        err = max(-1.0, min(1.0, math.log(max(density, 1e-12) / self.density_at(x))))
+        if err <= 0:
+            self.l1 = 0.0
+            return self.l1
+        lo, hi = math.log(self.l1_min / self.base), math.log(self.l1_max / self.base)
+        self.integral = min(hi, max(lo, self.integral + self.ki * err))
+        self.l1 = min(self.l1_max, max(self.l1_min, self.base * math.exp(self.integral + self.kp * err)))
+        return self.l1
+
+    def state(self) -> dict:
+        return {"integral": self.integral, "l1": self.l1}
+
+    def load_state(self, d: dict) -> None:
+        self.integral, self.l1 = float(d["integral"]), float(d["l1"])
+
+    def __repr__(self) -> str:
+        return f"DensityController(target={self.target:g}, l1={self.l1:g}, ramp={self.path.end:g})"

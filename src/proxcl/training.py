@@ -1,10 +1,16 @@
 """Compressed learning: sparse phase with a proximal optimizer (layers switch to CSR once sparse
-enough), then debiasing on the frozen support; and the baselines dense training and magnitude
-pruning with retraining, in the same loop.
+enough), then debiasing on the frozen support; and the baselines dense training, one-shot
+magnitude pruning with retraining and gradual magnitude pruning (GMP), in the same loop.
 
 ``train(config) -> TrainResult``.  Each epoch writes one JSON line to the log, an atomic checkpoint
-(model values and support, optimizer state, position) from which ``resume`` continues bit-for-bit,
-and a progress bar shows loss, accuracy and density.
+(model values and support, optimizer state, masks, position) from which ``resume`` continues
+bit-for-bit, and a progress bar shows loss, accuracy and density.
+
+With ``target_density`` the proximal phase finds lambda itself: a controller
+(:class:`proxcl.schedules.DensityController`) measures the share of nonzero weights every
+``DENSITY_CHECK_STEPS`` steps and scales lambda so that it follows a cubic path from dense to the
+target over the first ``density_ramp`` of the sparse epochs and then stays there; the last sparse
+epoch ends with a magnitude cut of whatever is left above the target, so the count is exact.
 """
 
 from __future__ import annotations
@@ -18,39 +24,65 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import checkpoints
 from .fileio import atomic_write, check_writable
-from .ops import HostCSR
+from .ops.optim import apply_mask
+from .pruning import magnitude_prune, nonzero_count, prune
+from .schedules import LR_SCHEDULES, CubicSparsity, DensityController, make_l1_schedule, make_lr_schedule
 
-METHODS = ("proximal", "dense", "magnitude")
+__all__ = ["METHODS", "PROX_OPTIMIZERS", "PENALTIES", "TrainConfig", "TrainResult", "TrainingError",
+           "train", "evaluate", "magnitude_prune"]
+
+METHODS = ("proximal", "dense", "magnitude", "gmp")
 PROX_OPTIMIZERS = ("prox-sgd", "prox-adam", "rda")
-CHECKPOINT_VERSION = 1
+PLAIN_OPTIMIZERS = ("sgd", "adam")
+PENALTIES = ("l1", "reweighted")
+# the plain form a proximal optimizer's name stands for in the dense phases of the baselines
+_PLAIN = {"prox-sgd": "sgd", "prox-adam": "adam", "sgd": "sgd", "adam": "adam"}
+# settings a resumed run may change; every other one must match the checkpoint's
+RESUME_MAY_CHANGE = ("out", "log", "checkpoint", "progress", "device", "half")
+DENSITY_CHECK_STEPS = 10
+_PHASES = {"proximal": ("sparse", "debias"), "dense": ("dense",), "magnitude": ("dense", "retrain"),
+           "gmp": ("prune", "retrain")}
+_STREAM = {"sparse": 0, "dense": 0, "prune": 0, "debias": 1, "retrain": 1}
 
 
 class TrainingError(Exception):
     """A run that cannot go on (diverged, bad configuration, unusable checkpoint): one line."""
 
 
+def _positive(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+
 @dataclass
 class TrainConfig:
     model: str = "lenet300"
     data: str = "fashion-mnist"
-    method: str = "proximal"           # proximal | dense | magnitude
-    optimizer: str = "prox-adam"       # prox-sgd | prox-adam | rda (proximal); sgd | adam (dense)
-    l1: float = 3e-4
+    method: str = "proximal"           # proximal | dense | magnitude | gmp
+    optimizer: str = "prox-sgd"        # prox-sgd | prox-adam | rda (proximal); sgd | adam otherwise
+    penalty: str = "reweighted"        # l1 | reweighted (l1 with thresholds c / (|w| + eps c))
+    reweight_eps: float = 0.03
+    l1: float = 1e-3                   # lambda; with target_density the controller's start
     l1_factors: dict = field(default_factory=dict)
     l1_ramp_epochs: int = 0
+    target_density: float | None = None  # proximal: lambda found for it; magnitude/gmp: kept share
+    density_ramp: float = 0.5          # proximal with a target: share of the sparse epochs to reach it
     epochs: int = 20
     debias_epochs: int = 10
     batch_size: int = 128
-    lr: float = 1e-3
-    lr_schedule: str = "constant"      # constant | step | cosine
+    lr: float = 0.05
+    lr_schedule: str | None = None     # constant | step | cosine; None: constant (proximal), cosine
     momentum: float = 0.9
     gamma: float = 1.0                 # l1-RDA's constant
-    debias_optimizer: str = "adam"
-    debias_lr: float = 1e-4
+    debias_optimizer: str = "sgd"
+    debias_lr: float = 0.005
+    debias_lr_schedule: str = "cosine"
     switch_density: float = 0.5        # a layer turns CSR when its density falls to this (0: never)
-    target_density: float = 0.05       # magnitude pruning: fraction of weights kept
-    prune_scope: str = "layer"         # magnitude pruning per layer or global
+    prune_scope: str = "global"        # magnitude and gmp: per layer or over all layers
+    prune_start: float = 0.0           # gmp: share of --epochs before the first pruning step
+    prune_end: float = 0.75            # gmp: share of --epochs at which the final sparsity is reached
+    prune_frequency: int = 4           # gmp: pruning steps per epoch
     val_split: float = 0.0
     seed: int = 0
     device: str | None = None
@@ -61,40 +93,66 @@ class TrainConfig:
     progress: bool = True
 
     def validate(self) -> None:
+        """Raise TrainingError (one line) for an invalid or contradictory configuration."""
+        self._check_method()
+        self._check_numbers()
+        self._check_sparsity()
+        self._check_paths()
+
+    def _check_method(self) -> None:
         if self.method not in METHODS:
             raise TrainingError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
         if self.method == "proximal" and self.optimizer not in PROX_OPTIMIZERS:
             raise TrainingError(f"method proximal needs a proximal optimizer ({', '.join(PROX_OPTIMIZERS)}), "
                                 f"got {self.optimizer!r}")
-        for name in ("epochs", "debias_epochs", "batch_size", "l1_ramp_epochs"):
-            if getattr(self, name) < 0 or (name == "batch_size" and self.batch_size < 1):
-                raise TrainingError(f"{name.replace('_', '-')} must be {'positive' if name == 'batch_size' else '>= 0'}")
-        if self.method != "proximal":
-            # the dense phases take the optimizer's plain form; RDA has none
-            plain = {"prox-sgd": "sgd", "prox-adam": "adam", "sgd": "sgd", "adam": "adam"}
-            if self.optimizer not in plain:
-                raise TrainingError(f"method {self.method} trains dense with sgd or adam, not {self.optimizer!r}")
-            self.optimizer = plain[self.optimizer]
-        for name, what in (("lr", "the learning rate (--lr)"), ("debias_lr", "the debiasing learning rate "
-                           "(--debias-lr)"), ("gamma", "RDA's gamma (--gamma)")):
+        if self.method != "proximal" and self.optimizer not in _PLAIN:
+            raise TrainingError(f"method {self.method} trains dense with sgd or adam, not {self.optimizer!r}")
+        for name, value, allowed in (("penalty", self.penalty, PENALTIES),
+                                     ("debias-optimizer", self.debias_optimizer, PLAIN_OPTIMIZERS),
+                                     ("lr-schedule", self.lr_schedule or "constant", LR_SCHEDULES),
+                                     ("debias-lr-schedule", self.debias_lr_schedule, LR_SCHEDULES),
+                                     ("prune-scope", self.prune_scope, ("layer", "global"))):
+            if value not in allowed:
+                raise TrainingError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+
+    def _check_numbers(self) -> None:
+        for name in ("epochs", "debias_epochs", "l1_ramp_epochs", "seed"):
             v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                raise TrainingError(f"{what} must be a positive number, got {v!r}")
+            if not isinstance(v, int) or v < 0:
+                raise TrainingError(f"{name.replace('_', '-')} must be >= 0, got {v!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise TrainingError("batch-size must be positive")
+        for name, what in (("lr", "the learning rate (--lr)"), ("debias_lr", "the debiasing learning rate "
+                           "(--debias-lr)"), ("gamma", "RDA's gamma (--gamma)"),
+                           ("reweight_eps", "the reweighting eps (--reweight-eps)")):
+            if not _positive(getattr(self, name)):
+                raise TrainingError(f"{what} must be a positive number, got {getattr(self, name)!r}")
         if not (math.isfinite(self.momentum) and 0.0 <= self.momentum < 1.0):
             raise TrainingError(f"momentum must be in [0, 1), got {self.momentum!r}")
-        if self.seed < 0:
-            raise TrainingError(f"seed must be >= 0, got {self.seed}")
         if self.l1 < 0 or not math.isfinite(self.l1):
             raise TrainingError("l1 must be >= 0")
         for name, v in (self.l1_factors or {}).items():
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise TrainingError(f"l1 factor of {name} must be >= 0, got {v!r}")
+
+    def _check_sparsity(self) -> None:
         if not 0.0 <= self.switch_density <= 1.0:
             raise TrainingError("switch-density must be in [0, 1]")
-        if not 0.0 < self.target_density <= 1.0:
+        if self.target_density is not None and not 0.0 < self.target_density <= 1.0:
             raise TrainingError("target-density must be in (0, 1]")
-        if self.prune_scope not in ("layer", "global"):
-            raise TrainingError("prune-scope must be layer or global")
+        if not 0.0 < self.density_ramp <= 1.0:
+            raise TrainingError("density-ramp must be in (0, 1]")
+        if not (0.0 <= self.prune_start < self.prune_end <= 1.0):
+            raise TrainingError("pruning must start and end within the epochs: 0 <= prune-start < prune-end <= 1")
+        if not isinstance(self.prune_frequency, int) or self.prune_frequency < 1:
+            raise TrainingError("prune-frequency must be a whole number >= 1")
+        if self.method == "proximal" and self.target_density is not None:
+            if self.l1 <= 0:
+                raise TrainingError("--target-density adapts lambda from --l1, which must be > 0")
+            if self.l1_ramp_epochs:
+                raise TrainingError("--l1-ramp does not apply with --target-density (lambda is adapted)")
+
+    def _check_paths(self) -> None:
         paths = {}
         for what, path in (("--out", self.out), ("--log", self.log), ("--checkpoint", self.checkpoint_path)):
             if path:
@@ -106,6 +164,20 @@ class TrainConfig:
     @property
     def checkpoint_path(self) -> str | None:
         return self.checkpoint or (self.out + ".ckpt" if self.out else None)
+
+    @property
+    def kept_density(self) -> float | None:
+        """The share of weights a run ends with by construction: the target (magnitude and gmp
+        default to 0.05), or None for plain l1 and dense training."""
+        if self.method in ("magnitude", "gmp"):
+            return self.target_density if self.target_density is not None else 0.05
+        return self.target_density if self.method == "proximal" else None
+
+    @property
+    def train_lr_schedule(self) -> str:
+        """The learning-rate schedule of the first phase: constant for proximal learning (the
+        threshold lr * lambda must not fade), cosine for the dense baselines."""
+        return self.lr_schedule or ("constant" if self.method == "proximal" else "cosine")
 
 
 @dataclass
@@ -120,59 +192,6 @@ class TrainResult:
     @property
     def density(self) -> float:
         return self.nnz / self.weights if self.weights else 0.0
-
-
-# ---- phases -------------------------------------------------------------------------------------
-
-def _phases(cfg: TrainConfig) -> list[tuple[str, int]]:
-    """(phase name, epochs) in order.  sparse/dense/debias/retrain; 'prune' is a step between."""
-    if cfg.method == "proximal":
-        return [("sparse", cfg.epochs), ("debias", cfg.debias_epochs)]
-    if cfg.method == "dense":
-        return [("dense", cfg.epochs)]
-    return [("dense", cfg.epochs), ("retrain", cfg.debias_epochs)]
-
-
-def _make_phase_optimizer(cfg: TrainConfig, phase: str, device):
-    from .optim import make_optimizer
-    if phase == "sparse":
-        return make_optimizer(cfg.optimizer, lr=cfg.lr, l1=cfg.l1, l1_factors=cfg.l1_factors or None,
-                              momentum=cfg.momentum, gamma=cfg.gamma, device=device)
-    if phase == "dense":
-        name = cfg.optimizer if cfg.optimizer in ("sgd", "adam") else "adam"
-        return make_optimizer(name, lr=cfg.lr, momentum=cfg.momentum, device=device)
-    return make_optimizer(cfg.debias_optimizer, lr=cfg.debias_lr, momentum=cfg.momentum, device=device)
-
-
-def _phase_lr(cfg: TrainConfig, phase: str):
-    from .schedules import make_lr_schedule
-    if phase in ("sparse", "dense"):
-        return make_lr_schedule(cfg.lr_schedule, cfg.lr, cfg.epochs)
-    return make_lr_schedule(cfg.lr_schedule, cfg.debias_lr, cfg.debias_epochs)
-
-
-def magnitude_prune(model, density: float, scope: str = "layer") -> None:
-    """Zero all but the largest-magnitude ``density`` fraction of the penalised weights: of every
-    layer (scope "layer", as in Han et al. 2015) or of all of them together (scope "global")."""
-    state = model.state_dict()
-    names = [p.name for p in model.params if p.penalised]
-    groups = [[n] for n in names] if scope == "layer" else [names]
-    for group in groups:
-        flat = np.concatenate([np.abs(state[n]).ravel() for n in group])
-        keep = max(1, int(round(density * flat.size)))
-        if keep >= flat.size:
-            continue
-        # rank by magnitude, ties broken by position, so exactly `keep` entries survive
-        order = np.argsort(-flat, kind="stable")
-        mask = np.zeros(flat.size, bool)
-        mask[order[:keep]] = True
-        offset = 0
-        for n in group:
-            w = state[n]
-            m = mask[offset:offset + w.size].reshape(w.shape)
-            state[n] = np.where(m, w, 0.0).astype(np.float32)
-            offset += w.size
-    model.load_state_dict(state)
 
 
 # ---- evaluation ---------------------------------------------------------------------------------
@@ -211,62 +230,7 @@ def evaluate(model, dataset, split: str = "test", batch_size: int = 512) -> dict
     return {"accuracy": correct / n, "loss": loss_sum / n, "n": n, "per_class": per_class}
 
 
-def _weight_counts(model) -> tuple[int, int, list[dict]]:
-    stats = model.weight_stats()
-    weights = [s for s in stats if s["penalised"]]
-    return sum(s["nnz"] for s in weights), sum(s["size"] for s in weights), stats
-
-
-# ---- checkpoints --------------------------------------------------------------------------------
-
-def _save_checkpoint(path: str, cfg: TrainConfig, model, opt, position: dict, history: list) -> None:
-    arrays: dict[str, np.ndarray] = {}
-    kinds = {}
-    for name, v in model.sparse_state().items():
-        if isinstance(v, HostCSR):
-            kinds[name] = {"kind": "csr", "shape": list(v.shape)}
-            arrays[f"m/{name}/indptr"] = np.asarray(v.indptr)
-            arrays[f"m/{name}/indices"] = np.asarray(v.indices)
-            arrays[f"m/{name}/data"] = np.asarray(v.data)
-        else:
-            kinds[name] = {"kind": "dense"}
-            arrays[f"m/{name}"] = np.asarray(v)
-    scalars = {}
-    for k, v in opt.state_dict().items():
-        if isinstance(v, np.ndarray):
-            arrays[f"o/{k}"] = v
-        else:
-            scalars[k] = v
-    meta = {"version": CHECKPOINT_VERSION, "config": dataclasses.asdict(cfg), "spec": model.spec,
-            "kinds": kinds, "opt_scalars": scalars, "position": position, "history": history}
-    arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
-
-    atomic_write(path, lambda f: np.savez(f, **arrays))
-
-
-def _load_checkpoint(path: str) -> tuple[dict, dict, dict]:
-    """(meta, model sparse state, optimizer state dict)."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-        meta = json.loads(arrays.pop("__meta__").tobytes().decode())
-    except (OSError, ValueError, KeyError) as e:
-        raise TrainingError(f"cannot read checkpoint {path}: {e}") from None
-    if meta.get("version") != CHECKPOINT_VERSION:
-        raise TrainingError(f"checkpoint {path} has version {meta.get('version')}, expected {CHECKPOINT_VERSION}")
-    state = {}
-    for name, info in meta["kinds"].items():
-        if info["kind"] == "csr":
-            state[name] = HostCSR(arrays[f"m/{name}/indptr"], arrays[f"m/{name}/indices"],
-                                  arrays[f"m/{name}/data"], tuple(info["shape"]))
-        else:
-            state[name] = arrays[f"m/{name}"]
-    opt_state = {k[2:]: v for k, v in arrays.items() if k.startswith("o/")}
-    opt_state.update(meta["opt_scalars"])
-    return meta, state, opt_state
-
-
-# ---- the loop -----------------------------------------------------------------------------------
+# ---- the run ------------------------------------------------------------------------------------
 
 def train(cfg: TrainConfig, *, resume: str | None = None, dataset=None, device=None,
           on_epoch_end=None) -> TrainResult:
@@ -285,65 +249,270 @@ def train(cfg: TrainConfig, *, resume: str | None = None, dataset=None, device=N
     model = models.build(cfg.model, device=dev, seed=cfg.seed)
     _check_fits(model, ds)
 
-    history: list[dict] = []
-    start = {"phase": 0, "epoch": 0}
-    opt_state = None
+    run = _Run(cfg, model, ds, dev, t_start, on_epoch_end)
     if resume:
-        meta, state, opt_state = _load_checkpoint(resume)
-        saved = dict(meta["config"])
-        mine = dataclasses.asdict(cfg)
-        for key in ("model", "data", "method", "optimizer", "l1", "epochs", "debias_epochs", "batch_size",
-                    "lr", "seed", "lr_schedule", "switch_density", "target_density", "prune_scope", "gamma", "momentum",
-                    "debias_lr", "debias_optimizer", "l1_ramp_epochs", "val_split", "l1_factors"):
-            if saved.get(key) != mine.get(key):
-                raise TrainingError(f"checkpoint {resume} was written with {key}={saved.get(key)!r}, "
-                                    f"this run has {key}={mine.get(key)!r}")
-        model.load_sparse_state(state)
-        start = meta["position"]
-        history = meta["history"]
-
-    if cfg.log and resume:
-        # the log is the checkpoint's history: an epoch logged after the last checkpoint is dropped
-        atomic_write(cfg.log, lambda f: f.write("".join(json.dumps(r) + "\n" for r in history).encode()))
-    log = open(cfg.log, "a" if resume else "w") if cfg.log else None
-    try:
-        phases = _phases(cfg)
-        for phase_idx, (phase, n_epochs) in enumerate(phases):
-            if phase_idx < start["phase"] or n_epochs == 0:
-                continue
-            first_epoch = start["epoch"] if phase_idx == start["phase"] else 0
-            if first_epoch == 0 and (opt_state is None or phase_idx != start["phase"]):
-                _enter_phase(cfg, phase, model, history, ds)
-            opt = _make_phase_optimizer(cfg, phase, dev)
-            if opt_state is not None and phase_idx == start["phase"]:
-                opt.load_state_dict(opt_state)
-            lr_sched = _phase_lr(cfg, phase)
-            for epoch in range(first_epoch, n_epochs):
-                record = _run_epoch(cfg, phase, epoch, n_epochs, model, opt, lr_sched, ds)
-                record["seconds_total"] = round(time.perf_counter() - t_start, 3)
-                history.append(record)
-                if log:
-                    log.write(json.dumps(record) + "\n")
-                    log.flush()
-                ckpt = cfg.checkpoint_path
-                if ckpt:
-                    nxt = {"phase": phase_idx, "epoch": epoch + 1}
-                    _save_checkpoint(ckpt, cfg, model, opt, nxt, history)
-                if on_epoch_end:
-                    on_epoch_end(record)
-            opt_state = None
-    finally:
-        if log:
-            log.close()
-
+        run.restore(resume)
+    run.run_phases()
     final = evaluate(model, ds, "test")
-    nnz, weights, _ = _weight_counts(model)
-    result = TrainResult(model, history, final["accuracy"], nnz, weights, time.perf_counter() - t_start)
+    nnz, weights = nonzero_count(model)
+    result = TrainResult(model, run.history, final["accuracy"], nnz, weights, time.perf_counter() - t_start)
     if cfg.out:
         from .modelfile import save
         save(model, cfg.out, half=cfg.half, metadata=_file_metadata(cfg, result, dev, ds))
     return result
 
+
+def _check_same_config(saved: dict, cfg: TrainConfig, path: str) -> None:
+    mine = dataclasses.asdict(cfg)
+    for key in sorted(set(saved) | set(mine)):
+        if key not in RESUME_MAY_CHANGE and saved.get(key) != mine.get(key):
+            raise TrainingError(f"checkpoint {path} was written with {key}={saved.get(key)!r}, "
+                                f"this run has {key}={mine.get(key)!r}")
+
+
+class _Run:
+    """The state of one run between epochs: model, history, masks, where to start."""
+
+    def __init__(self, cfg: TrainConfig, model, ds, dev, t_start: float, on_epoch_end):
+        self.cfg, self.model, self.ds, self.dev = cfg, model, ds, dev
+        self.t_start, self.on_epoch_end = t_start, on_epoch_end
+        self.history: list[dict] = []
+        self.start = {"phase": 0, "epoch": 0}
+        self.saved_opt: dict | None = None
+        self.masks: dict = {}      # gmp: {param name: 0/1 device mask} of dense weights
+        self.controller: DensityController | None = None
+        self.density: float | None = None   # the controller's last measurement
+
+    def restore(self, path: str) -> None:
+        try:
+            ck = checkpoints.load(path)
+        except checkpoints.CheckpointError as e:
+            raise TrainingError(str(e)) from None
+        _check_same_config(ck.meta["config"], self.cfg, path)
+        self.model.load_sparse_state(ck.model)
+        self.masks = {n: self.dev.to_device(np.asarray(m, np.float32)) for n, m in ck.masks.items()}
+        self.start = ck.meta["position"]
+        self.history = ck.meta["history"]
+        self.saved_opt = ck.optimizer
+
+    def run_phases(self) -> None:
+        cfg = self.cfg
+        if cfg.log and self.saved_opt is not None:
+            # the log is the checkpoint's history: an epoch logged after the last checkpoint is dropped
+            atomic_write(cfg.log, lambda f: f.write("".join(json.dumps(r) + "\n" for r in self.history).encode()))
+        log = open(cfg.log, "a" if self.saved_opt is not None else "w") if cfg.log else None
+        try:
+            for idx, phase in enumerate(_PHASES[cfg.method]):
+                n_epochs = cfg.epochs if idx == 0 else cfg.debias_epochs
+                if idx < self.start["phase"] or n_epochs == 0:
+                    continue
+                resuming = self.saved_opt is not None and idx == self.start["phase"]
+                if not resuming:
+                    self._enter(phase)
+                opt = self._optimizer(phase)
+                if resuming:
+                    opt.load_state_dict(self.saved_opt)
+                self.saved_opt = None
+                self.controller = self._controller(phase)
+                if resuming and self.controller is not None:
+                    self.controller.load_state(self.start["controller"])
+                lr_sched = self._lr_schedule(phase)
+                for epoch in range(self.start["epoch"] if resuming else 0, n_epochs):
+                    record = self._epoch(phase, epoch, n_epochs, opt, lr_sched)
+                    self._record(record, log, idx, epoch, opt)
+        finally:
+            if log:
+                log.close()
+
+    def _record(self, record: dict, log, idx: int, epoch: int, opt) -> None:
+        record["seconds_total"] = round(time.perf_counter() - self.t_start, 3)
+        self.history.append(record)
+        if log:
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+        if self.cfg.checkpoint_path:
+            position = {"phase": idx, "epoch": epoch + 1}
+            if self.controller is not None:
+                position["controller"] = self.controller.state()
+            checkpoints.save(self.cfg.checkpoint_path, config=dataclasses.asdict(self.cfg), model=self.model,
+                             opt=opt, masks=self.masks, position=position, history=self.history)
+        if self.on_epoch_end:
+            self.on_epoch_end(record)
+
+    # ---- what each phase uses -------------------------------------------------------------------
+    def _enter(self, phase: str) -> None:
+        """CSR from the start if asked; masks for gmp; freeze the support for debiasing and
+        retraining (every penalised weight becomes CSR, so no entry can come back), after the
+        one-shot cut of magnitude pruning."""
+        cfg, model = self.cfg, self.model
+        if phase in ("sparse", "prune") and cfg.switch_density >= 1.0:
+            model.to_sparse(None)
+        if phase == "prune":
+            self.masks = {p.name: self.dev.full((p.stored,), 1.0) for p in model.params
+                          if p.penalised and not p.is_sparse}
+        elif phase in ("debias", "retrain"):
+            if cfg.method == "magnitude":
+                magnitude_prune(model, cfg.kept_density, cfg.prune_scope)
+            self.masks = {}
+            model.to_sparse(None)
+
+    def _optimizer(self, phase: str):
+        from .optim import make_optimizer
+        cfg, dev = self.cfg, self.dev
+        if phase == "sparse":
+            return make_optimizer(cfg.optimizer, lr=cfg.lr, l1=cfg.l1, l1_factors=cfg.l1_factors or None,
+                                  momentum=cfg.momentum, gamma=cfg.gamma, device=dev,
+                                  reweight_eps=cfg.reweight_eps if cfg.penalty == "reweighted" else None)
+        if phase in ("dense", "prune"):
+            return make_optimizer(_PLAIN[cfg.optimizer], lr=cfg.lr, momentum=cfg.momentum, device=dev)
+        return make_optimizer(cfg.debias_optimizer, lr=cfg.debias_lr, momentum=cfg.momentum, device=dev)
+
+    def _lr_schedule(self, phase: str):
+        cfg = self.cfg
+        if phase in ("sparse", "dense", "prune"):
+            return make_lr_schedule(cfg.train_lr_schedule, cfg.lr, cfg.epochs)
+        return make_lr_schedule(cfg.debias_lr_schedule, cfg.debias_lr, cfg.debias_epochs)
+
+    def _controller(self, phase: str) -> DensityController | None:
+        cfg = self.cfg
+        if phase != "sparse" or cfg.target_density is None:
+            return None
+        return DensityController(cfg.target_density, cfg.l1, cfg.density_ramp * cfg.epochs)
+
+    # ---- one epoch ------------------------------------------------------------------------------
+    def _epoch(self, phase: str, epoch: int, n_epochs: int, opt, lr_sched) -> dict:
+        from tqdm import tqdm
+
+        cfg, model, ds = self.cfg, self.model, self.ds
+        t0 = time.perf_counter()
+        steps = ds.num_batches("train", cfg.batch_size)
+        # shuffling and dropout depend only on (seed, phase, epoch): a resumed run sees the same batches
+        stream = _STREAM[phase] * 100_000 + epoch
+        model.set_seed(cfg.seed * 1_000_003 + stream)
+        bar = tqdm(total=steps, desc=f"{phase} {epoch + 1}/{n_epochs}", leave=False, unit="batch",
+                   disable=not cfg.progress, dynamic_ncols=True)
+        sums = {"loss": 0.0, "correct": 0, "seen": 0, "lr": 0.0, "l1": 0.0}
+        l1_sched = make_l1_schedule(cfg.l1, cfg.l1_ramp_epochs)
+        try:
+            batches = ds.batches("train", cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=stream)
+            for step, (x, y) in enumerate(batches):
+                if phase == "prune" and step % max(1, steps // cfg.prune_frequency) == 0:
+                    self._gmp_prune(epoch + step / steps, opt)
+                loss, ok = model.train_batch(*model.prepare_batch(x, y))
+                _check_finite(loss, cfg, phase, epoch, step)
+                kw = {"lr": lr_sched.lr_at(epoch, step, steps)}
+                if phase == "sparse":
+                    kw["l1"] = self._l1_at(l1_sched, epoch, step, steps, opt)
+                self._step(opt, kw)
+                sums["loss"] += loss * len(y)
+                sums["correct"] += ok
+                sums["seen"] += len(y)
+                sums.update(kw)
+                if step % 20 == 0 or step == steps - 1:
+                    bar.set_postfix(self._shown(sums), refresh=False)
+                bar.update(1)
+        finally:
+            bar.close()
+        self._end_of_epoch(phase, epoch, n_epochs, opt)
+        return self._epoch_record(phase, epoch, n_epochs, sums, t0)
+
+    def _l1_at(self, l1_sched, epoch: int, step: int, steps: int, opt) -> float:
+        """lambda for this step: the l1 schedule's, or the density controller's.  When the
+        controller stops shrinking (the density reached its path), the zeros made so far are
+        dropped from the CSR supports at once: with lambda = 0 they would otherwise come back."""
+        ctl = self.controller
+        if ctl is None:
+            return l1_sched.l1_at(epoch, step, steps)
+        if step % DENSITY_CHECK_STEPS == 0:
+            nnz, size = nonzero_count(self.model)
+            self.density = nnz / size
+            shrinking = ctl.l1 > 0
+            if ctl.update(self.density, epoch + step / steps) == 0 and shrinking:
+                self._sparsify(opt)
+        return ctl.l1
+
+    def _step(self, opt, kw: dict) -> None:
+        """The optimizer step; gmp's masks keep pruned dense weights and their gradients at zero."""
+        for name, m in self.masks.items():
+            apply_mask(self.dev, self.model.param(name).grad, m)
+        opt.step(self.model.params, **kw)
+        for name, m in self.masks.items():
+            apply_mask(self.dev, self.model.param(name).data, m)
+
+    def _shown(self, sums: dict) -> dict:
+        shown = {"loss": f"{sums['loss'] / sums['seen']:.4f}", "acc": f"{sums['correct'] / sums['seen']:.3f}"}
+        if self.density is not None:
+            shown["density"] = f"{self.density:.4f}"
+        return shown
+
+    def _end_of_epoch(self, phase: str, epoch: int, n_epochs: int, opt) -> None:
+        if phase == "sparse":
+            if epoch == n_epochs - 1 and self.cfg.target_density is not None:
+                # the last sparse epoch ends at the target count: cut what is left above it
+                prune(self.model, self.cfg.target_density, "global")
+            self._sparsify(opt)
+            opt.refresh_reweighting(self.model.params)
+        elif phase == "prune":
+            self._gmp_prune(float(epoch + 1), opt)
+            self._sparsify(opt)
+            self.masks = {n: m for n, m in self.masks.items() if not self.model.param(n).is_sparse}
+
+    def _sparsify(self, opt) -> None:
+        """CSR weights drop their new zeros; dense weights whose density fell to the switch
+        threshold become CSR.  The optimizer's per-coordinate state follows the support."""
+        for name, src in self.model.compact().items():
+            opt.remap(name, src)
+        if self.cfg.switch_density <= 0:
+            return
+        for s in self.model.weight_stats():
+            if s["penalised"] and s["kind"] == "dense" and s["density"] <= self.cfg.switch_density:
+                for name, src in self.model.to_sparse(s["name"]).items():
+                    opt.remap(name, src)
+
+    def _gmp_prune(self, x: float, opt) -> None:
+        """A pruning step of gradual magnitude pruning at ``x`` epochs: cut every group to the
+        density of the cubic schedule (the target exactly once it is reached) and drop the cut
+        entries of CSR weights at once, so they cannot come back."""
+        cfg = self.cfg
+        sched = CubicSparsity(1.0 - cfg.kept_density, cfg.prune_start * cfg.epochs, cfg.prune_end * cfg.epochs)
+        density = cfg.kept_density if x >= sched.end else 1.0 - sched.at(x)
+        if prune(self.model, density, cfg.prune_scope, self.masks):
+            for name, src in self.model.compact().items():
+                opt.remap(name, src)
+
+    def _epoch_record(self, phase: str, epoch: int, n_epochs: int, sums: dict, t0: float) -> dict:
+        from tqdm import tqdm
+
+        model, ds = self.model, self.ds
+        stats = model.weight_stats()
+        nnz, weights = nonzero_count(model)
+        test = evaluate(model, ds, "test")
+        seen = max(sums["seen"], 1)
+        record = {"phase": phase, "epoch": epoch + 1, "lr": sums["lr"], "l1": sums["l1"] if phase == "sparse" else 0.0,
+                  "loss": sums["loss"] / seen, "train_accuracy": sums["correct"] / seen,
+                  "test_accuracy": test["accuracy"], "test_loss": test["loss"],
+                  "nnz": nnz, "weights": weights, "density": nnz / weights if weights else 0.0,
+                  "layers": [{"name": s["name"], "kind": s["kind"], "nnz": s["nnz"], "density": s["density"]}
+                             for s in stats if s["penalised"]],
+                  "seconds": round(time.perf_counter() - t0, 3)}
+        if ds.has_split("val"):
+            record["val_accuracy"] = evaluate(model, ds, "val")["accuracy"]
+        if self.cfg.progress:
+            tqdm.write(f"{phase:>7} {epoch + 1:>3}/{n_epochs}  loss {record['loss']:.4f}  "
+                       f"train {record['train_accuracy']:.4f}  test {record['test_accuracy']:.4f}  "
+                       f"nonzero {record['density'] * 100:6.2f} %  {record['seconds']:.1f} s")
+        return record
+
+
+def _check_finite(loss: float, cfg: TrainConfig, phase: str, epoch: int, step: int) -> None:
+    if not math.isfinite(loss):
+        hint = ("a larger --gamma (RDA's steps are sqrt(t)/gamma)"
+                if phase == "sparse" and cfg.optimizer == "rda" else "a smaller learning rate (--lr)")
+        raise TrainingError(f"loss became {loss} in phase {phase}, epoch {epoch + 1}, step {step + 1}; "
+                            f"try {hint}")
+
+
+# ---- the model file's record of the run ---------------------------------------------------------
 
 def _file_metadata(cfg: TrainConfig, result: TrainResult, dev, ds) -> dict:
     """What the model file records of its run (the per-epoch history stays in the log: the header
@@ -359,101 +528,5 @@ def _config_summary(cfg: TrainConfig) -> dict:
     differs from the defaults (the full configuration is in the checkpoint)."""
     defaults = dataclasses.asdict(TrainConfig())
     keep = ("model", "data", "method", "optimizer", "l1", "epochs", "debias_epochs", "seed")
-    skip = ("out", "log", "checkpoint", "progress", "device")
     return {k: v for k, v in dataclasses.asdict(cfg).items()
-            if k not in skip and (k in keep or v != defaults[k])}
-
-
-def _enter_phase(cfg: TrainConfig, phase: str, model, history: list, ds) -> None:
-    """What happens when a phase starts: CSR from the start if asked; freeze the support for
-    debiasing (every penalised weight becomes CSR, so no entry can come back); prune by magnitude
-    before retraining."""
-    if phase == "sparse" and cfg.switch_density >= 1.0:
-        model.to_sparse(None)           # CSR from the start
-    elif phase == "debias":
-        model.to_sparse(None)
-    elif phase == "retrain":
-        magnitude_prune(model, cfg.target_density, cfg.prune_scope)
-        model.to_sparse(None)
-
-
-def _run_epoch(cfg: TrainConfig, phase: str, epoch: int, n_epochs: int, model, opt, lr_sched, ds) -> dict:
-    from tqdm import tqdm
-
-    from .schedules import make_l1_schedule
-
-    t0 = time.perf_counter()
-    steps = ds.num_batches("train", cfg.batch_size)
-    # shuffling and dropout depend only on (seed, phase, epoch): a resumed run sees the same batches
-    stream = {"sparse": 0, "dense": 0, "debias": 1, "retrain": 1}[phase] * 100_000 + epoch
-    model.set_seed(cfg.seed * 1_000_003 + stream)
-    bar = tqdm(total=steps, desc=f"{phase} {epoch + 1}/{n_epochs}", leave=False, unit="batch",
-               disable=not cfg.progress, dynamic_ncols=True)
-    loss_sum, correct, seen = 0.0, 0, 0
-    l1 = 0.0
-    lr = lr_sched.lr_at(epoch, 0, steps)
-    l1_sched = make_l1_schedule(cfg.l1, cfg.l1_ramp_epochs)
-    try:
-        for step, (x, y) in enumerate(ds.batches("train", cfg.batch_size, shuffle=True, seed=cfg.seed,
-                                                 epoch=stream)):
-            xb, yb = model.prepare_batch(x, y)
-            loss, ok = model.train_batch(xb, yb)
-            if not math.isfinite(loss):
-                hint = ("a larger --gamma (RDA's steps are sqrt(t)/gamma)"
-                        if phase == "sparse" and cfg.optimizer == "rda" else "a smaller learning rate (--lr)")
-                raise TrainingError(f"loss became {loss} in phase {phase}, epoch {epoch + 1}, step {step + 1}; "
-                                    f"try {hint}")
-            lr = lr_sched.lr_at(epoch, step, steps)
-            kw = {"lr": lr}
-            if phase == "sparse":
-                l1 = l1_sched.l1_at(epoch, step, steps)
-                kw["l1"] = l1
-            opt.step(model.params, **kw)
-            loss_sum += loss * len(y)
-            correct += ok
-            seen += len(y)
-            if step % 20 == 0 or step == steps - 1:
-                shown = {"loss": f"{loss_sum / seen:.4f}", "acc": f"{correct / seen:.3f}"}
-                if phase == "sparse":
-                    shown["density"] = f"{_density(model):.4f}"
-                bar.set_postfix(shown, refresh=False)
-            bar.update(1)
-    finally:
-        bar.close()
-
-    if phase == "sparse":
-        _sparsify(cfg, model, opt)
-    nnz, weights, stats = _weight_counts(model)
-    test = evaluate(model, ds, "test")
-    record = {"phase": phase, "epoch": epoch + 1, "lr": lr, "l1": l1 if phase == "sparse" else 0.0,
-              "loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
-              "test_accuracy": test["accuracy"], "test_loss": test["loss"],
-              "nnz": nnz, "weights": weights, "density": nnz / weights if weights else 0.0,
-              "layers": [{"name": s["name"], "kind": s["kind"], "nnz": s["nnz"], "density": s["density"]}
-                         for s in stats if s["penalised"]],
-              "seconds": round(time.perf_counter() - t0, 3)}
-    if ds.has_split("val"):
-        record["val_accuracy"] = evaluate(model, ds, "val")["accuracy"]
-    if cfg.progress:
-        tqdm.write(f"{phase:>7} {epoch + 1:>3}/{n_epochs}  loss {record['loss']:.4f}  "
-                   f"train {record['train_accuracy']:.4f}  test {record['test_accuracy']:.4f}  "
-                   f"nonzero {record['density'] * 100:6.2f} %  {record['seconds']:.1f} s")
-    return record
-
-
-def _density(model) -> float:
-    nnz, weights, _ = _weight_counts(model)
-    return nnz / weights if weights else 0.0
-
-
-def _sparsify(cfg: TrainConfig, model, opt) -> None:
-    """End of a sparse epoch: CSR weights drop their new zeros; dense weights whose density fell to
-    the switch threshold become CSR.  The optimizer's per-coordinate state follows the support."""
-    for name, src in model.compact().items():
-        opt.remap(name, src)
-    if cfg.switch_density <= 0:
-        return
-    for s in model.weight_stats():
-        if s["penalised"] and s["kind"] == "dense" and s["density"] <= cfg.switch_density:
-            for name, src in model.to_sparse(s["name"]).items():
-                opt.remap(name, src)
+            if k not in RESUME_MAY_CHANGE and (k in keep or v != defaults[k])}

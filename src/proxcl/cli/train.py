@@ -32,9 +32,14 @@ def _factor(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"{text!r}: expected LAYER=FACTOR, e.g. fc3=0.5") from None
 
 
+def _schedule_default(d) -> str:
+    return d.lr_schedule or "constant for proximal, cosine for the baselines"
+
+
 def add_training_arguments(p: argparse.ArgumentParser) -> None:
     """The options of `proxcl train` (also used by `proxcl demo`)."""
-    from ..training import TrainConfig
+    from ..schedules import LR_SCHEDULES
+    from ..training import METHODS, PENALTIES, PLAIN_OPTIMIZERS, PROX_OPTIMIZERS, TrainConfig
     d = TrainConfig()
     g = p.add_argument_group("what to train")
     g.add_argument("--model", default=d.model,
@@ -43,34 +48,63 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    help="fashion-mnist, mnist, fashion-mnist:DIR, mnist:DIR or synthetic (default %(default)s)")
     g.add_argument("--val-split", type=float, default=d.val_split, help="fraction of the training set held out")
     g = p.add_argument_group("method")
-    g.add_argument("--method", choices=["proximal", "dense", "magnitude"], default=d.method,
-                   help="proximal l1 learning + debiasing (default), dense training (lambda = 0), or "
-                        "magnitude pruning with retraining (Han et al. 2015)")
-    g.add_argument("--optimizer", choices=["prox-sgd", "prox-adam", "rda", "sgd", "adam"], default=d.optimizer,
-                   help="sparse phase optimizer (default %(default)s); sgd/adam for --method dense")
-    g.add_argument("--l1", type=float, default=d.l1, metavar="LAMBDA", help="l1 strength (default %(default)s)")
+    g.add_argument("--method", choices=METHODS, default=d.method,
+                   help="proximal l1 learning + debiasing (default); or the baselines: dense training "
+                        "(lambda = 0), one-shot magnitude pruning with retraining (Han et al. 2015), "
+                        "gradual magnitude pruning with fine-tuning (gmp: Zhu & Gupta 2017, as in "
+                        "TF-MOT and torch.ao)")
+    g.add_argument("--target-density", type=float, default=d.target_density, metavar="R",
+                   help="the share of weights the model ends with. proximal: lambda is adapted while "
+                        "training so that the density follows a cubic path down to R over the first "
+                        "--density-ramp of the epochs and stays there; the last sparse epoch cuts "
+                        "what is left above R by magnitude (without it, --l1 is used as it is). "
+                        "magnitude, gmp: the share kept (default 0.05)")
+    g.add_argument("--optimizer", choices=PROX_OPTIMIZERS + PLAIN_OPTIMIZERS, default=d.optimizer,
+                   help="sparse phase optimizer (default %(default)s); the baselines take its plain form "
+                        "(prox-sgd -> sgd)")
+    g.add_argument("--penalty", choices=PENALTIES, default=d.penalty,
+                   help="l1, or reweighted l1 (default %(default)s): each weight's threshold is "
+                        "scaled by c / (|w| + eps c), c the layer's mean nonzero magnitude, so small "
+                        "weights are removed and large ones barely shrunk")
+    g.add_argument("--reweight-eps", type=float, default=d.reweight_eps, metavar="EPS",
+                   help="eps of the reweighted penalty (default %(default)s)")
+    g.add_argument("--l1", type=float, default=d.l1, metavar="LAMBDA",
+                   help="l1 strength; with --target-density the value it starts from (default %(default)s)")
     g.add_argument("--l1-factor", type=_factor, action="append", default=[], metavar="LAYER=F",
                    help="per-layer multiplier of lambda (repeatable)")
     g.add_argument("--l1-ramp", type=int, default=d.l1_ramp_epochs, metavar="EPOCHS",
                    help="raise lambda linearly from 0 over this many epochs")
+    g.add_argument("--density-ramp", type=float, default=d.density_ramp, metavar="F",
+                   help="with --target-density: share of the sparse epochs over which the density "
+                        "descends to the target (default %(default)s)")
+    g = p.add_argument_group("schedule")
     g.add_argument("--epochs", type=int, default=d.epochs, help="sparse (or dense) epochs (default %(default)s)")
     g.add_argument("--debias-epochs", type=int, default=d.debias_epochs,
-                   help="epochs on the frozen support without l1; retraining epochs for magnitude "
-                        "(default %(default)s)")
+                   help="epochs on the frozen support without l1; retraining epochs for magnitude, "
+                        "fine-tuning epochs for gmp (default %(default)s)")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="(default %(default)s)")
     g.add_argument("--lr", type=float, default=d.lr, help="learning rate (default %(default)s)")
-    g.add_argument("--lr-schedule", choices=["constant", "step", "cosine"], default=d.lr_schedule)
-    g.add_argument("--momentum", type=float, default=d.momentum, help="prox-sgd/sgd momentum")
+    g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=d.lr_schedule,
+                   help=f"(default {_schedule_default(d)})")
+    g.add_argument("--momentum", type=float, default=d.momentum, help="prox-sgd/sgd momentum (default %(default)s)")
     g.add_argument("--gamma", type=float, default=d.gamma, help="l1-RDA's constant gamma (default %(default)s)")
-    g.add_argument("--debias-optimizer", choices=["sgd", "adam"], default=d.debias_optimizer)
+    g.add_argument("--debias-optimizer", choices=PLAIN_OPTIMIZERS, default=d.debias_optimizer,
+                   help="(default %(default)s)")
     g.add_argument("--debias-lr", type=float, default=d.debias_lr, help="(default %(default)s)")
+    g.add_argument("--debias-lr-schedule", choices=LR_SCHEDULES, default=d.debias_lr_schedule,
+                   help="(default %(default)s)")
     g.add_argument("--switch-density", type=_switch_density, default=d.switch_density, metavar="R",
                    help="a layer turns CSR when its density falls to R; 'never' or 'start' "
                         "(default %(default)s)")
-    g.add_argument("--target-density", type=float, default=d.target_density,
-                   help="magnitude pruning: fraction of weights kept (default %(default)s)")
+    g = p.add_argument_group("pruning baselines")
     g.add_argument("--prune-scope", choices=["layer", "global"], default=d.prune_scope,
-                   help="magnitude pruning per layer or over all layers (default %(default)s)")
+                   help="magnitude and gmp: rank weights per layer or over all layers (default %(default)s)")
+    g.add_argument("--prune-start", type=float, default=d.prune_start, metavar="F",
+                   help="gmp: pruning starts after this share of --epochs (default %(default)s)")
+    g.add_argument("--prune-end", type=float, default=d.prune_end, metavar="F",
+                   help="gmp: the target is reached after this share of --epochs (default %(default)s)")
+    g.add_argument("--prune-frequency", type=int, default=d.prune_frequency, metavar="N",
+                   help="gmp: pruning steps per epoch (default %(default)s)")
     g = p.add_argument_group("run")
     g.add_argument("--device", default=None, help="OpenCL device: cpu, gpu, pocl, nvidia, P:D "
                                                   "(default $PROXCL_DEVICE or the first GPU)")
@@ -83,27 +117,31 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-progress", action="store_true", help="no progress bar or per-epoch lines")
 
 
+# option name -> TrainConfig field, where they differ
+_RENAMED = {"l1_factor": "l1_factors", "l1_ramp": "l1_ramp_epochs"}
+
+
 def config_from_args(args):
     from ..training import TrainConfig
-    return TrainConfig(
-        model=args.model, data=args.data, method=args.method, optimizer=args.optimizer, l1=args.l1,
-        l1_factors=dict(args.l1_factor), l1_ramp_epochs=args.l1_ramp, epochs=args.epochs,
-        debias_epochs=args.debias_epochs, batch_size=args.batch_size, lr=args.lr,
-        lr_schedule=args.lr_schedule, momentum=args.momentum, gamma=args.gamma,
-        debias_optimizer=args.debias_optimizer, debias_lr=args.debias_lr,
-        switch_density=args.switch_density, target_density=args.target_density,
-        prune_scope=args.prune_scope, val_split=args.val_split, seed=args.seed, device=args.device,
-        out=args.out, log=args.log, checkpoint=args.checkpoint, half=args.half,
-        progress=not args.no_progress)
+    fields = set(TrainConfig.__dataclass_fields__)
+    kw = {}
+    for k, v in vars(args).items():
+        name = _RENAMED.get(k, k)
+        if name in fields:
+            kw[name] = v
+    kw["l1_factors"] = dict(kw.get("l1_factors", []))
+    kw["progress"] = not getattr(args, "no_progress", False)
+    return TrainConfig(**kw)
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "train", help="train a sparse model from scratch",
-        description="Sparse learning with a proximal l1 optimizer (each layer turns CSR when its density "
-                    "reaches --switch-density; forward, backward and the proximal step then run on CSR), "
-                    "then debiasing on the frozen support. --method dense and --method magnitude train "
-                    "the baselines with the same loop. Writes the model file, a checkpoint each epoch, "
+        description="Sparse learning with a proximal (reweighted) l1 optimizer (each layer turns CSR when "
+                    "its density reaches --switch-density; forward, backward and the proximal step then "
+                    "run on CSR), then debiasing on the frozen support. --target-density R ends with "
+                    "exactly R of the weights nonzero. --method dense, magnitude and gmp train the "
+                    "baselines with the same loop. Writes the model file, a checkpoint each epoch, "
                     "and optionally a JSON-lines log.")
     add_training_arguments(p)
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
