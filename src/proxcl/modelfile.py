@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .fileio import atomic_write_bytes
-from .ops import HostCSR
+from .ops import HostCSR, csr_problem
 
 FORMAT_NAME = "proxcl"
 FORMAT_VERSION = 1
@@ -44,42 +44,6 @@ def _fail(name: str, msg: str) -> ModelFileError:
 def index_dtype(n_cols: int) -> str:
     """The column index dtype of a CSR matrix with n_cols columns: U16 when they fit, else I32."""
     return "U16" if n_cols <= U16_MAX_COLS else "I32"
-
-
-# ---- checks shared by the writer and the reader ---------------------------------------------------
-
-def _check_csr_arrays(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray,
-                      shape: tuple[int, int], nnz: int) -> str | None:
-    """Why these CSR arrays are invalid, or None: indptr 0 .. nnz non-decreasing, column indices
-    in range and strictly increasing within each row, values finite."""
-    m, n = shape
-    if indptr.shape != (m + 1,) or indices.shape != (nnz,) or data.shape != (nnz,):
-        return (f"CSR arrays have lengths {indptr.size}/{indices.size}/{data.size}, "
-                f"expected {m + 1}/{nnz}/{nnz}")
-    if indptr[0] != 0:
-        return f"indptr starts at {int(indptr[0])}, not 0"
-    if indptr[-1] != nnz:
-        return f"indptr ends at {int(indptr[-1])}, not at nnz = {nnz}"
-    steps = np.diff(indptr.astype(np.int64))
-    if steps.size and steps.min() < 0:
-        row = int(np.argmax(steps < 0))
-        return f"indptr decreases at row {row}"
-    if nnz:
-        cols = indices.astype(np.int64)
-        if cols.min() < 0 or cols.max() >= n:
-            bad = int(cols[(cols < 0) | (cols >= n)][0])
-            return f"column index {bad} out of range 0..{n - 1}"
-        inner = np.ones(nnz, bool)          # inner[k]: entry k is in the same row as entry k-1
-        starts = indptr[:-1][steps > 0]
-        inner[starts] = False
-        bad = inner[1:] & (np.diff(cols) <= 0)
-        if bad.any():
-            k = int(np.argmax(bad)) + 1
-            row = int(np.searchsorted(indptr, k, side="right")) - 1
-            return f"column indices not strictly increasing in row {row}"
-    if not np.isfinite(data).all():
-        return "values not finite (NaN or inf)"
-    return None
 
 
 # ---- writing ------------------------------------------------------------------------------------
@@ -140,7 +104,7 @@ def model_file_bytes(spec: dict, tensors: dict, metadata: dict | None = None, ha
             if nnz > MAX_DIM:
                 raise ValueError(f"{name}: {nnz} entries exceed int32 row pointers")
             data = _value_array(t.data, half, name)
-            why = _check_csr_arrays(indptr, indices, data, (m, n), nnz)
+            why = csr_problem(indptr, indices, data, (m, n), nnz)
             if why:
                 raise ValueError(f"{name}: {why}")
             idt = index_dtype(n)
@@ -410,7 +374,7 @@ def _parse(blob: bytes, name: str) -> ParsedFile:
             tensor_bytes[tname] = a.nbytes
         else:
             indptr, indices, data = (arr(f"{tname}.{p}") for p in CSR_PARTS)
-            why = _check_csr_arrays(indptr, indices, data, tuple(d["shape"]), d["nnz"])
+            why = csr_problem(indptr, indices, data, tuple(d["shape"]), d["nnz"])
             if why:
                 raise _fail(name, f"tensor {tname!r}: {why}")
             tensors[tname] = HostCSR(indptr.astype(np.int32), indices.astype(np.int32),

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..ops import HostCSR
 from ..runtime import Device
 from .timing import (copy_bandwidth, machine_info, time_cuda, time_host, time_opencl,
                      time_pipelined)
@@ -145,7 +146,7 @@ def run(device: str | None = None, *, repeat: int = 30, quick: bool = False,
                 t = {"proxcl_csr": time_opencl(dev, lambda: w.matmul(xd, out=y), repeat=repeat,
                                                budget_s=budget_s)}
                 pipe = time_pipelined(dev, lambda: w.matmul(xd, out=y))
-                ref = _csr_dense(indptr, indices, data, (m, k)).astype(np.float64) @ x
+                ref = HostCSR(indptr, indices, data, (m, k)).to_dense().astype(np.float64) @ x
                 got = y.get()
                 err = float(np.linalg.norm(got - ref) / max(np.linalg.norm(ref), 1e-30))
                 if peers.cuda:
@@ -191,13 +192,6 @@ def _torch_csr(torch, indptr, indices, data, shape):
                                        torch.from_numpy(data), size=shape, check_invariants=False)
 
 
-def _csr_dense(indptr, indices, data, shape) -> np.ndarray:
-    out = np.zeros(shape, np.float32)
-    rows = np.repeat(np.arange(shape[0]), np.diff(indptr))
-    out[rows, indices] = data
-    return out
-
-
 # ---- the table ---------------------------------------------------------------------------
 
 CPU_PEERS = [("numpy_dense", "numpy"), ("scipy_csr", "scipy"), ("torch_dense", "torch"),
@@ -239,28 +233,3 @@ def format_row(row: dict, basis: str) -> str:
     cells += [_ratio(row["ratios"].get(name)) for name, _ in peers]
     cells.append("-" if row["x_floor"] is None else f"{row['x_floor']:.1f}")
     return "| " + " | ".join(cells) + " |"
-
-
-def format_table(result: dict) -> str:
-    basis = result["ratio_basis"]
-    d = result["device"]
-    lines = [f"device: {d['platform']} | {d['name']} ({d['compute_units']} compute units); "
-             f"copy bandwidth {result['copy_bandwidth_gbs']:.1f} GB/s"]
-    if result.get("torch"):
-        tinfo = result["torch"]
-        lines.append(f"torch {tinfo['version']}, {tinfo['threads']} CPU threads"
-                     + (f", CUDA device {tinfo['cuda_device']}" if tinfo.get("cuda_device") else ""))
-    if basis == "wall":
-        lines.append("median ms. csr dev: OpenCL profiling events; csr wall / gemm / peers: wall clock "
-                     "per call incl. launch and wait, after warm-up; csr pipe: wall per call with calls "
-                     "back to back. vs X = X wall / proxcl CSR wall (> 1: proxcl faster). "
-                     "x floor = csr dev / (bytes moved / copy bandwidth). Bold: the bar cases.")
-    else:
-        lines.append("median ms. csr dev / gemm: OpenCL profiling events; cuBLAS / cuSPARSE: CUDA events "
-                     "(torch.mm on CUDA tensors); csr wall: wall clock per call incl. launch and wait; "
-                     "csr pipe: wall per call back to back. vs X = X CUDA-event time / proxcl CSR "
-                     "event time (> 1: proxcl faster). x floor = csr dev / (bytes moved / copy bandwidth). "
-                     "Bold: the bar shape.")
-    lines.append(header(basis))
-    lines += [format_row(r, basis) for r in result["rows"]]
-    return "\n".join(lines)
