@@ -72,9 +72,6 @@ class Workspace:
         for a in self.arrays():
             _fill_poison(a)
 
-    def clear(self) -> None:
-        self._bufs.clear()
-
 
 class Param:
     """A trainable tensor.  ``value``: a dense device array of ``matrix_shape`` or a

@@ -77,20 +77,18 @@ class Tuning(Mapping):
 _NAMES = tuple(f.name for f in fields(Tuning))
 
 
-FORMS = {
-    "cpu": Tuning(kind="cpu", vec=8, ew_local=64, aligned=False,
-                  gemm_rm=6, gemm_vec=8, gemm_nv=2, gemm_rows=4, gemm_local=(4, 4),
-                  gemm_nt_rm=3, gemm_nt_rn=3,
-                  spmm_vec=8, spmm_nv=8, spmm_rows=8, spmm_local=(4, 4),
-                  sddmm_lanes=1, sddmm_vec=8, sddmm_epw=4, sddmm_group=16, scan_local=256,
-                  nn_rows=8, nn_reduce=64, nn_softmax=64),
-    "gpu": Tuning(kind="gpu", vec=4, ew_local=256, aligned=True,
-                  gemm_rm=4, gemm_vec=2, gemm_nv=0, gemm_rows=0, gemm_local=(32, 8),
-                  gemm_nt_rm=0, gemm_nt_rn=0,
-                  spmm_vec=2, spmm_nv=0, spmm_rows=0, spmm_local=(32, 8),
-                  sddmm_lanes=8, sddmm_vec=4, sddmm_epw=1, sddmm_group=16, scan_local=256,
-                  nn_rows=64, nn_reduce=256, nn_softmax=64),
+# field: (cpu form, gpu form)
+_TABLE = {
+    "vec": (8, 4), "ew_local": (64, 256), "aligned": (False, True),
+    "gemm_rm": (6, 4), "gemm_vec": (8, 2), "gemm_nv": (2, 0), "gemm_rows": (4, 0),
+    "gemm_local": ((4, 4), (32, 8)), "gemm_nt_rm": (3, 0), "gemm_nt_rn": (3, 0),
+    "spmm_vec": (8, 2), "spmm_nv": (8, 0), "spmm_rows": (8, 0), "spmm_local": ((4, 4), (32, 8)),
+    "sddmm_lanes": (1, 8), "sddmm_vec": (8, 4), "sddmm_epw": (4, 1), "sddmm_group": (16, 16),
+    "scan_local": (256, 256),
+    "nn_rows": (8, 64), "nn_reduce": (64, 256), "nn_softmax": (64, 64),
 }
+FORMS = {kind: Tuning(kind=kind, **{k: v[i] for k, v in _TABLE.items()})
+         for i, kind in enumerate(("cpu", "gpu"))}
 
 
 def kernel_form(is_cpu: bool) -> str:
