@@ -13,22 +13,9 @@ import proxcl
 from proxcl import models
 
 
-def record_named(dev, into: list):
-    """Wrap dev.launch so that every launch adds (kernel name, event) to ``into``."""
-    launch = dev.launch
-
-    def recorded(kernel, *args, **kwargs):
-        ev = launch(kernel, *args, **kwargs)
-        into.append((kernel.function_name, ev))
-        return ev
-    dev.launch = recorded
-
-
 def main() -> int:
     dev = proxcl.Device(sys.argv[1] if len(sys.argv) > 1 else None, profile=True)
     print(dev)
-    events: list = []
-    record_named(dev, events)
     rng = np.random.default_rng(0)
     for name, sparse in (("lenet5", False), ("lenet5", True), ("lenet300", False)):
         m = models.build(name, device=dev)
@@ -49,10 +36,10 @@ def main() -> int:
             m.train_batch(xb, yb)
         dev.finish()
         wall = (time.perf_counter() - t) / 10
-        events.clear()
-        for _ in range(10):
-            m.train_batch(xb, yb)
-        dev.finish()
+        with dev.record_launches() as events:
+            for _ in range(10):
+                m.train_batch(xb, yb)
+            dev.finish()
         per = collections.defaultdict(lambda: [0.0, 0])
         for kname, e in events:
             p = per[kname]

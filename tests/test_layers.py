@@ -3,7 +3,9 @@ gradients against PyTorch autograd and finite differences of the numpy reference
 (relative error < 1e-4); outputs and gradients poisoned with NaN before every launch.
 
 The numpy float64 reference (np_* functions, NCHW / [N, F] like PyTorch) is shared with
-test_models.py."""
+test_models.py.
+
+Every test runs on both kernel forms (``kdev``: PROXCL_TUNING cpu, then gpu)."""
 
 from __future__ import annotations
 
@@ -14,8 +16,8 @@ import torch.nn.functional as F
 from hypothesis import assume, given, settings, strategies as st
 
 from helpers import rel_err
-from proxcl.layers import (Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Workspace, mix32,
-                           softmax_xent)
+from proxcl.layers import Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Workspace
+from proxcl.ops.nn import mix32, softmax_xent
 from proxcl.ops import CSRMatrix
 
 torch.set_default_dtype(torch.float64)
@@ -110,23 +112,23 @@ def from_internal(a):
     return a.transpose(1, 0, 2, 3) if a.ndim == 4 else a.T
 
 
-def sparsify_param(dev, p, rng, density):
+def sparsify_param(kdev, p, rng, density):
     """Zero a random part of a weight and store it as CSR; returns the float64 dense values."""
     w = p.to_numpy().astype(np.float64)
     w[rng.random(w.shape) >= density] = 0.0
-    p.set_value(CSRMatrix.from_dense(w.reshape(p.matrix_shape).astype(np.float32), dev))
+    p.set_value(CSRMatrix.from_dense(w.reshape(p.matrix_shape).astype(np.float32), kdev))
     return w
 
 
-def run_layer(dev, layer, x, dy, need_dx=True):
+def run_layer(kdev, layer, x, dy, need_dx=True):
     """Poisoned forward (keep) and backward of a layer on host arrays in PyTorch layout."""
     layer.ws.poison()
     for p in layer.params:
         p.grad.fill(np.float32(np.nan))
-    xd = dev.to_device(to_internal(x))
+    xd = kdev.to_device(to_internal(x))
     y = layer.forward(xd, train=True, keep=True)
     y_host = from_internal(y.get()).copy()
-    dx = layer.backward(dev.to_device(to_internal(dy)), need_dx=need_dx)
+    dx = layer.backward(kdev.to_device(to_internal(dy)), need_dx=need_dx)
     dx_host = from_internal(dx.get()).copy() if dx is not None else None
     return y_host, dx_host
 
@@ -146,14 +148,14 @@ def torch_grads(fn, x, params, dy):
 @pytest.mark.parametrize("sparse", [False, True])
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("n_in,n_out,batch", [(37, 19, 5), (64, 10, 1), (130, 33, 67)])
-def test_linear_matches_torch_and_finite_differences(dev, rng, sparse, relu, n_in, n_out, batch):
-    layer = Linear(dev, Workspace(dev), (n_in,), "fc", n_out, rng=rng)
+def test_linear_matches_torch_and_finite_differences(kdev, rng, sparse, relu, n_in, n_out, batch):
+    layer = Linear(kdev, Workspace(kdev), (n_in,), "fc", n_out, rng=rng)
     layer.relu = relu
-    w = sparsify_param(dev, layer.weight, rng, 0.3) if sparse else layer.weight.to_numpy().astype(np.float64)
+    w = sparsify_param(kdev, layer.weight, rng, 0.3) if sparse else layer.weight.to_numpy().astype(np.float64)
     b = layer.bias.to_numpy().astype(np.float64)
     x = rng.standard_normal((batch, n_in))
     dy = rng.standard_normal((batch, n_out))
-    y, dx = run_layer(dev, layer, x, dy)
+    y, dx = run_layer(kdev, layer, x, dy)
 
     act = (lambda t: torch.relu(t)) if relu else (lambda t: t)
     yt, dxt, (dwt, dbt) = torch_grads(lambda xt, wt, bt: act(F.linear(xt, wt, bt)), x, [w, b], dy)
@@ -181,11 +183,11 @@ def test_linear_matches_torch_and_finite_differences(dev, rng, sparse, relu, n_i
     assert rel_err(layer.bias.grad_numpy()[coords["b"]], fd["b"]) < TOL
 
 
-def test_linear_without_bias_and_without_dx(dev, rng):
-    layer = Linear(dev, Workspace(dev), (12,), "fc", 7, bias=False, rng=rng)
+def test_linear_without_bias_and_without_dx(kdev, rng):
+    layer = Linear(kdev, Workspace(kdev), (12,), "fc", 7, bias=False, rng=rng)
     assert [p.name for p in layer.params] == ["fc.weight"]
     x, dy = rng.standard_normal((3, 12)), rng.standard_normal((3, 7))
-    y, dx = run_layer(dev, layer, x, dy, need_dx=False)
+    y, dx = run_layer(kdev, layer, x, dy, need_dx=False)
     assert dx is None
     w = layer.weight.to_numpy().astype(np.float64)
     assert rel_err(y, x @ w.T) < 1e-5
@@ -204,16 +206,16 @@ conv_cases = st.tuples(
 
 @settings(max_examples=12, deadline=None)
 @given(case=conv_cases, seed=st.integers(0, 2**31 - 1))
-def test_conv2d_matches_torch(dev, case, seed):
+def test_conv2d_matches_torch(kdev, case, seed):
     c, o, h, w_, kh, kw, s, p, n, sparse, relu = case
     rng = np.random.default_rng(seed)
-    layer = Conv2d(dev, Workspace(dev), (c, h, w_), "conv", o, (kh, kw), s, p, rng=rng)
+    layer = Conv2d(kdev, Workspace(kdev), (c, h, w_), "conv", o, (kh, kw), s, p, rng=rng)
     layer.relu = relu
-    wt = sparsify_param(dev, layer.weight, rng, 0.5) if sparse else layer.weight.to_numpy().astype(np.float64)
+    wt = sparsify_param(kdev, layer.weight, rng, 0.5) if sparse else layer.weight.to_numpy().astype(np.float64)
     b = layer.bias.to_numpy().astype(np.float64)
     x = rng.standard_normal((n, c, h, w_))
     dy = rng.standard_normal((n,) + layer.out_shape)
-    y, dx = run_layer(dev, layer, x, dy)
+    y, dx = run_layer(kdev, layer, x, dy)
     act = (lambda t: torch.relu(t)) if relu else (lambda t: t)
     yt, dxt, (dwt, dbt) = torch_grads(lambda xt, W, B: act(F.conv2d(xt, W, B, stride=s, padding=p)),
                                       x, [wt, b], dy)
@@ -225,15 +227,15 @@ def test_conv2d_matches_torch(dev, case, seed):
 
 
 @pytest.mark.parametrize("sparse", [False, True])
-def test_conv2d_finite_differences(dev, rng, sparse):
+def test_conv2d_finite_differences(kdev, rng, sparse):
     c, o, h, w_, k, s, p, n = 3, 4, 8, 7, 3, 2, 1, 2
-    layer = Conv2d(dev, Workspace(dev), (c, h, w_), "conv", o, k, s, p, rng=rng)
+    layer = Conv2d(kdev, Workspace(kdev), (c, h, w_), "conv", o, k, s, p, rng=rng)
     layer.relu = True
-    wt = sparsify_param(dev, layer.weight, rng, 0.4) if sparse else layer.weight.to_numpy().astype(np.float64)
+    wt = sparsify_param(kdev, layer.weight, rng, 0.4) if sparse else layer.weight.to_numpy().astype(np.float64)
     b = layer.bias.to_numpy().astype(np.float64)
     x = rng.standard_normal((n, c, h, w_))
     dy = rng.standard_normal((n,) + layer.out_shape)
-    y, dx = run_layer(dev, layer, x, dy)
+    y, dx = run_layer(kdev, layer, x, dy)
     arrays = {"x": x.copy(), "w": wt.copy(), "b": b.copy()}
 
     def f():
@@ -249,12 +251,12 @@ def test_conv2d_finite_differences(dev, rng, sparse):
     assert rel_err(layer.bias.grad_numpy(), fd["b"]) < TOL
 
 
-def test_pointwise_conv_skips_im2col_and_is_exact(dev, rng):
-    layer = Conv2d(dev, Workspace(dev), (5, 4, 3), "conv", 6, 1, rng=rng)
+def test_pointwise_conv_skips_im2col_and_is_exact(kdev, rng):
+    layer = Conv2d(kdev, Workspace(kdev), (5, 4, 3), "conv", 6, 1, rng=rng)
     assert layer.pointwise
     x, dy = rng.standard_normal((2, 5, 4, 3)), rng.standard_normal((2, 6, 4, 3))
     w, b = layer.weight.to_numpy().astype(np.float64), layer.bias.to_numpy().astype(np.float64)
-    y, dx = run_layer(dev, layer, x, dy)
+    y, dx = run_layer(kdev, layer, x, dy)
     yt, dxt, (dwt, dbt) = torch_grads(lambda xt, W, B: F.conv2d(xt, W, B), x, [w, b], dy)
     assert rel_err(y, yt) < TOL and rel_err(dx, dxt) < TOL
     assert rel_err(layer.weight.grad_numpy(), dwt) < TOL
@@ -266,25 +268,25 @@ def test_pointwise_conv_skips_im2col_and_is_exact(dev, rng):
 @given(c=st.integers(1, 3), n=st.integers(1, 3), h=st.integers(2, 9), w=st.integers(2, 9),
        k=st.integers(1, 3), s=st.integers(1, 3), p=st.integers(0, 1), relu=st.booleans(),
        seed=st.integers(0, 2**31 - 1))
-def test_maxpool_matches_torch(dev, c, n, h, w, k, s, p, relu, seed):
+def test_maxpool_matches_torch(kdev, c, n, h, w, k, s, p, relu, seed):
     assume(2 * p <= k and h + 2 * p >= k and w + 2 * p >= k)
     rng = np.random.default_rng(seed)
-    layer = MaxPool2d(dev, Workspace(dev), (c, h, w), k, s, p)
+    layer = MaxPool2d(kdev, Workspace(kdev), (c, h, w), k, s, p)
     layer.relu = relu
     x = rng.standard_normal((n, c, h, w))
     dy = rng.standard_normal((n,) + layer.out_shape)
-    y, dx = run_layer(dev, layer, x, dy)
+    y, dx = run_layer(kdev, layer, x, dy)
     act = (lambda t: torch.relu(t)) if relu else (lambda t: t)
     yt, dxt, _ = torch_grads(lambda xt: act(F.max_pool2d(xt, k, s, p)), x, [], dy)
     assert rel_err(y, yt) < TOL
     assert rel_err(dx, dxt) < TOL
 
 
-def test_maxpool_finite_differences(dev, rng):
-    layer = MaxPool2d(dev, Workspace(dev), (2, 7, 6), 3, 2, 1)
+def test_maxpool_finite_differences(kdev, rng):
+    layer = MaxPool2d(kdev, Workspace(kdev), (2, 7, 6), 3, 2, 1)
     x = rng.standard_normal((2, 2, 7, 6))
     dy = rng.standard_normal((2,) + layer.out_shape)
-    y, dx = run_layer(dev, layer, x, dy)
+    y, dx = run_layer(kdev, layer, x, dy)
     arrays = {"x": x.copy()}
     fd = fd_grad(lambda: float(np.sum(np_maxpool(arrays["x"], 3, 2, 1) * dy)), arrays,
                  {"x": np.arange(x.size)})
@@ -293,11 +295,11 @@ def test_maxpool_finite_differences(dev, rng):
 
 
 @pytest.mark.parametrize("shape", [(3, 4, 5), (17,)])
-def test_relu_layer(dev, rng, shape):
-    layer = ReLU(dev, Workspace(dev), shape)
+def test_relu_layer(kdev, rng, shape):
+    layer = ReLU(kdev, Workspace(kdev), shape)
     x = rng.standard_normal((3,) + shape)
     dy = rng.standard_normal(x.shape)
-    y, dx = run_layer(dev, layer, x, dy)
+    y, dx = run_layer(kdev, layer, x, dy)
     assert np.array_equal(y, np.maximum(x, 0).astype(np.float32))
     assert rel_err(dx, dy * (x > 0)) < 1e-6
     arrays = {"x": x.copy()}
@@ -306,22 +308,22 @@ def test_relu_layer(dev, rng, shape):
 
 
 @pytest.mark.parametrize("shape,n", [((3, 4, 5), 2), ((4, 1, 1), 3), ((1, 6, 2), 1), ((9,), 4)])
-def test_flatten_keeps_pytorch_feature_order(dev, rng, shape, n):
-    layer = Flatten(dev, Workspace(dev), shape)
+def test_flatten_keeps_pytorch_feature_order(kdev, rng, shape, n):
+    layer = Flatten(kdev, Workspace(kdev), shape)
     x = rng.standard_normal((n,) + shape).astype(np.float32)
     dy = rng.standard_normal((n, layer.out_shape[0])).astype(np.float32)
-    y, dx = run_layer(dev, layer, x, dy)
+    y, dx = run_layer(kdev, layer, x, dy)
     assert np.array_equal(y, x.reshape(n, -1))
     assert np.array_equal(dx, dy.reshape(x.shape))
 
 
 # ---- Dropout ---------------------------------------------------------------------------
 
-def test_dropout_train_eval_and_mask_consistency(dev, rng):
+def test_dropout_train_eval_and_mask_consistency(kdev, rng):
     p = 0.3
-    layer = Dropout(dev, Workspace(dev), (50, 4, 4), p)
+    layer = Dropout(kdev, Workspace(kdev), (50, 4, 4), p)
     x = rng.uniform(0.5, 1.5, (40, 50, 4, 4)).astype(np.float32)       # nonzero everywhere
-    xd = dev.to_device(to_internal(x))
+    xd = kdev.to_device(to_internal(x))
     ye = layer.forward(xd, train=False)
     assert np.array_equal(ye.get(), to_internal(x))                      # evaluation: identity
     layer.ws.poison()
@@ -330,16 +332,16 @@ def test_dropout_train_eval_and_mask_consistency(dev, rng):
     assert abs(1 - keep.mean() - p) < 0.01                               # ~p of the units dropped
     assert rel_err(y[keep], x[keep] / (1 - p)) < 1e-6                    # kept ones scaled
     dy = rng.standard_normal(x.shape).astype(np.float32)
-    dx = from_internal(layer.backward(dev.to_device(to_internal(dy))).get())
+    dx = from_internal(layer.backward(kdev.to_device(to_internal(dy))).get())
     assert rel_err(dx, dy * keep / (1 - p)) < 1e-6                       # the same mask backward
     # torch autograd of x * mask / (1 - p) with the mask the forward drew
     yt, dxt, _ = torch_grads(lambda xt: xt * torch.tensor(keep / (1 - p)), x.astype(np.float64), [], dy)
     assert rel_err(dx, dxt) < TOL
 
 
-def test_dropout_is_seeded_and_fresh_per_step(dev, rng):
-    layer = Dropout(dev, Workspace(dev), (1000,), 0.5)
-    x = dev.to_device(np.ones((1000, 8), np.float32))
+def test_dropout_is_seeded_and_fresh_per_step(kdev, rng):
+    layer = Dropout(kdev, Workspace(kdev), (1000,), 0.5)
+    x = kdev.to_device(np.ones((1000, 8), np.float32))
     masks = []
     for seed in (7, 7, 8):
         layer.set_seed(seed)
@@ -352,9 +354,9 @@ def test_dropout_is_seeded_and_fresh_per_step(dev, rng):
     assert len(counts) > 2
 
 
-def test_dropout_rejects_bad_p(dev):
+def test_dropout_rejects_bad_p(kdev):
     with pytest.raises(ValueError, match="dropout"):
-        Dropout(dev, Workspace(dev), (3,), 1.0)
+        Dropout(kdev, Workspace(kdev), (3,), 1.0)
 
 
 def test_mix32_is_injective_on_a_sample():
@@ -365,15 +367,15 @@ def test_mix32_is_injective_on_a_sample():
 # ---- softmax cross-entropy and accuracy ------------------------------------------------
 
 @pytest.mark.parametrize("k,n", [(10, 1), (10, 67), (3, 200), (7, 64)])
-def test_softmax_xent_matches_torch(dev, rng, k, n):
+def test_softmax_xent_matches_torch(kdev, rng, k, n):
     z = (rng.standard_normal((n, k)) * 5).astype(np.float32)
     z[0, :] += 1000.0                                 # a large shift stays finite (stable)
     y = rng.integers(0, k, n)
-    zd = dev.to_device(np.ascontiguousarray(z.T))
-    yd = dev.to_device(y.astype(np.int32), np.int32)
-    dz = dev.full((k, n), np.nan)
-    probs = dev.full((k, n), np.nan)
-    partial = softmax_xent(dev, zd, yd, dz=dz, gscale=1.0 / n, probs=probs)
+    zd = kdev.to_device(np.ascontiguousarray(z.T))
+    yd = kdev.to_device(y.astype(np.int32), np.int32)
+    dz = kdev.full((k, n), np.nan)
+    probs = kdev.full((k, n), np.nan)
+    partial = softmax_xent(kdev, zd, yd, dz=dz, gscale=1.0 / n, probs=probs)
     part = partial.get().astype(np.float64)
     zt = torch.tensor(z.astype(np.float64), requires_grad=True)
     loss = F.cross_entropy(zt, torch.tensor(y))
@@ -384,5 +386,5 @@ def test_softmax_xent_matches_torch(dev, rng, k, n):
     assert rel_err(probs.get().T, torch.softmax(zt, 1).detach().numpy()) < TOL
     # evaluation form: no labels, probabilities only
     probs.fill(np.float32(np.nan))
-    assert softmax_xent(dev, zd, None, probs=probs) is None
+    assert softmax_xent(kdev, zd, None, probs=probs) is None
     assert rel_err(probs.get().T, torch.softmax(zt, 1).detach().numpy()) < TOL

@@ -1,6 +1,8 @@
 """Models: the three built-ins and custom specs, dense and CSR weights, against PyTorch autograd
 and finite differences of a float64 numpy reference; the Model contract (params, CSR switch,
-compaction, state, batches, dropout seeding)."""
+compaction, state, batches, dropout seeding).
+
+Every test runs on both kernel forms (``kdev``: PROXCL_TUNING cpu, then gpu)."""
 
 from __future__ import annotations
 
@@ -81,8 +83,8 @@ def poison(model):
 
 @pytest.mark.parametrize("sparse", [False, True])
 @pytest.mark.parametrize("which", list(MODELS))
-def test_model_gradients_match_torch_and_finite_differences(dev, rng, which, sparse):
-    model = models.build(MODELS[which], device=dev, seed=3)
+def test_model_gradients_match_torch_and_finite_differences(kdev, rng, which, sparse):
+    model = models.build(MODELS[which], device=kdev, seed=3)
     state = make_sparse(model, rng, 0.4) if sparse else model.state_dict()
     if sparse:
         assert all(p.is_sparse == p.penalised for p in model.params)
@@ -112,8 +114,8 @@ def test_model_gradients_match_torch_and_finite_differences(dev, rng, which, spa
     assert rel_err(got, ref) < TOL
 
 
-def test_real_convnet_small_matches_torch(dev, rng):
-    model = models.build("convnet-small", device=dev, seed=0)
+def test_real_convnet_small_matches_torch(kdev, rng):
+    model = models.build("convnet-small", device=kdev, seed=0)
     assert model.input_shape == (3, 32, 32)
     x, y = batch(model, rng, 2)
     state = model.state_dict()
@@ -129,9 +131,9 @@ def test_real_convnet_small_matches_torch(dev, rng):
 
 
 @pytest.mark.parametrize("which", list(MODELS))
-def test_csr_and_dense_models_agree(dev, rng, which):
-    dense = models.build(MODELS[which], device=dev, seed=5)
-    sparse = models.build(MODELS[which], device=dev, seed=5)
+def test_csr_and_dense_models_agree(kdev, rng, which):
+    dense = models.build(MODELS[which], device=kdev, seed=5)
+    sparse = models.build(MODELS[which], device=kdev, seed=5)
     state = make_sparse(sparse, rng, 0.25)
     dense.load_state_dict(state)
     assert not any(p.is_sparse for p in dense.params)
@@ -146,7 +148,7 @@ def test_csr_and_dense_models_agree(dev, rng, which):
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_direct_sparse_convolution_matches_torch(dev, seed):
+def test_direct_sparse_convolution_matches_torch(kdev, seed):
     """Inference with sparse CSR convolutions runs without im2col, fused with the pooling,
     ReLU and flatten after them: every geometry must still give torch's logits."""
     rng = np.random.default_rng(seed)
@@ -158,7 +160,7 @@ def test_direct_sparse_convolution_matches_torch(dev, seed):
         {"type": "maxpool2d", "kernel": pk, "stride": int(rng.integers(1, pk + 1)), "padding": pk // 2},
         {"type": "conv2d", "out": 5, "kernel": [2, 1], "padding": [1, 0], "bias": False},
         {"type": "flatten"}, {"type": "linear", "out": 4}]}
-    model = models.build(spec, device=dev, seed=seed)
+    model = models.build(spec, device=kdev, seed=seed)
     state = make_sparse(model, rng, 0.15)
     convs = [l for l in model.layers if l.kind == "conv2d"]
     assert all(l.direct_ok() for l in convs)
@@ -173,7 +175,7 @@ def test_direct_sparse_convolution_matches_torch(dev, seed):
 
 @pytest.mark.parametrize("geo", [(1, 2, 2, 4, 2, 1), (1, 3, 2, 4, 2, 1), (2, 4, 1, 3, 2, 1),
                                  (1, 5, 3, 5, 3, 1), (3, 5, 6, 4, 3, 1)])
-def test_direct_sparse_convolution_narrow_inputs(dev, geo):
+def test_direct_sparse_convolution_narrow_inputs(kdev, geo):
     """Kernels wider than the padded input row, with strides >= 2: the taps of the last kernel
     column (kept on purpose, on a row that lands inside the input) fall right of the row for every
     output column and must contribute nothing (C division truncates toward zero)."""
@@ -182,7 +184,7 @@ def test_direct_sparse_convolution_narrow_inputs(dev, geo):
     spec = {"input_shape": [c, h, w], "layers": [
         {"type": "conv2d", "out": 3, "kernel": k, "stride": s, "padding": p},
         {"type": "flatten"}, {"type": "linear", "out": 4}]}
-    model = models.build(spec, device=dev, seed=1)
+    model = models.build(spec, device=kdev, seed=1)
     state = model.state_dict()
     wgt = state["conv1.weight"]
     keep = rng.random(wgt.shape) < 0.05
@@ -199,8 +201,8 @@ def test_direct_sparse_convolution_narrow_inputs(dev, geo):
 
 # ---- batches: train, eval, probabilities ------------------------------------------------
 
-def test_train_and_eval_batches(dev, rng):
-    model = models.build("lenet5", device=dev, seed=1)
+def test_train_and_eval_batches(kdev, rng):
+    model = models.build("lenet5", device=kdev, seed=1)
     x, y = batch(model, rng, 70)                      # not a multiple of the 64-sample groups
     xb, yb = model.prepare_batch(x, y)
     assert isinstance(xb, cla.Array) and xb.shape == (1, 70, 28, 28) and yb.dtype == np.int32
@@ -222,17 +224,17 @@ def test_train_and_eval_batches(dev, rng):
 
 
 @pytest.mark.parametrize("layout", ["nchw", "flat"])
-def test_inputs_in_either_layout(dev, rng, layout):
+def test_inputs_in_either_layout(kdev, rng, layout):
     for name in ("lenet300", "convnet-mini"):
-        model = models.build(MODELS[name], device=dev, seed=2)
+        model = models.build(MODELS[name], device=kdev, seed=2)
         x, _ = batch(model, rng, 3)
         ref = np_forward(model.spec, {k: v.astype(np.float64) for k, v in model.state_dict().items()}, x)
         xin = x if layout == "nchw" else x.reshape(3, -1)
         assert rel_err(model.forward(xin), ref) < TOL
 
 
-def test_bad_batches_are_value_errors(dev, rng):
-    model = models.build("lenet5", device=dev)
+def test_bad_batches_are_value_errors(kdev, rng):
+    model = models.build("lenet5", device=kdev)
     x, y = batch(model, rng, 4)
     for bad_x in (x[:, :, :20], x[0, 0], x[:, 0, :, :20], np.zeros((0, 1, 28, 28), np.float32), x.astype(str)):
         with pytest.raises(ValueError):
@@ -246,8 +248,8 @@ def test_bad_batches_are_value_errors(dev, rng):
 
 # ---- dropout in a model ------------------------------------------------------------------
 
-def test_dropout_model_seeding(dev, rng):
-    model = models.build(SMALL_CONVNET, device=dev, seed=4)
+def test_dropout_model_seeding(kdev, rng):
+    model = models.build(SMALL_CONVNET, device=kdev, seed=4)
     x, y = batch(model, rng, 8)
     xb, yb = model.prepare_batch(x, y)
 
@@ -284,26 +286,26 @@ def test_builtin_architectures():
     assert m.spec["name"] == "convnet-small" and m.num_classes == 10
 
 
-def test_spec_forms_and_round_trip(dev, tmp_path):
+def test_spec_forms_and_round_trip(kdev, tmp_path):
     spec = {"input_shape": [2, 9, 9], "layers": [
         {"type": "conv2d", "out": 3, "kernel": [3, 2], "stride": [2, 1]}, {"type": "relu"},
         {"type": "maxpool2d", "kernel": 2}, {"type": "flatten"}, {"type": "linear", "out": 4},
         {"type": "linear", "out": 3, "bias": False}]}
-    a = models.build(spec, device=dev, seed=9)
+    a = models.build(spec, device=kdev, seed=9)
     assert [p.name for p in a.params] == ["conv1.weight", "conv1.bias", "fc1.weight", "fc1.bias", "fc2.weight"]
     assert a.num_classes == 3 and a.spec["layers"][2]["stride"] == 2
     assert [p.penalised for p in a.params] == [True, False, True, False, True]
     path = tmp_path / "net.json"
     path.write_text(json.dumps(a.spec))
     for form in (a.spec, json.dumps(a.spec), str(path)):
-        b = models.build(form, device=dev, seed=9)
+        b = models.build(form, device=kdev, seed=9)
         assert b.spec == a.spec
         sa, sb = a.state_dict(), b.state_dict()
         assert all(np.array_equal(sa[k], sb[k]) for k in sa)
-    c = models.build(spec, device=dev, seed=10)
+    c = models.build(spec, device=kdev, seed=10)
     assert not np.array_equal(c.state_dict()["fc1.weight"], a.state_dict()["fc1.weight"])
     # PyTorch-default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
-    w = models.build("lenet300", device=dev, seed=0).state_dict()["fc1.weight"]
+    w = models.build("lenet300", device=kdev, seed=0).state_dict()["fc1.weight"]
     assert np.abs(w).max() <= 1 / np.sqrt(784) and np.abs(w).max() > 0.9 / np.sqrt(784)
 
 
@@ -331,15 +333,15 @@ def test_bad_specs_are_one_line_value_errors(bad, match):
 
 # ---- params, CSR switching, compaction, state ---------------------------------------------
 
-def test_param_data_is_the_storage(dev, rng):
-    model = models.build("lenet300", device=dev, seed=0)
+def test_param_data_is_the_storage(kdev, rng):
+    model = models.build("lenet300", device=kdev, seed=0)
     x, _ = batch(model, rng, 2)
     p = model.param("fc3.weight")
     assert p.data.size == p.size and p.grad.size == p.size and p.matrix_shape == (10, 100)
     p.data.fill(np.float32(0))                         # an in-place update the layer must see
     bias = model.state_dict()["fc3.bias"]
     assert np.allclose(model.forward(x), np.broadcast_to(bias, (2, 10)))
-    model = models.build("lenet300", device=dev, seed=0)
+    model = models.build("lenet300", device=kdev, seed=0)
     model.to_sparse("fc3.weight")
     q = model.param("fc3.weight")
     assert q.data is q.value.data and q.grad.size == q.value.nnz
@@ -349,8 +351,8 @@ def test_param_data_is_the_storage(dev, rng):
     assert np.allclose(model.forward(x), np.broadcast_to(bias, (2, 10)))
 
 
-def test_to_sparse_src_threshold_and_to_dense(dev, rng):
-    model = models.build("lenet5", device=dev, seed=0)
+def test_to_sparse_src_threshold_and_to_dense(kdev, rng):
+    model = models.build("lenet5", device=kdev, seed=0)
     state = model.state_dict()
     w = state["conv2.weight"].reshape(50, -1)
     thr = 0.02
@@ -376,8 +378,8 @@ def test_to_sparse_src_threshold_and_to_dense(dev, rng):
                           np.where(np.abs(w) > thr, w, 0))
 
 
-def test_compact_drops_exact_zeros(dev, rng):
-    model = models.build("lenet300", device=dev, seed=0)
+def test_compact_drops_exact_zeros(kdev, rng):
+    model = models.build("lenet300", device=kdev, seed=0)
     model.to_sparse()
     x, y = batch(model, rng, 3)
     p = model.param("fc2.weight")
@@ -395,9 +397,9 @@ def test_compact_drops_exact_zeros(dev, rng):
     assert np.all(g["fc2.weight"][model.state_dict()["fc2.weight"] == 0] == 0)
 
 
-def test_state_dict_round_trips(dev, rng):
-    a = models.build("lenet5", device=dev, seed=1)
-    b = models.build("lenet5", device=dev, seed=2)
+def test_state_dict_round_trips(kdev, rng):
+    a = models.build("lenet5", device=kdev, seed=1)
+    b = models.build("lenet5", device=kdev, seed=2)
     state = make_sparse(a, rng, 0.2)
     got = a.state_dict()
     assert all(np.array_equal(got[k], state[k]) and got[k].dtype == np.float32 for k in state)
@@ -415,15 +417,15 @@ def test_state_dict_round_trips(dev, rng):
         b.load_state_dict({**got, "fc2.bias": np.full(10, np.nan, np.float32)})
 
 
-def test_sparse_state_round_trips_and_switches_kinds(dev, rng):
-    a = models.build("lenet300", device=dev, seed=1)
+def test_sparse_state_round_trips_and_switches_kinds(kdev, rng):
+    a = models.build("lenet300", device=kdev, seed=1)
     make_sparse(a, rng, 0.3)
     a.to_dense("fc3.weight")
     st = a.sparse_state()
     assert isinstance(st["fc1.weight"], HostCSR) and st["fc1.weight"].shape == (300, 784)
     assert isinstance(st["fc3.weight"], np.ndarray) and st["fc3.weight"].shape == (10, 100)
     assert isinstance(st["fc1.bias"], np.ndarray)
-    b = models.build("lenet300", device=dev, seed=2)
+    b = models.build("lenet300", device=kdev, seed=2)
     b.to_sparse("fc3.weight")
     b.load_sparse_state(st)
     assert [p.is_sparse for p in b.params] == [p.is_sparse for p in a.params]
@@ -436,7 +438,7 @@ def test_sparse_state_round_trips_and_switches_kinds(dev, rng):
     with pytest.raises(ValueError, match="CSR shape"):
         b.load_sparse_state(bad)
     bad["fc1.weight"] = HostCSR(h.indptr, h.indices[::-1].copy(), h.data, h.shape)
-    with pytest.raises(ValueError, match="increase"):
+    with pytest.raises(ValueError, match="column indices not strictly increasing"):
         b.load_sparse_state(bad)
     bad["fc1.weight"] = h
     bad["fc1.bias"] = HostCSR(np.array([0, 0]), np.zeros(0, np.int32), np.zeros(0, np.float32), (1, 300))
@@ -444,8 +446,8 @@ def test_sparse_state_round_trips_and_switches_kinds(dev, rng):
         b.load_sparse_state(bad)
 
 
-def test_weight_stats(dev, rng):
-    model = models.build("lenet300", device=dev, seed=0)
+def test_weight_stats(kdev, rng):
+    model = models.build("lenet300", device=kdev, seed=0)
     make_sparse(model, rng, 0.1)
     stats = {s["name"]: s for s in model.weight_stats()}
     s = stats["fc1.weight"]
@@ -457,8 +459,8 @@ def test_weight_stats(dev, rng):
     json.dumps(model.weight_stats())
 
 
-def test_load_sparse_state_refuses_non_numeric_csr(dev):
-    model = models.build("lenet300", device=dev)
+def test_load_sparse_state_refuses_non_numeric_csr(kdev):
+    model = models.build("lenet300", device=kdev)
     state = model.sparse_state()
     good = HostCSR(np.array([0, 1] + [1] * 99, np.int32), np.array([0], np.int32),
                    np.array([1.0], np.float32), (100, 300))

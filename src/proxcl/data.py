@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import math
 import os
 import struct
@@ -58,14 +59,7 @@ def _idx_header(head: bytes, name: str) -> tuple[np.dtype, tuple[int, ...], int]
 
 def parse_idx(buf: bytes, name: str = "IDX data") -> np.ndarray:
     """Decode IDX bytes into a native-endian numpy array, checking the size exactly."""
-    dtype, shape, hlen = _idx_header(bytes(buf[:4 + 4 * 255]), name)
-    expect = int(np.prod(shape, dtype=object)) * dtype.itemsize
-    got = len(buf) - hlen
-    if got != expect:
-        raise DataError(f"{name}: IDX sizes {'x'.join(map(str, shape))} need {expect} data bytes, "
-                        f"the file has {got}")
-    arr = np.frombuffer(buf, dtype=dtype, offset=hlen, count=expect // dtype.itemsize)
-    return arr.astype(dtype.newbyteorder("="), copy=True).reshape(shape)
+    return _read_idx_stream(io.BytesIO(buf), name, math.inf)
 
 
 def read_idx(path, max_bytes: int = IDX_MAX_BYTES) -> np.ndarray:

@@ -21,36 +21,13 @@ from collections import OrderedDict
 import numpy as np
 import pyopencl.array as cla
 
-from .ops import CSRMatrix, gemm
+from .ops import CSRMatrix, DenseMatrix, HostCSR
+from .ops import nn
+from .ops.nn import mix32
 from .runtime import Device
 
 __all__ = ["Param", "Workspace", "Layer", "Linear", "Conv2d", "MaxPool2d", "ReLU", "Flatten",
-           "Dropout", "softmax_xent", "nn_kernel", "mix32"]
-
-
-def _local(dev: Device) -> int:
-    return dev.tuning["ew_local"]
-
-
-def _rows(dev: Device) -> int:
-    """Local size of the kernels that give a work-item one image row."""
-    return 8 if dev.is_cpu else 64
-
-
-def nn_kernel(dev: Device, name: str):
-    """A kernel of ``nn.cl`` (one program per device: the defines never vary)."""
-    return dev.kernel("nn.cl", name, VEC=dev.tuning["vec"], RL=64 if dev.is_cpu else 256, XL=64)
-
-
-def mix32(x: int) -> int:
-    """The 32-bit integer hash of ``nn.cl`` (px_mix), on the host."""
-    x &= 0xFFFFFFFF
-    x ^= x >> 16
-    x = (x * 0x7FEB352D) & 0xFFFFFFFF
-    x ^= x >> 15
-    x = (x * 0x846CA68B) & 0xFFFFFFFF
-    x ^= x >> 16
-    return x
+           "Dropout"]
 
 
 def _fill_poison(a: cla.Array) -> None:
@@ -95,9 +72,6 @@ class Workspace:
         for a in self.arrays():
             _fill_poison(a)
 
-    def clear(self) -> None:
-        self._bufs.clear()
-
 
 class Param:
     """A trainable tensor.  ``value``: a dense device array of ``matrix_shape`` or a
@@ -131,6 +105,14 @@ class Param:
     @property
     def is_sparse(self) -> bool:
         return isinstance(self.value, CSRMatrix)
+
+    @property
+    def matrix(self) -> "CSRMatrix | DenseMatrix":
+        """The weight as a matrix of ``matrix_shape`` with its products (matmul, matmul_t,
+        grad): the CSRMatrix itself, or the dense storage as a DenseMatrix."""
+        if isinstance(self.value, CSRMatrix):
+            return self.value
+        return DenseMatrix(self._device, self.value)
 
     @property
     def data(self) -> cla.Array:
@@ -167,12 +149,8 @@ class Param:
         """The gradient in the PyTorch shape (for a CSR weight: on its support, zero elsewhere)."""
         g = self.grad.get()
         if self.is_sparse:
-            w = self.value
-            indptr, indices = w.indptr.get(), (w.indices.get() if w.nnz else np.zeros(0, np.int32))
-            out = np.zeros(self.matrix_shape, np.float32)
-            rows = np.repeat(np.arange(self.matrix_shape[0]), np.diff(indptr))
-            out[rows, indices] = g
-            return out.reshape(self.shape)
+            indptr, indices, _ = self.value.to_arrays()
+            return HostCSR(indptr, indices, g, self.matrix_shape).to_dense().reshape(self.shape)
         return g.reshape(self.shape)
 
     def __repr__(self) -> str:
@@ -227,11 +205,7 @@ class Layer:
         (row sums of dy2), in one kernel.  dy2, y2: [m, n]."""
         if bias is None and not self.relu:
             return
-        dev = self.device
-        m, n = dy2.shape
-        rl = 64 if dev.is_cpu else 256
-        dev.launch(nn_kernel(dev, "bias_grad"), (m * rl,), (rl,), m, n, dy2,
-                   y2 if self.relu else None, int(self.relu), bias.grad if bias is not None else None)
+        nn.bias_grad(self.device, dy2, y2, self.relu, bias.grad if bias is not None else None)
 
 
 class Linear(Layer):
@@ -259,7 +233,7 @@ class Linear(Layer):
         n = x.shape[1]
         y = self._buf("y", (self.out_shape[0], n))
         b = self.bias.value if self.bias is not None else None
-        _weight_times(self.weight, x, b, self.relu, y)
+        self.weight.matrix.matmul(x, bias=b, relu=self.relu, out=y)
         if keep:
             self._x, self._y = x, y
         return y
@@ -267,11 +241,12 @@ class Linear(Layer):
     def backward(self, dy, need_dx=True):
         x, y = self._x, self._y
         self._mask_and_bias_grad(dy, y, self.bias)
-        _weight_grad(self.weight, dy, x)
+        w = self.weight.matrix
+        w.grad(dy, x, out=self.weight.grad)
         if not need_dx:
             return None
         dx = self._buf("dx", x.shape)
-        _weight_t_times(self.weight, dy, dx)
+        w.matmul_t(dy, out=dx)
         return dx
 
 
@@ -319,14 +294,12 @@ class _Window(Layer):
         g = cache.get(key)
         if g is None:
             c, h, w = self.in_shape
-            vals = [c, n, h, w, self.kh, self.kw, self.sh, self.sw, self.ph, self.pw, self.ho, self.wo]
-            if pool is not None:
-                vals += [pool.kh, pool.kw, pool.sh, pool.sw, pool.ph, pool.pw, pool.ho, pool.wo, out]
-            elif out:
-                vals += [1, 1, 1, 1, 0, 0, self.ho, self.wo, out]
+            conv = (c, n, h, w, self.kh, self.kw, self.sh, self.sw, self.ph, self.pw, self.ho, self.wo)
+            window = None if pool is None else (pool.kh, pool.kw, pool.sh, pool.sw, pool.ph, pool.pw,
+                                                pool.ho, pool.wo)
             if len(cache) > 8:
                 cache.clear()
-            g = cache[key] = self.device.to_device(np.array(vals, np.int32), np.int32)
+            g = cache[key] = nn.geometry(self.device, conv, window, out)
         return g
 
 
@@ -358,10 +331,8 @@ class Conv2d(_Window):
         c = self.in_shape[0]
         if self.pointwise:
             return x.reshape(c, x.size // c)
-        dev = self.device
-        ckk, npix = c * self.kh * self.kw, n * self.ho * self.wo
-        cols = self._buf("cols", (ckk, npix))
-        dev.launch(nn_kernel(dev, "im2col"), (n * self.ho, ckk), (_rows(dev), 1), self._geo(n), x, cols)
+        cols = self._buf("cols", (c * self.kh * self.kw, n * self.ho * self.wo))
+        nn.im2col(self.device, self._geo(n), x, cols, n * self.ho)
         return cols
 
     def forward(self, x, train=False, keep=False):
@@ -371,28 +342,27 @@ class Conv2d(_Window):
         y = self._buf("y", (o, n, self.ho, self.wo))
         y2 = y.reshape(o, n * self.ho * self.wo)
         b = self.bias.value if self.bias is not None else None
-        _weight_times(self.weight, cols, b, self.relu, y2)
+        self.weight.matrix.matmul(cols, bias=b, relu=self.relu, out=y2)
         if keep:
             self._x, self._cols_kept, self._y2, self._n = x, cols, y2, n
         return y
 
     def backward(self, dy, need_dx=True):
-        dev, n, cols = self.device, self._n, self._cols_kept
+        n, cols = self._n, self._cols_kept
         o = self.out_shape[0]
         dy2 = dy.reshape(o, n * self.ho * self.wo)
         self._mask_and_bias_grad(dy2, self._y2, self.bias)
-        _weight_grad(self.weight, dy2, cols)
+        w = self.weight.matrix
+        w.grad(dy2, cols, out=self.weight.grad)
         if not need_dx:
             return None
         c = self.in_shape[0]
         dx = self._buf("dx", self.batch_shape(self.in_shape, n))
         dcols = dx.reshape(c, dx.size // c) if self.pointwise else self._buf("dcols", cols.shape)
-        _weight_t_times(self.weight, dy2, dcols)
+        w.matmul_t(dy2, out=dcols)
         if not self.pointwise:
-            c, h, wd = self.in_shape
-            dev.launch(nn_kernel(dev, "col2im"), (n * h, c), (_rows(dev), 1), self._geo(n), dcols, dx)
+            nn.col2im(self.device, self._geo(n), dcols, dx)
         return dx
-
 
     # ---- inference without im2col (CSR weights) ----------------------------
     DIRECT_MAX_DENSITY = 0.2
@@ -420,15 +390,14 @@ class Conv2d(_Window):
         """Inference: the convolution straight from the CSR weight, fused with the max pooling
         ``pool`` that follows (if any), the ReLUs fused into either, and the flatten after it
         when ``flat`` (output [O*Hp*Wp, N], else [O, N, Hp, Wp])."""
-        dev, n = self.device, x.shape[1]
+        n = x.shape[1]
         w = self.weight.value
         o = self.out_shape[0]
         hp, wp = (pool.ho, pool.wo) if pool is not None else (self.ho, self.wo)
         relu = self.relu or (pool is not None and pool.relu)
         y = self._buf(("direct", flat), (o * hp * wp, n) if flat else (o, n, hp, wp))
         b = self.bias.value if self.bias is not None else None
-        dev.launch(nn_kernel(dev, "csr_conv_pool"), (n * hp, o), (_rows(dev), 1), self._geo(n, pool, o),
-                   w.indptr, self._taps(w), w.data, b, x, y, int(relu), int(flat))
+        nn.csr_conv_pool(self.device, self._geo(n, pool, o), w, self._taps(w), b, x, y, relu, flat, n * hp)
         return y
 
 
@@ -446,12 +415,11 @@ class MaxPool2d(_Window):
         self.out_shape = (self.in_shape[0], self.ho, self.wo)
 
     def forward(self, x, train=False, keep=False):
-        dev, n = self.device, x.shape[1]
+        n = x.shape[1]
         c = self.in_shape[0]
         y = self._buf("y", (c, n, self.ho, self.wo))
         idx = self._buf("idx", (y.size,), np.int32) if keep else None
-        dev.launch(nn_kernel(dev, "maxpool_fwd"), (n * self.ho, c), (_rows(dev), 1), self._geo(n),
-                   x, y, idx, int(self.relu))
+        nn.maxpool_fwd(self.device, self._geo(n), x, y, idx, self.relu)
         if keep:
             self._idx, self._y, self._n = idx, y, n
         return y
@@ -459,11 +427,10 @@ class MaxPool2d(_Window):
     def backward(self, dy, need_dx=True):
         if not need_dx:
             return None
-        dev, n = self.device, self._n
+        n = self._n
         c, h, w = self.in_shape
         dx = self._buf("dx", (c, n, h, w))
-        dev.launch(nn_kernel(dev, "maxpool_bwd"), (n * h, c), (_rows(dev), 1), self._geo(n),
-                   dy, self._idx, self._y, int(self.relu), dx)
+        nn.maxpool_bwd(self.device, self._geo(n), dy, self._idx, self._y, self.relu, dx)
         return dx
 
 
@@ -474,7 +441,7 @@ class ReLU(Layer):
 
     def forward(self, x, train=False, keep=False):
         y = self._buf("y", x.shape)
-        self.device.launch(nn_kernel(self.device, "relu_fwd"), (x.size,), (_local(self.device),), x.size, x, y)
+        nn.relu_fwd(self.device, x, y)
         if keep:
             self._y = y
         return y
@@ -482,8 +449,7 @@ class ReLU(Layer):
     def backward(self, dy, need_dx=True):
         if not need_dx:
             return None
-        dev = self.device
-        dev.launch(nn_kernel(dev, "relu_bwd"), (dy.size,), (_local(dev),), dy.size, self._y, dy, dy)
+        nn.relu_bwd(self.device, self._y, dy, dy)
         return dy
 
 
@@ -507,8 +473,7 @@ class Flatten(Layer):
             return x.reshape(f, n)
         y = self._buf("y", (f, n))
         self._n = n
-        self.device.launch(nn_kernel(self.device, "permute3"), (y.size,), (_local(self.device),),
-                           c, hw, n, n * hw, 1, hw, x, y)
+        nn.channel_major_to_features(self.device, x, y, c, hw, n)
         return y
 
     def backward(self, dy, need_dx=True):
@@ -522,8 +487,7 @@ class Flatten(Layer):
         if hw == 1:
             return dy.reshape(shape)
         dx = self._buf("dx", shape)
-        self.device.launch(nn_kernel(self.device, "permute3"), (dx.size,), (_local(self.device),),
-                           c, n, hw, hw * n, 1, n, dy, dx)
+        nn.features_to_channel_major(self.device, dy, dx, c, hw, n)
         return dx
 
 
@@ -555,9 +519,7 @@ class Dropout(Layer):
         return k0, k1
 
     def _apply(self, x, y, keys) -> None:
-        dev = self.device
-        dev.launch(nn_kernel(dev, "dropout"), (x.size,), (_local(dev),), x.size, x, y,
-                   np.uint32(keys[0]), np.uint32(keys[1]), self.p, 1.0 / (1.0 - self.p))
+        nn.dropout(self.device, x, y, keys, self.p)
 
     def forward(self, x, train=False, keep=False):
         self._active = bool(train and self.p > 0.0)
@@ -575,49 +537,3 @@ class Dropout(Layer):
         if self._active:
             self._apply(dy, dy, self._keys_used)
         return dy
-
-
-def softmax_xent(dev: Device, z: cla.Array, labels: cla.Array | None, *, dz: cla.Array | None = None,
-                 gscale: float = 1.0, probs: cla.Array | None = None,
-                 partial: cla.Array | None = None) -> cla.Array | None:
-    """Softmax cross-entropy on logits ``z[K, N]`` with int32 ``labels[N]``.  Writes
-    ``dz = gscale * (softmax - onehot)`` and ``probs = softmax`` when given; returns the
-    per-work-group partial sums ``[G, 2]`` of (loss, correct) (``partial`` if given) when
-    labels are given.  One launch."""
-    k, n = z.shape
-    xl = 64
-    groups = -(-n // xl)
-    if labels is not None and partial is None:
-        partial = dev.empty((groups, 2), np.float32)
-    dev.launch(nn_kernel(dev, "softmax_xent"), (n,), (xl,), k, n, z, labels, dz, float(gscale), probs,
-               partial if labels is not None else None)
-    return partial if labels is not None else None
-
-
-# ---- the three products of a weight, dense or CSR (Linear, and Conv2d on im2col columns) ----
-
-def _weight_times(p: "Param", x: cla.Array, bias, relu: bool, out: cla.Array) -> None:
-    """out = W x (+ bias) (ReLU): SpMM for a CSR weight, GEMM for a dense one."""
-    w = p.value
-    if isinstance(w, CSRMatrix):
-        w.matmul(x, bias=bias, relu=relu, out=out)
-    else:
-        gemm(p.device, w, x, bias=bias, relu=relu, out=out)
-
-
-def _weight_grad(p: "Param", dy: cla.Array, x: cla.Array) -> None:
-    """p.grad = dy x^T: on the support (SDDMM) for a CSR weight, dense (GEMM NT) otherwise."""
-    w = p.value
-    if isinstance(w, CSRMatrix):
-        w.sddmm(dy, x, out=p.grad)
-    else:
-        gemm(p.device, dy, x, trans_b=True, out=p.grad.reshape(p.matrix_shape))
-
-
-def _weight_t_times(p: "Param", dy: cla.Array, out: cla.Array) -> None:
-    """out = W^T dy: transposed SpMM for a CSR weight, GEMM TN for a dense one."""
-    w = p.value
-    if isinstance(w, CSRMatrix):
-        w.matmul_t(dy, out=out)
-    else:
-        gemm(p.device, w, dy, trans_a=True, out=out)

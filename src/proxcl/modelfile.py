@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .fileio import atomic_write_bytes
-from .ops import HostCSR
+from .ops import HostCSR, csr_problem
 
 FORMAT_NAME = "proxcl"
 FORMAT_VERSION = 1
@@ -44,42 +44,6 @@ def _fail(name: str, msg: str) -> ModelFileError:
 def index_dtype(n_cols: int) -> str:
     """The column index dtype of a CSR matrix with n_cols columns: U16 when they fit, else I32."""
     return "U16" if n_cols <= U16_MAX_COLS else "I32"
-
-
-# ---- checks shared by the writer and the reader ---------------------------------------------------
-
-def _check_csr_arrays(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray,
-                      shape: tuple[int, int], nnz: int) -> str | None:
-    """Why these CSR arrays are invalid, or None: indptr 0 .. nnz non-decreasing, column indices
-    in range and strictly increasing within each row, values finite."""
-    m, n = shape
-    if indptr.shape != (m + 1,) or indices.shape != (nnz,) or data.shape != (nnz,):
-        return (f"CSR arrays have lengths {indptr.size}/{indices.size}/{data.size}, "
-                f"expected {m + 1}/{nnz}/{nnz}")
-    if indptr[0] != 0:
-        return f"indptr starts at {int(indptr[0])}, not 0"
-    if indptr[-1] != nnz:
-        return f"indptr ends at {int(indptr[-1])}, not at nnz = {nnz}"
-    steps = np.diff(indptr.astype(np.int64))
-    if steps.size and steps.min() < 0:
-        row = int(np.argmax(steps < 0))
-        return f"indptr decreases at row {row}"
-    if nnz:
-        cols = indices.astype(np.int64)
-        if cols.min() < 0 or cols.max() >= n:
-            bad = int(cols[(cols < 0) | (cols >= n)][0])
-            return f"column index {bad} out of range 0..{n - 1}"
-        inner = np.ones(nnz, bool)          # inner[k]: entry k is in the same row as entry k-1
-        starts = indptr[:-1][steps > 0]
-        inner[starts] = False
-        bad = inner[1:] & (np.diff(cols) <= 0)
-        if bad.any():
-            k = int(np.argmax(bad)) + 1
-            row = int(np.searchsorted(indptr, k, side="right")) - 1
-            return f"column indices not strictly increasing in row {row}"
-    if not np.isfinite(data).all():
-        return "values not finite (NaN or inf)"
-    return None
 
 
 # ---- writing ------------------------------------------------------------------------------------
@@ -140,7 +104,7 @@ def model_file_bytes(spec: dict, tensors: dict, metadata: dict | None = None, ha
             if nnz > MAX_DIM:
                 raise ValueError(f"{name}: {nnz} entries exceed int32 row pointers")
             data = _value_array(t.data, half, name)
-            why = _check_csr_arrays(indptr, indices, data, (m, n), nnz)
+            why = csr_problem(indptr, indices, data, (m, n), nnz)
             if why:
                 raise ValueError(f"{name}: {why}")
             idt = index_dtype(n)
@@ -234,6 +198,10 @@ def _loads(text: str):
     return json.loads(text, object_pairs_hook=_no_dupes, parse_constant=_bad_constant)
 
 
+# What decoding data of an unexpected form raises; anything else is a bug and shows as one.
+_DATA_ERRORS = (ValueError, TypeError, KeyError, IndexError, OverflowError, struct.error)
+
+
 def parse_model_bytes(blob: bytes, name: str = "model file") -> ParsedFile:
     """Validate and decode a model file held in memory.  Raises ModelFileError only."""
     try:
@@ -242,11 +210,22 @@ def parse_model_bytes(blob: bytes, name: str = "model file") -> ParsedFile:
         raise
     except RecursionError:
         raise _fail(name, "header nests too deeply") from None
-    except Exception as e:      # a check missed: still one clear line, never a traceback
+    except _DATA_ERRORS as e:   # a check missed on malformed data: still one clear line
         raise _fail(name, f"unreadable ({type(e).__name__}: {e})") from None
 
 
 def _parse(blob: bytes, name: str) -> ParsedFile:
+    header, meta, hlen = _read_header(blob, name)
+    _check_format(meta, name)
+    entries = _check_entries(header, len(blob) - 8 - hlen, name)
+    spec, metadata, decls = _read_declarations(meta, name)
+    _match_declarations(_expected_entries(decls, name), entries, decls, name)
+    tensors, tensor_bytes = _decode_tensors(blob, 8 + hlen, entries, decls, meta, name)
+    return ParsedFile(spec, metadata, tensors, decls, tensor_bytes, 8 + hlen, len(blob))
+
+
+def _read_header(blob: bytes, name: str) -> tuple[dict, dict, int]:
+    """The safetensors header: (entries by key, __metadata__ of strings, header length)."""
     size = len(blob)
     if size < 8:
         raise _fail(name, f"too short for a model file ({size} bytes)")
@@ -270,8 +249,11 @@ def _parse(blob: bytes, name: str) -> ParsedFile:
     meta = header.pop("__metadata__", None)
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
         raise _fail(name, "no __metadata__ of strings: not a proxcl model file")
+    return header, meta, hlen
 
-    # -- format and version first: a newer file may differ in everything else
+
+def _check_format(meta: dict, name: str) -> None:
+    """Format and version first: a newer file may differ in everything else."""
     if meta.get("format") != FORMAT_NAME:
         raise _fail(name, f"format is {meta.get('format')!r}, not {FORMAT_NAME!r}: not a proxcl model file")
     ver = meta.get("format_version")
@@ -286,29 +268,13 @@ def _parse(blob: bytes, name: str) -> ParsedFile:
         missing = sorted(set(METADATA_KEYS) - set(meta))
         raise _fail(name, f"__metadata__ keys: missing {missing}, unexpected {extra}")
 
-    # -- the safetensors entries: dtype, shape, offsets, sizes; the data section has no holes
-    data_len = size - 8 - hlen
+
+def _check_entries(header: dict, data_len: int, name: str) -> dict:
+    """The safetensors entries: dtype, shape, offsets, sizes; the data section has no holes.
+    Returns {key: (dtype name, shape, begin, end)}."""
     entries = {}
     for key, e in header.items():
-        if not (isinstance(e, dict) and set(e) == {"dtype", "shape", "data_offsets"}):
-            raise _fail(name, f"tensor entry {key!r} is malformed")
-        dt, shape, offs = e["dtype"], e["shape"], e["data_offsets"]
-        if dt not in DTYPES:
-            raise _fail(name, f"tensor {key!r} has unsupported dtype {dt!r}")
-        if not (isinstance(shape, list) and len(shape) <= 8 and all(_is_int(s) and 0 <= s <= MAX_DIM
-                                                                    for s in shape)):
-            raise _fail(name, f"tensor {key!r} has a bad shape {shape!r}")
-        if not (isinstance(offs, list) and len(offs) == 2 and all(_is_int(o) for o in offs)
-                and 0 <= offs[0] <= offs[1]):
-            raise _fail(name, f"tensor {key!r} has bad data_offsets {offs!r}")
-        nbytes = math.prod(shape) * DTYPES[dt].itemsize
-        if offs[1] - offs[0] != nbytes:
-            raise _fail(name, f"tensor {key!r} declares {nbytes} bytes but its offsets span "
-                              f"{offs[1] - offs[0]}")
-        if offs[1] > data_len:
-            raise _fail(name, f"tensor {key!r} ends at byte {offs[1]} of a {data_len}-byte data "
-                              f"section: truncated?")
-        entries[key] = (dt, tuple(shape), offs[0], offs[1])
+        entries[key] = _check_entry(key, e, data_len, name)
     pos = 0
     for key, (_, _, b, e) in sorted(entries.items(), key=lambda kv: (kv[1][2], kv[1][3])):
         if b != pos:
@@ -317,8 +283,33 @@ def _parse(blob: bytes, name: str) -> ParsedFile:
         pos = e
     if pos != data_len:
         raise _fail(name, f"{data_len - pos} bytes after the last tensor")
+    return entries
 
-    # -- our declarations
+
+def _check_entry(key: str, e, data_len: int, name: str) -> tuple:
+    if not (isinstance(e, dict) and set(e) == {"dtype", "shape", "data_offsets"}):
+        raise _fail(name, f"tensor entry {key!r} is malformed")
+    dt, shape, offs = e["dtype"], e["shape"], e["data_offsets"]
+    if dt not in DTYPES:
+        raise _fail(name, f"tensor {key!r} has unsupported dtype {dt!r}")
+    if not (isinstance(shape, list) and len(shape) <= 8 and all(_is_int(s) and 0 <= s <= MAX_DIM
+                                                                for s in shape)):
+        raise _fail(name, f"tensor {key!r} has a bad shape {shape!r}")
+    if not (isinstance(offs, list) and len(offs) == 2 and all(_is_int(o) for o in offs)
+            and 0 <= offs[0] <= offs[1]):
+        raise _fail(name, f"tensor {key!r} has bad data_offsets {offs!r}")
+    nbytes = math.prod(shape) * DTYPES[dt].itemsize
+    if offs[1] - offs[0] != nbytes:
+        raise _fail(name, f"tensor {key!r} declares {nbytes} bytes but its offsets span "
+                          f"{offs[1] - offs[0]}")
+    if offs[1] > data_len:
+        raise _fail(name, f"tensor {key!r} ends at byte {offs[1]} of a {data_len}-byte data "
+                          f"section: truncated?")
+    return dt, tuple(shape), offs[0], offs[1]
+
+
+def _read_declarations(meta: dict, name: str) -> tuple[dict, dict, list]:
+    """Our declarations in __metadata__: (spec, metadata, tensor declarations)."""
     try:
         spec = _loads(meta["spec"])
         metadata = _loads(meta["metadata"])
@@ -331,6 +322,11 @@ def _parse(blob: bytes, name: str) -> ParsedFile:
         raise _fail(name, "metadata is not a JSON object")
     if not isinstance(decls, list):
         raise _fail(name, "tensors is not a JSON list")
+    return spec, metadata, decls
+
+
+def _expected_entries(decls: list, name: str) -> dict[str, tuple[str, tuple]]:
+    """{safetensors key: (dtype name, shape)} that the declarations call for."""
     expected: dict[str, tuple[str, tuple]] = {}
     seen = set()
     for d in decls:
@@ -368,6 +364,10 @@ def _parse(blob: bytes, name: str) -> ParsedFile:
             expected[f"{tname}.data"] = (d["dtype"], (nnz,))
         else:
             raise _fail(name, f"tensor {tname!r} has kind {kind!r}, expected 'dense' or 'csr'")
+    return expected
+
+
+def _match_declarations(expected: dict, entries: dict, decls: list, name: str) -> None:
     if len(expected) != sum(3 if d["kind"] == "csr" else 1 for d in decls):
         raise _fail(name, "tensor declarations collide")
     missing = sorted(set(expected) - set(entries))
@@ -382,8 +382,10 @@ def _parse(blob: bytes, name: str) -> ParsedFile:
         if entries[key][1] != shape:
             raise _fail(name, f"tensor {key!r} has shape {list(entries[key][1])}, declared {list(shape)}")
 
-    # -- integrity, then contents
-    base = 8 + hlen
+
+def _decode_tensors(blob: bytes, base: int, entries: dict, decls: list, meta: dict,
+                    name: str) -> tuple[dict, dict]:
+    """Integrity (the checksum), then contents: {name: array | HostCSR}, {name: bytes}."""
     view = memoryview(blob)
 
     def raw(key):
@@ -410,13 +412,13 @@ def _parse(blob: bytes, name: str) -> ParsedFile:
             tensor_bytes[tname] = a.nbytes
         else:
             indptr, indices, data = (arr(f"{tname}.{p}") for p in CSR_PARTS)
-            why = _check_csr_arrays(indptr, indices, data, tuple(d["shape"]), d["nnz"])
+            why = csr_problem(indptr, indices, data, tuple(d["shape"]), d["nnz"])
             if why:
                 raise _fail(name, f"tensor {tname!r}: {why}")
             tensors[tname] = HostCSR(indptr.astype(np.int32), indices.astype(np.int32),
                                      data.astype(np.float32), tuple(d["shape"]))
             tensor_bytes[tname] = indptr.nbytes + indices.nbytes + data.nbytes
-    return ParsedFile(spec, metadata, tensors, decls, tensor_bytes, 8 + hlen, size)
+    return tensors, tensor_bytes
 
 
 def _read_bytes(path) -> bytes:

@@ -2,220 +2,22 @@
 an OpenCL device.
 
 ``build(name_or_spec, device=None, seed=0)`` takes a built-in name (``lenet300``, ``lenet5``,
-``convnet-small``), a spec dict, a JSON string or the path of a JSON file::
-
-    {"input_shape": [1, 28, 28], "num_classes": 10, "layers": [
-        {"type": "conv2d", "name": "conv1", "out": 20, "kernel": 5},
-        {"type": "maxpool2d", "kernel": 2}, {"type": "relu"}, {"type": "flatten"},
-        {"type": "dropout", "p": 0.5}, {"type": "linear", "name": "fc1", "out": 10}]}
-
-Layer types: linear (out, bias), conv2d (out, kernel, stride, padding, bias), maxpool2d (kernel,
-stride, padding), relu, flatten, dropout (p).  In-sizes follow from ``input_shape``; params are
-named as PyTorch would name them (``conv1.weight`` [O, C, kh, kw], ``fc1.bias`` [out]).
+``convnet-small``), a spec dict, a JSON string or the path of a JSON file; proxcl.spec
+describes the format and checks it.
 """
 
 from __future__ import annotations
 
-import copy
-import json
-import os
-
 import numpy as np
 import pyopencl.array as cla
 
-from .layers import (Conv2d, Dropout, Flatten, Layer, Linear, MaxPool2d, Param, ReLU, Workspace,
-                     nn_kernel, softmax_xent)
-from .ops import CSRMatrix, HostCSR
+from .layers import Conv2d, Dropout, Flatten, Layer, Linear, MaxPool2d, Param, ReLU, Workspace
+from .ops import CSRMatrix, HostCSR, csr_problem
+from .ops import nn
 from .runtime import Device, default_device
+from .spec import BUILTIN_SPECS, normalize_spec
 
 __all__ = ["build", "Model", "BUILTIN_SPECS", "normalize_spec"]
-
-
-def _lin(name, out):
-    return {"type": "linear", "name": name, "out": out}
-
-
-def _conv(name, out, k, padding=0):
-    return {"type": "conv2d", "name": name, "out": out, "kernel": k, "padding": padding}
-
-
-BUILTIN_SPECS = {
-    # LeNet-300-100: 784-300-100-10 with ReLU.
-    "lenet300": {"input_shape": [1, 28, 28], "num_classes": 10, "layers": [
-        {"type": "flatten"}, _lin("fc1", 300), {"type": "relu"}, _lin("fc2", 100), {"type": "relu"},
-        _lin("fc3", 10)]},
-    # The Caffe LeNet-5: conv 20@5x5, max-pool 2, conv 50@5x5, max-pool 2, fc 500, ReLU, fc 10.
-    "lenet5": {"input_shape": [1, 28, 28], "num_classes": 10, "layers": [
-        _conv("conv1", 20, 5), {"type": "maxpool2d", "kernel": 2},
-        _conv("conv2", 50, 5), {"type": "maxpool2d", "kernel": 2},
-        {"type": "flatten"}, _lin("fc1", 500), {"type": "relu"}, _lin("fc2", 10)]},
-    # A small VGG-style net for 3x32x32 inputs.
-    "convnet-small": {"input_shape": [3, 32, 32], "num_classes": 10, "layers": [
-        _conv("conv1", 64, 3, 1), {"type": "relu"}, _conv("conv2", 64, 3, 1), {"type": "relu"},
-        {"type": "maxpool2d", "kernel": 2},
-        _conv("conv3", 128, 3, 1), {"type": "relu"}, _conv("conv4", 128, 3, 1), {"type": "relu"},
-        {"type": "maxpool2d", "kernel": 2},
-        {"type": "flatten"}, _lin("fc1", 256), {"type": "relu"}, {"type": "dropout", "p": 0.5},
-        _lin("fc2", 10)]},
-}
-
-_FIELDS = {
-    "linear": {"type", "name", "out", "bias"},
-    "conv2d": {"type", "name", "out", "kernel", "stride", "padding", "bias"},
-    "maxpool2d": {"type", "kernel", "stride", "padding"},
-    "relu": {"type"},
-    "flatten": {"type"},
-    "dropout": {"type", "p"},
-}
-
-
-def _int(v, what: str, lo: int = 1) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or int(v) < lo:
-        raise ValueError(f"{what} must be an integer >= {lo}, got {v!r}")
-    return int(v)
-
-
-def _norm_pair(v, what: str, lo: int):
-    vals = list(v) if isinstance(v, (list, tuple)) else [v, v]
-    if len(vals) != 2:
-        raise ValueError(f"{what} must be an integer or a pair, got {v!r}")
-    a, b = (_int(x, what, lo) for x in vals)
-    return a if a == b else [a, b]
-
-
-def _load_spec(name_or_spec) -> dict:
-    if isinstance(name_or_spec, dict):
-        return copy.deepcopy(name_or_spec)
-    if not isinstance(name_or_spec, str):
-        raise ValueError(f"a model is a built-in name, a spec dict, JSON text or a JSON file, "
-                         f"got {type(name_or_spec).__name__}")
-    s = name_or_spec.strip()
-    if s in BUILTIN_SPECS:
-        spec = copy.deepcopy(BUILTIN_SPECS[s])
-        spec["name"] = s
-        return spec
-    if s.startswith("{"):
-        try:
-            spec = json.loads(s)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"model spec is not valid JSON: {e}") from None
-    elif os.path.isfile(s):
-        try:
-            with open(s, encoding="utf-8") as f:
-                spec = json.load(f)
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"model spec file {s}: {e}") from None
-    else:
-        raise ValueError(f"unknown model {s!r}: use one of {', '.join(BUILTIN_SPECS)}, "
-                         "a JSON spec or a JSON file")
-    if not isinstance(spec, dict):
-        raise ValueError("a model spec must be a JSON object")
-    return spec
-
-
-def normalize_spec(name_or_spec) -> dict:
-    """The full spec (every field explicit, param layers named, shapes checked) of a built-in
-    name, spec dict, JSON text or JSON file.  Raises ValueError with a one-line message."""
-    spec = _load_spec(name_or_spec)
-    unknown = set(spec) - {"name", "input_shape", "num_classes", "layers"}
-    if unknown:
-        raise ValueError(f"model spec: unknown keys {sorted(unknown)}")
-    shape = spec.get("input_shape")
-    if not isinstance(shape, (list, tuple)) or len(shape) not in (1, 3):
-        raise ValueError("model spec: input_shape must be [features] or [C, H, W]")
-    shape = [_int(v, "input_shape entries") for v in shape]
-    layers = spec.get("layers")
-    if not isinstance(layers, list) or not layers:
-        raise ValueError("model spec: layers must be a non-empty list")
-    out_layers, names, counts = [], set(), {"linear": 0, "conv2d": 0}
-    for i, l in enumerate(layers):
-        if not isinstance(l, dict) or l.get("type") not in _FIELDS:
-            raise ValueError(f"model spec: layer {i} needs a type, one of {', '.join(_FIELDS)}")
-        t = l["type"]
-        extra = set(l) - _FIELDS[t]
-        if extra:
-            raise ValueError(f"model spec: layer {i} ({t}) has unknown fields {sorted(extra)}")
-        n = {"type": t}
-        if t in ("linear", "conv2d"):
-            counts[t] += 1
-            name = l.get("name") or f"{'fc' if t == 'linear' else 'conv'}{counts[t]}"
-            if not isinstance(name, str) or not name.replace("_", "a").isalnum() or name in names:
-                raise ValueError(f"model spec: layer {i} name {name!r} must be unique letters, digits, _")
-            names.add(name)
-            n["name"] = name
-            n["out"] = _int(l.get("out"), f"layer {name} out")
-            if t == "conv2d":
-                if "kernel" not in l:
-                    raise ValueError(f"model spec: conv2d layer {name} needs a kernel size")
-                n["kernel"] = _norm_pair(l["kernel"], f"layer {name} kernel", 1)
-                n["stride"] = _norm_pair(l.get("stride", 1), f"layer {name} stride", 1)
-                n["padding"] = _norm_pair(l.get("padding", 0), f"layer {name} padding", 0)
-            b = l.get("bias", True)
-            if not isinstance(b, bool):
-                raise ValueError(f"model spec: layer {name} bias must be true or false")
-            n["bias"] = b
-        elif t == "maxpool2d":
-            if "kernel" not in l:
-                raise ValueError(f"model spec: maxpool2d layer {i} needs a kernel size")
-            n["kernel"] = _norm_pair(l["kernel"], f"maxpool2d layer {i} kernel", 1)
-            n["stride"] = _norm_pair(l.get("stride", l["kernel"]), f"maxpool2d layer {i} stride", 1)
-            n["padding"] = _norm_pair(l.get("padding", 0), f"maxpool2d layer {i} padding", 0)
-        elif t == "dropout":
-            p = l.get("p", 0.5)
-            if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
-                raise ValueError(f"model spec: dropout layer {i} p must be in [0, 1), got {p!r}")
-            n["p"] = float(p)
-        out_layers.append(n)
-    full = {}
-    if "name" in spec:
-        full["name"] = str(spec["name"])
-    full["input_shape"] = shape
-    full["layers"] = out_layers
-    # Check the geometry (and find the output size) without a device.
-    out_shape = _shapes(full)[-1]
-    if len(out_shape) != 1:
-        raise ValueError(f"model spec: the last layer's output must be flat, got shape {list(out_shape)} "
-                         "(add a flatten and a linear layer)")
-    k = out_shape[0]
-    if "num_classes" in spec and spec["num_classes"] != k:
-        raise ValueError(f"model spec: num_classes is {spec['num_classes']} but the last layer gives {k}")
-    if k < 2:
-        raise ValueError("model spec: a classifier needs at least 2 outputs")
-    full["num_classes"] = k
-    return {key: full[key] for key in ("name", "input_shape", "num_classes", "layers") if key in full}
-
-
-def _shapes(spec) -> list[tuple]:
-    """Per-sample shapes: input, then after each layer (no device needed)."""
-    shapes = [tuple(spec["input_shape"])]
-    for i, l in enumerate(spec["layers"]):
-        s, t = shapes[-1], l["type"]
-        if t == "linear":
-            if len(s) != 1:
-                raise ValueError(f"model spec: linear layer {l['name']} needs a flat input, got shape "
-                                 f"{list(s)} (add a flatten layer)")
-            s = (l["out"],)
-        elif t in ("conv2d", "maxpool2d"):
-            if len(s) != 3:
-                raise ValueError(f"model spec: {t} layer {i} needs a [C, H, W] input, got shape {list(s)}")
-            kh, kw = _pairs(l["kernel"])
-            sh, sw = _pairs(l["stride"])
-            ph, pw = _pairs(l["padding"])
-            ho, wo = (s[1] + 2 * ph - kh) // sh + 1, (s[2] + 2 * pw - kw) // sw + 1
-            if ho < 1 or wo < 1 or s[1] + 2 * ph < kh or s[2] + 2 * pw < kw:
-                raise ValueError(f"model spec: {t} layer {i}: a {kh}x{kw} window does not fit a "
-                                 f"{s[1]}x{s[2]} input")
-            if t == "maxpool2d" and (2 * ph > kh or 2 * pw > kw):
-                raise ValueError(f"model spec: maxpool2d layer {i}: padding must be at most half the kernel")
-            s = (l["out"] if t == "conv2d" else s[0], ho, wo)
-        elif t == "flatten":
-            s = (int(np.prod(s)),)
-        shapes.append(s)
-    return shapes
-
-
-def _pairs(v):
-    return (v, v) if isinstance(v, int) else tuple(v)
 
 
 def build(name_or_spec, device: Device | None = None, seed: int = 0) -> "Model":
@@ -265,9 +67,24 @@ class Model:
                 prev.relu = True
                 continue
             self._exec.append(layer)
+        self._fusion = self._plan_fusion()
         self._first_param = next((i for i, l in enumerate(self._exec) if l.params), len(self._exec))
         self.params: list[Param] = [p for layer in self.layers for p in layer.params]
         self._by_name = {p.name: p for p in self.params}
+
+    def _plan_fusion(self) -> dict[int, tuple]:
+        """For each Conv2d that runs: the max pooling and the flatten right after it, which its
+        direct (inference, CSR) convolution runs inside the same kernel.
+        {index in _exec: (pool or None, flat, index of the next layer to run)}."""
+        plan, layers = {}, self._exec
+        for i, layer in enumerate(layers):
+            if isinstance(layer, Conv2d):
+                nxt = layers[i + 1] if i + 1 < len(layers) else None
+                pool = nxt if isinstance(nxt, MaxPool2d) else None
+                j = i + 1 + (pool is not None)
+                flat = j < len(layers) and isinstance(layers[j], Flatten)
+                plan[i] = (pool, flat, j + int(flat))
+        return plan
 
     # ---- description -------------------------------------------------------
     def __repr__(self) -> str:
@@ -334,11 +151,9 @@ class Model:
         out = out if out is not None else dev.empty(shape)
         if len(self.input_shape) == 3:
             c, hw = self.input_shape[0], self.input_shape[1] * self.input_shape[2]
-            dims, strides = (c, n, hw), (hw, c * hw, 1)
+            nn.batch_to_channel_major(dev, raw, out, c, n, hw)
         else:
-            f = self.input_shape[0]
-            dims, strides = (1, f, n), (0, 1, f)
-        dev.launch(nn_kernel(dev, "permute3"), (out.size,), (dev.tuning["ew_local"],), *dims, *strides, raw, out)
+            nn.samples_to_features(dev, raw, out, self.input_shape[0], n)
         return out
 
     def prepare_batch(self, x, y=None):
@@ -363,18 +178,15 @@ class Model:
     def _forward(self, x: cla.Array, train: bool, keep: bool) -> cla.Array:
         layers, i = self._exec, 0
         while i < len(layers):
-            layer = layers[i]
-            if not keep and isinstance(layer, Conv2d) and layer.direct_ok():
+            fused = None if keep else self._fusion.get(i)
+            if fused is not None and layers[i].direct_ok():
                 # inference with a sparse CSR convolution: no im2col; the pooling and the
                 # flatten that follow run inside the same kernel
-                nxt = layers[i + 1] if i + 1 < len(layers) else None
-                pool = nxt if isinstance(nxt, MaxPool2d) else None
-                j = i + 1 + (pool is not None)
-                flat = j < len(layers) and isinstance(layers[j], Flatten)
-                x = layer.forward_direct(x, pool, flat)
-                i = j + int(flat)
+                pool, flat, after = fused
+                x = layers[i].forward_direct(x, pool, flat)
+                i = after
                 continue
-            x = layer.forward(x, train=train, keep=keep)
+            x = layers[i].forward(x, train=train, keep=keep)
             i += 1
         return x
 
@@ -389,9 +201,9 @@ class Model:
             raise ValueError(f"labels must be an int32 device array of shape ({n},) from prepare_batch")
         z = self._forward(xb, train=train, keep=grads)
         ws = self.workspace
-        partial = ws.get(("loss", "partial"), (-(-n // 64), 2))
+        partial = ws.get(("loss", "partial"), nn.softmax_partial_shape(self.device, n))
         dz = ws.get(("loss", "dz"), z.shape) if grads else None
-        softmax_xent(self.device, z, yb, dz=dz, gscale=1.0 / n, partial=partial)
+        nn.softmax_xent(self.device, z, yb, dz=dz, gscale=1.0 / n, partial=partial)
         if grads:
             self._backward(dz)
         part = partial.get().astype(np.float64)
@@ -430,7 +242,7 @@ class Model:
             z = self._forward(xd, train=train, keep=False)
             if probs:
                 p = self.workspace.get(("loss", "probs"), z.shape)
-                softmax_xent(self.device, z, None, probs=p)
+                nn.softmax_xent(self.device, z, None, probs=p)
                 z = p
             out.append(z.get().T)
         return np.ascontiguousarray(np.concatenate(out, axis=0))
@@ -472,10 +284,8 @@ class Model:
         for p in self._targets(name):
             if not p.is_sparse:
                 continue
-            w = p.value
-            h = w.to_host()
-            rows = np.repeat(np.arange(w.shape[0], dtype=np.int64), np.diff(h.indptr))
-            pos = (rows * w.shape[1] + h.indices).astype(np.int32)
+            h = p.value.to_host()
+            pos = h.positions().astype(np.int32)
             p.set_value(self.device.to_device(h.to_dense().astype(np.float32), np.float32))
             out[p.name] = self.device.to_device(pos, np.int32)
         return out
@@ -569,16 +379,9 @@ class Model:
 
 
 def _check_csr(w: CSRMatrix, name: str) -> None:
-    """Canonical CSR: Ap non-decreasing from 0, column indices in range and increasing per row."""
-    indptr, indices, _ = w.to_arrays()
-    m, k = w.shape
-    if indptr[0] != 0 or np.any(np.diff(indptr) < 0):
-        raise ValueError(f"{name}: CSR row pointers must start at 0 and never decrease")
-    if indices.size:
-        if indices.min() < 0 or indices.max() >= k:
-            raise ValueError(f"{name}: CSR column indices out of range")
-        rows = np.repeat(np.arange(m), np.diff(indptr))
-        step = np.diff(indices.astype(np.int64))
-        same_row = rows[1:] == rows[:-1]
-        if np.any(step[same_row] <= 0):
-            raise ValueError(f"{name}: CSR column indices must increase within each row")
+    """Canonical CSR: row pointers from 0 to nnz never decreasing, column indices in range and
+    increasing within each row."""
+    indptr, indices, data = w.to_arrays()
+    why = csr_problem(indptr, indices, data, w.shape, w.nnz)
+    if why:
+        raise ValueError(f"{name}: bad CSR arrays ({why})")

@@ -2,11 +2,14 @@
 
 Everything above this module talks to OpenCL through :class:`Device`.  Kernel
 sources are ``.cl`` files inside the package (``proxcl/kernels``); a program is
-built once per (context, source, options) and its kernels are reused.
+built once per (context, source, options) and its kernels are reused.  Only the
+kernel host modules (proxcl.ops: one per ``.cl`` file) build and launch kernels;
+the launch settings they use are the device's :attr:`Device.tuning`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from functools import cached_property
@@ -15,6 +18,8 @@ from importlib import resources
 import numpy as np
 import pyopencl as cl
 import pyopencl.array as cla
+
+from .tuning import FORMS, Tuning, kernel_form
 
 __all__ = ["Device", "DeviceError", "default_device", "list_devices", "ceil_to"]
 
@@ -135,6 +140,7 @@ class Device:
         self.profile = profile
         self._kernels: dict[tuple, cl.Kernel] = {}
         self._last_args: dict[cl.Kernel, list] = {}
+        self._recorders: list[list] = []
 
     # ---- description -------------------------------------------------------
     @property
@@ -153,32 +159,13 @@ class Device:
         return f"Device({self.platform_name} | {self.name})"
 
     @cached_property
-    def tuning(self) -> dict:
-        """Per-device-kind launch parameters (vector widths, blockings, local sizes).
-
-        ``vec`` is the general vector width (element-wise kernels of every module); the
-        ``gemm_*``, ``spmm_*`` and ``sddmm_*`` entries belong to the kernels of proxcl.ops
-        (``*_nv`` = 0 / ``sddmm_lanes`` > 1 select the GPU forms).  Values measured with
-        ``proxcl bench kernels`` (docs/PERFORMANCE.md).
-
-        CPUs (PoCL) get few, large work-items, each holding a row segment of several vectors in
-        registers; GPUs get work-items coalesced over the batch columns and a LANES-wide
-        reduction for SDDMM.  ``$PROXCL_TUNING`` ("cpu" or "gpu") forces one of the two tables
-        on any device (the tests run both kernel families on PoCL that way)."""
-        kind = os.environ.get("PROXCL_TUNING", "").strip().lower() or ("cpu" if self.is_cpu else "gpu")
-        if kind not in ("cpu", "gpu"):
-            raise DeviceError(f"PROXCL_TUNING must be 'cpu' or 'gpu', got {kind!r}")
-        if kind == "cpu":
-            return {"kind": "cpu", "vec": 8, "ew_local": 64, "aligned": False,
-                    "gemm_rm": 6, "gemm_vec": 8, "gemm_nv": 2, "gemm_rows": 4, "gemm_local": (4, 4),
-                    "gemm_nt_rm": 3, "gemm_nt_rn": 3,
-                    "spmm_vec": 8, "spmm_nv": 8, "spmm_rows": 8, "spmm_local": (4, 4),
-                    "sddmm_lanes": 1, "sddmm_vec": 8, "sddmm_epw": 4, "sddmm_group": 16}
-        return {"kind": "gpu", "vec": 4, "ew_local": 256, "aligned": True,
-                "gemm_rm": 4, "gemm_vec": 2, "gemm_nv": 0, "gemm_rows": 0, "gemm_local": (32, 8),
-                "gemm_nt_rm": 0, "gemm_nt_rn": 0,
-                "spmm_vec": 2, "spmm_nv": 0, "spmm_rows": 0, "spmm_local": (32, 8),
-                "sddmm_lanes": 8, "sddmm_vec": 4, "sddmm_epw": 1, "sddmm_group": 16}
+    def tuning(self) -> Tuning:
+        """The launch settings of this device's kernel form (proxcl.tuning): the form of its
+        kind, or the one ``$PROXCL_TUNING`` forces."""
+        try:
+            return FORMS[kernel_form(self.is_cpu)]
+        except ValueError as e:
+            raise DeviceError(str(e)) from None
 
     # ---- programs and kernels ---------------------------------------------
     def program(self, filename: str, **defines) -> cl.Program:
@@ -234,7 +221,23 @@ class Device:
                     kernel.set_arg(i, new)
         self._last_args[kernel] = conv
         g = tuple(ceil_to(n, l) for n, l in zip(gsize, lsize))
-        return cl.enqueue_nd_range_kernel(self.queue, kernel, g, tuple(lsize), wait_for=wait_for)
+        ev = cl.enqueue_nd_range_kernel(self.queue, kernel, g, tuple(lsize), wait_for=wait_for)
+        if self._recorders:
+            for launches in self._recorders:
+                launches.append((kernel.function_name, ev))
+        return ev
+
+    @contextlib.contextmanager
+    def record_launches(self):
+        """The profiling hook: inside the block, every launch on this device appends
+        (kernel name, event) to the list the block receives (the events carry device times
+        when the device was made with ``profile=True``).  Blocks may nest."""
+        launches: list = []
+        self._recorders.append(launches)
+        try:
+            yield launches
+        finally:
+            self._recorders[:] = [r for r in self._recorders if r is not launches]
 
     # ---- arrays ------------------------------------------------------------
     def to_device(self, a, dtype=np.float32) -> cla.Array:

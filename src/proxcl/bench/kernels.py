@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import ops
+from ..ops import HostCSR
 from ..runtime import Device
 from .timing import (copy_bandwidth, machine_info, time_cuda, time_host, time_opencl,
                      time_pipelined)
@@ -80,10 +82,30 @@ def csr_floor_bytes(m: int, k: int, n: int, nnz: int) -> int:
     return 8 * nnz + 4 * (m + 1) + 4 * k * n + 4 * m * n
 
 
+@dataclass
+class _Bench:
+    """What every case of one run shares."""
+    dev: Device
+    peers: Peers
+    torch: object
+    basis: str
+    bw: float
+    repeat: int
+    budget_s: float
+
+    def opencl(self, fn):
+        return time_opencl(self.dev, fn, repeat=self.repeat, budget_s=self.budget_s)
+
+    def host(self, fn):
+        return time_host(fn, repeat=self.repeat, budget_s=self.budget_s)
+
+    def cuda(self, fn):
+        return time_cuda(fn, repeat=self.repeat, budget_s=self.budget_s)
+
+
 def run(device: str | None = None, *, repeat: int = 30, quick: bool = False,
         budget_s: float = 0.3, seed: int = 0, log=print) -> dict:
     """Run the benchmark and return a JSON-ready dict (``rows``: one entry per case)."""
-    from .. import ops
     dev = Device(device, profile=True)
     peers = _find_peers(dev)
     rng = np.random.default_rng(seed)
@@ -92,12 +114,35 @@ def run(device: str | None = None, *, repeat: int = 30, quick: bool = False,
     densities = QUICK_DENSITIES if quick else DENSITIES
     if quick:
         repeat = min(repeat, 15)
-    basis = "wall" if dev.is_cpu else "device"
-    bw = copy_bandwidth(dev)
     torch = None
     if peers.torch:
         import torch
-    result = {
+    b = _Bench(dev, peers, torch, "wall" if dev.is_cpu else "device", copy_bandwidth(dev), repeat, budget_s)
+    result = _result_head(b)
+    log(f"device: {dev.platform_name} | {dev.name}  (copy bandwidth {b.bw:.1f} GB/s)")
+    if torch is not None:
+        log(f"torch {torch.__version__}: {torch.get_num_threads()} CPU threads"
+            + (f", CUDA {torch.cuda.get_device_name()}" if peers.cuda else ""))
+    log(header(b.basis))
+    t_start = time.perf_counter()
+    for (m, k) in shapes:
+        for n in batches:
+            x = rng.standard_normal((k, n)).astype(np.float32)
+            wd = rng.standard_normal((m, k)).astype(np.float32)
+            xd, y = dev.to_device(x), dev.empty((m, n))
+            dense = _dense_times(b, wd, x, xd, y)
+            for d in densities:
+                row = _csr_case(b, random_csr_arrays(rng, m, k, d), (m, k), d, x, xd, y, dense)
+                result["rows"].append(row)
+                log(format_row(row, b.basis))
+    result["elapsed_s"] = time.perf_counter() - t_start
+    result["host_after"] = machine_info()
+    return result
+
+
+def _result_head(b: _Bench) -> dict:
+    dev, torch = b.dev, b.torch
+    return {
         "benchmark": "kernels",
         "device": {"name": dev.name, "platform": dev.platform_name,
                    "type": "cpu" if dev.is_cpu else "gpu",
@@ -106,80 +151,69 @@ def run(device: str | None = None, *, repeat: int = 30, quick: bool = False,
         "host": machine_info(),
         "torch": None if torch is None else {
             "version": torch.__version__, "threads": torch.get_num_threads(),
-            "cuda_device": torch.cuda.get_device_name() if peers.cuda else None},
-        "ratio_basis": basis,
-        "copy_bandwidth_gbs": bw,
-        "repeat": repeat,
+            "cuda_device": torch.cuda.get_device_name() if b.peers.cuda else None},
+        "ratio_basis": b.basis,
+        "copy_bandwidth_gbs": b.bw,
+        "repeat": b.repeat,
         "rows": [],
     }
-    log(f"device: {dev.platform_name} | {dev.name}  (copy bandwidth {bw:.1f} GB/s)")
-    if torch is not None:
-        log(f"torch {torch.__version__}: {torch.get_num_threads()} CPU threads"
-            + (f", CUDA {torch.cuda.get_device_name()}" if peers.cuda else ""))
-    log(header(basis))
-    t_start = time.perf_counter()
-    for (m, k) in shapes:
-        for n in batches:
-            x = rng.standard_normal((k, n)).astype(np.float32)
-            xd = dev.to_device(x)
-            y = dev.empty((m, n))
-            wd = rng.standard_normal((m, k)).astype(np.float32)
-            wdd = dev.to_device(wd)
-            dense = {"proxcl_gemm": time_opencl(dev, lambda: ops.gemm(dev, wdd, xd, out=y),
-                                                repeat=repeat, budget_s=budget_s)}
-            if peers.cuda:
-                tx = torch.from_numpy(x).cuda()
-                twd = torch.from_numpy(wd).cuda()
-                dense["torch_cuda_dense"] = time_cuda(lambda: torch.mm(twd, tx), repeat=repeat,
-                                                      budget_s=budget_s)
-            elif dev.is_cpu:
-                dense["numpy_dense"] = time_host(lambda: wd @ x, repeat=repeat, budget_s=budget_s)
-                if torch is not None:
-                    tx, twd = torch.from_numpy(x), torch.from_numpy(wd)
-                    dense["torch_dense"] = time_host(lambda: torch.mm(twd, tx), repeat=repeat,
-                                                     budget_s=budget_s)
-            for d in densities:
-                indptr, indices, data = random_csr_arrays(rng, m, k, d)
-                nnz = int(indices.size)
-                w = ops.CSRMatrix.from_arrays(indptr, indices, data, (m, k), dev)
-                t = {"proxcl_csr": time_opencl(dev, lambda: w.matmul(xd, out=y), repeat=repeat,
-                                               budget_s=budget_s)}
-                pipe = time_pipelined(dev, lambda: w.matmul(xd, out=y))
-                ref = _csr_dense(indptr, indices, data, (m, k)).astype(np.float64) @ x
-                got = y.get()
-                err = float(np.linalg.norm(got - ref) / max(np.linalg.norm(ref), 1e-30))
-                if peers.cuda:
-                    tcsr = _torch_csr(torch, indptr, indices, data, (m, k)).cuda()
-                    t["torch_cuda_csr"] = time_cuda(lambda: tcsr @ tx, repeat=repeat, budget_s=budget_s)
-                elif dev.is_cpu:
-                    if peers.scipy:
-                        import scipy.sparse as sp
-                        ws = sp.csr_matrix((data, indices, indptr), shape=(m, k))
-                        t["scipy_csr"] = time_host(lambda: ws @ x, repeat=repeat, budget_s=budget_s)
-                    if torch is not None:
-                        tcsr = _torch_csr(torch, indptr, indices, data, (m, k))
-                        t["torch_csr"] = time_host(lambda: tcsr @ tx, repeat=repeat, budget_s=budget_s)
-                t.update(dense)
-                floor_ms = csr_floor_bytes(m, k, n, nnz) / (bw * 1e9) * 1e3
-                own = t["proxcl_csr"]
-                own_ms = own.wall_ms if basis == "wall" else own.device_ms
-                ratios = {}
-                for name, tm in t.items():
-                    if name == "proxcl_csr":
-                        continue
-                    peer_ms = tm.wall_ms if basis == "wall" or tm.device_ms is None else tm.device_ms
-                    ratios[name] = peer_ms / own_ms if own_ms else None
-                row = {"m": m, "k": k, "n": n, "density": d, "nnz": nnz,
-                       "times": {name: tm.as_dict() for name, tm in t.items()},
-                       "proxcl_csr_pipelined_ms": pipe,
-                       "ratios": ratios, "floor_ms": floor_ms,
-                       "x_floor": (own.device_ms / floor_ms) if own.device_ms else None,
-                       "rel_err": err, "bar": (m, k, n) == BAR_SHAPE}
-                result["rows"].append(row)
-                log(format_row(row, basis))
-    result["elapsed_s"] = time.perf_counter() - t_start
-    result["host_after"] = machine_info()
-    return result
+
+
+def _dense_times(b: _Bench, wd, x, xd, y) -> dict:
+    """proxcl's GEMM and the dense peers on W X."""
+    dev, torch = b.dev, b.torch
+    wdd = dev.to_device(wd)
+    dense = {"proxcl_gemm": b.opencl(lambda: ops.gemm(dev, wdd, xd, out=y))}
+    if b.peers.cuda:
+        tx, twd = torch.from_numpy(x).cuda(), torch.from_numpy(wd).cuda()
+        dense["torch_cuda_dense"] = b.cuda(lambda: torch.mm(twd, tx))
+    elif dev.is_cpu:
+        dense["numpy_dense"] = b.host(lambda: wd @ x)
+        if torch is not None:
+            tx, twd = torch.from_numpy(x), torch.from_numpy(wd)
+            dense["torch_dense"] = b.host(lambda: torch.mm(twd, tx))
+    return dense
+
+
+def _csr_case(b: _Bench, arrays, shape, d: float, x, xd, y, dense: dict) -> dict:
+    """One row: proxcl's CSR SpMM and the sparse peers on W X at density d."""
+    dev, torch = b.dev, b.torch
+    indptr, indices, data = arrays
+    (m, k), n, nnz = shape, x.shape[1], int(indices.size)
+    w = ops.CSRMatrix.from_arrays(indptr, indices, data, shape, dev)
+    t = {"proxcl_csr": b.opencl(lambda: w.matmul(xd, out=y))}
+    pipe = time_pipelined(dev, lambda: w.matmul(xd, out=y))
+    ref = HostCSR(indptr, indices, data, shape).to_dense().astype(np.float64) @ x
+    got = y.get()
+    err = float(np.linalg.norm(got - ref) / max(np.linalg.norm(ref), 1e-30))
+    if b.peers.cuda:
+        tx = torch.from_numpy(x).cuda()
+        tcsr = _torch_csr(torch, indptr, indices, data, shape).cuda()
+        t["torch_cuda_csr"] = b.cuda(lambda: tcsr @ tx)
+    elif dev.is_cpu:
+        if b.peers.scipy:
+            import scipy.sparse as sp
+            ws = sp.csr_matrix((data, indices, indptr), shape=shape)
+            t["scipy_csr"] = b.host(lambda: ws @ x)
+        if torch is not None:
+            tx = torch.from_numpy(x)
+            tcsr = _torch_csr(torch, indptr, indices, data, shape)
+            t["torch_csr"] = b.host(lambda: tcsr @ tx)
+    t.update(dense)
+    floor_ms = csr_floor_bytes(m, k, n, nnz) / (b.bw * 1e9) * 1e3
+    own = t["proxcl_csr"]
+    own_ms = own.wall_ms if b.basis == "wall" else own.device_ms
+    ratios = {}
+    for name, tm in t.items():
+        if name != "proxcl_csr":
+            peer_ms = tm.wall_ms if b.basis == "wall" or tm.device_ms is None else tm.device_ms
+            ratios[name] = peer_ms / own_ms if own_ms else None
+    return {"m": m, "k": k, "n": n, "density": d, "nnz": nnz,
+            "times": {name: tm.as_dict() for name, tm in t.items()},
+            "proxcl_csr_pipelined_ms": pipe,
+            "ratios": ratios, "floor_ms": floor_ms,
+            "x_floor": (own.device_ms / floor_ms) if own.device_ms else None,
+            "rel_err": err, "bar": (m, k, n) == BAR_SHAPE}
 
 
 def _torch_csr(torch, indptr, indices, data, shape):
@@ -189,13 +223,6 @@ def _torch_csr(torch, indptr, indices, data, shape):
         return torch.sparse_csr_tensor(torch.from_numpy(indptr.astype(np.int64)),
                                        torch.from_numpy(indices.astype(np.int64)),
                                        torch.from_numpy(data), size=shape, check_invariants=False)
-
-
-def _csr_dense(indptr, indices, data, shape) -> np.ndarray:
-    out = np.zeros(shape, np.float32)
-    rows = np.repeat(np.arange(shape[0]), np.diff(indptr))
-    out[rows, indices] = data
-    return out
 
 
 # ---- the table ---------------------------------------------------------------------------
@@ -239,28 +266,3 @@ def format_row(row: dict, basis: str) -> str:
     cells += [_ratio(row["ratios"].get(name)) for name, _ in peers]
     cells.append("-" if row["x_floor"] is None else f"{row['x_floor']:.1f}")
     return "| " + " | ".join(cells) + " |"
-
-
-def format_table(result: dict) -> str:
-    basis = result["ratio_basis"]
-    d = result["device"]
-    lines = [f"device: {d['platform']} | {d['name']} ({d['compute_units']} compute units); "
-             f"copy bandwidth {result['copy_bandwidth_gbs']:.1f} GB/s"]
-    if result.get("torch"):
-        tinfo = result["torch"]
-        lines.append(f"torch {tinfo['version']}, {tinfo['threads']} CPU threads"
-                     + (f", CUDA device {tinfo['cuda_device']}" if tinfo.get("cuda_device") else ""))
-    if basis == "wall":
-        lines.append("median ms. csr dev: OpenCL profiling events; csr wall / gemm / peers: wall clock "
-                     "per call incl. launch and wait, after warm-up; csr pipe: wall per call with calls "
-                     "back to back. vs X = X wall / proxcl CSR wall (> 1: proxcl faster). "
-                     "x floor = csr dev / (bytes moved / copy bandwidth). Bold: the bar cases.")
-    else:
-        lines.append("median ms. csr dev / gemm: OpenCL profiling events; cuBLAS / cuSPARSE: CUDA events "
-                     "(torch.mm on CUDA tensors); csr wall: wall clock per call incl. launch and wait; "
-                     "csr pipe: wall per call back to back. vs X = X CUDA-event time / proxcl CSR "
-                     "event time (> 1: proxcl faster). x floor = csr dev / (bytes moved / copy bandwidth). "
-                     "Bold: the bar shape.")
-    lines.append(header(basis))
-    lines += [format_row(r, basis) for r in result["rows"]]
-    return "\n".join(lines)

@@ -126,7 +126,6 @@ def run_benchmark(device: str | None = None, models=DEFAULT_MODELS, *, quick: bo
                   torch_threads: int | None = None, log=print) -> dict:
     """Run the model benchmark and return a JSON-ready dict (``rows``: one per model and form)."""
     import torch
-    from .. import models as M
 
     dev = Device(device)
     threads = torch_threads or (int(dev.cl_device.max_compute_units) if dev.is_cpu else (os.cpu_count() or 1))
@@ -149,49 +148,62 @@ def run_benchmark(device: str | None = None, models=DEFAULT_MODELS, *, quick: bo
         + (f" and CUDA {torch.cuda.get_device_name()}" if cuda else ""))
     t_start = time.perf_counter()
     for name in models:
-        model = M.build(name, device=dev, seed=seed)
-        dense_state = model.state_dict()
-        shape = model.input_shape
-        x1 = rng.standard_normal((BATCH_LATENCY,) + shape).astype(np.float32)
-        x256 = rng.standard_normal((BATCH_THROUGHPUT,) + shape).astype(np.float32)
-        x64 = rng.standard_normal((BATCH_TRAIN,) + shape).astype(np.float32)
-        y64 = rng.integers(0, model.num_classes, BATCH_TRAIN)
-        torch_dense = None
-        for density in DENSITIES:
-            state = sparsify_state(model, dense_state, density, rng)
-            model.to_dense()
-            model.load_state_dict(state)
-            if density < 1.0:
-                model.to_sparse()
-            xb64, yb64 = model.prepare_batch(x64, y64)
-            ours = _proxcl_times(model, x1, x256, xb64, yb64, repeat, budget_s)
-            net = torch_model(model.spec, state)
-            with torch.no_grad():
-                ref = net.eval()(torch.from_numpy(x256)).double().numpy()
-            err = float(np.linalg.norm(model.forward(x256) - ref) / np.linalg.norm(ref))
-            if torch_dense is None:   # torch is dense: its speed does not depend on the zeros
-                tx = [torch.from_numpy(a) for a in (x1, x256, x64)]
-                torch_dense = {"cpu": _torch_times(net, *tx, torch.from_numpy(y64), repeat, budget_s)}
-                if cuda:
-                    netc = torch_model(model.spec, state, "cuda")
-                    tc = [a.cuda() for a in tx]
-                    torch_dense["cuda"] = _torch_times(netc, *tc, torch.from_numpy(y64).cuda(), repeat,
-                                                       budget_s, sync=torch.cuda.synchronize)
-            nnz = sum(int(np.count_nonzero(state[p.name])) for p in model.params if p.penalised)
-            size = sum(p.size for p in model.params if p.penalised)
-            row = {"model": name, "weights": "dense" if density >= 1.0 else "csr", "density": density,
-                   "weight_nnz": nnz, "weight_size": size, "proxcl": ours, "torch_cpu": torch_dense["cpu"],
-                   "torch_cuda": torch_dense.get("cuda"), "logits_rel_err": err}
-            tc = torch_dense["cpu"]
-            row["ratios_vs_torch_cpu"] = {
-                "latency": ours["latency_b1_ms"] / tc["latency_b1_ms"],
-                "throughput": ours["throughput_b256"] / tc["throughput_b256"],
-                "train": ours["train_b64_ms"] / tc["train_b64_ms"]}
+        for row in _model_rows(dev, name, seed, rng, cuda, repeat, budget_s):
             result["rows"].append(row)
             log(_row_line(row))
     result["elapsed_s"] = time.perf_counter() - t_start
     result["host_after"] = machine_info()
     return result
+
+
+def _model_rows(dev, name: str, seed: int, rng, cuda: bool, repeat: int, budget_s: float):
+    """The rows of one model: dense, then CSR at each density, against torch (dense)."""
+    import torch
+    from .. import models as M
+
+    model = M.build(name, device=dev, seed=seed)
+    dense_state = model.state_dict()
+    shape = model.input_shape
+    x1 = rng.standard_normal((BATCH_LATENCY,) + shape).astype(np.float32)
+    x256 = rng.standard_normal((BATCH_THROUGHPUT,) + shape).astype(np.float32)
+    x64 = rng.standard_normal((BATCH_TRAIN,) + shape).astype(np.float32)
+    y64 = rng.integers(0, model.num_classes, BATCH_TRAIN)
+    torch_dense = None
+    for density in DENSITIES:
+        state = sparsify_state(model, dense_state, density, rng)
+        model.to_dense()
+        model.load_state_dict(state)
+        if density < 1.0:
+            model.to_sparse()
+        xb64, yb64 = model.prepare_batch(x64, y64)
+        ours = _proxcl_times(model, x1, x256, xb64, yb64, repeat, budget_s)
+        net = torch_model(model.spec, state)
+        with torch.no_grad():
+            ref = net.eval()(torch.from_numpy(x256)).double().numpy()
+        err = float(np.linalg.norm(model.forward(x256) - ref) / np.linalg.norm(ref))
+        if torch_dense is None:   # torch is dense: its speed does not depend on the zeros
+            tx = [torch.from_numpy(a) for a in (x1, x256, x64)]
+            torch_dense = {"cpu": _torch_times(net, *tx, torch.from_numpy(y64), repeat, budget_s)}
+            if cuda:
+                netc = torch_model(model.spec, state, "cuda")
+                tc = [a.cuda() for a in tx]
+                torch_dense["cuda"] = _torch_times(netc, *tc, torch.from_numpy(y64).cuda(), repeat,
+                                                   budget_s, sync=torch.cuda.synchronize)
+        yield _row(model, name, density, state, ours, torch_dense, err)
+
+
+def _row(model, name, density, state, ours, torch_dense, err) -> dict:
+    nnz = sum(int(np.count_nonzero(state[p.name])) for p in model.params if p.penalised)
+    size = sum(p.size for p in model.params if p.penalised)
+    row = {"model": name, "weights": "dense" if density >= 1.0 else "csr", "density": density,
+           "weight_nnz": nnz, "weight_size": size, "proxcl": ours, "torch_cpu": torch_dense["cpu"],
+           "torch_cuda": torch_dense.get("cuda"), "logits_rel_err": err}
+    tc = torch_dense["cpu"]
+    row["ratios_vs_torch_cpu"] = {
+        "latency": ours["latency_b1_ms"] / tc["latency_b1_ms"],
+        "throughput": ours["throughput_b256"] / tc["throughput_b256"],
+        "train": ours["train_b64_ms"] / tc["train_b64_ms"]}
+    return row
 
 
 def _form(row) -> str:

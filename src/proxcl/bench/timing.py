@@ -46,18 +46,11 @@ class Timing:
 def record_events(dev):
     """Collect the events of every kernel that ``dev.launch`` enqueues inside the block."""
     events: list[cl.Event] = []
-    original = dev.launch
-
-    def launch(*args, **kwargs):
-        ev = original(*args, **kwargs)
-        events.append(ev)
-        return ev
-
-    dev.launch = launch
-    try:
-        yield events
-    finally:
-        del dev.launch  # back to the class method
+    with dev.record_launches() as launches:
+        try:
+            yield events
+        finally:
+            events.extend(ev for _, ev in launches)
 
 
 def _event_ms(events) -> float:

@@ -17,17 +17,14 @@ class CLIError(Exception):
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that are the user's input, not a bug: one line, exit 2."""
+    from ..data import DataError
+    from ..modelfile import ModelFileError
     from ..runtime import DeviceError
+    from ..training import TrainingError
     # OSError: files that cannot be read or written; MemoryError: sizes (a spec, a data set) too
     # large for this machine.  Both are about the input, and are said in one line.
-    errors: list[type[BaseException]] = [CLIError, DeviceError, OSError, ValueError, MemoryError]
-    for mod, name in (("proxcl.modelfile", "ModelFileError"), ("proxcl.data", "DataError"),
-                      ("proxcl.training", "TrainingError")):
-        try:
-            errors.append(getattr(importlib.import_module(mod), name))
-        except (ImportError, AttributeError):
-            pass
-    return tuple(errors)
+    return (CLIError, DeviceError, ModelFileError, DataError, TrainingError, OSError, ValueError,
+            MemoryError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,13 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"proxcl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            mod = importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"{__name__}.{name}":
-                continue
-            raise
-        mod.add_parser(sub)
+        importlib.import_module(f"{__name__}.{name}").add_parser(sub)
     return parser
 
 

@@ -6,7 +6,7 @@
  * TRANSPOSED (values through Pm),
  * NV (vectors per work-item, csr_spmm_seg), LANES, GROUP (csr_sddmm), EPW (csr_sddmm_rows),
  * SCAN_LOCAL (scan).  Every *_seg / *_rows kernel is the CPU form of the kernel before it;
- * Device.tuning picks one per device kind. */
+ * Device.tuning picks one per device kind.  Host module: proxcl/ops/sparse.py. */
 
 #ifndef LX
 #define LX 4

@@ -1,5 +1,5 @@
-/* Dense kernels: register-blocked GEMMs with a fused bias + ReLU epilogue, and a tiled
- * transpose.  Row-major storage.  Build defines: VEC (vector width), RM (rows per
+/* Dense kernels: register-blocked GEMMs with a fused bias + ReLU epilogue, a tiled
+ * transpose and the soft-threshold.  Row-major storage.  Host module: proxcl/ops/dense.py.  Build defines: VEC (vector width), RM (rows per
  * work-item), NV (vectors of columns per work-item, gemm_blk), LX, LY (fixed local size),
  * TRANS_A (0/1).  gemm is the GPU form (work-items coalesced over columns), gemm_blk the CPU
  * form (an RM x NV*VEC block of C in registers per work-item); Device.tuning picks one. */
@@ -223,4 +223,18 @@ void transpose(const int m, const int n, __global const float *restrict in,
     if (by + ty < m && bx + tx < n) tile[ty][tx] = in[(size_t)(by + ty) * n + bx + tx];
     barrier(CLK_LOCAL_MEM_FENCE);
     if (bx + ty < n && by + tx < m) out[(size_t)(bx + ty) * m + by + tx] = tile[tx][ty];
+}
+
+/* ---- element-wise, over flat float32 arrays of n elements ---- */
+
+/* Soft-threshold S_tau(z) = sign(z) max(|z| - tau, 0), written as an exact +0 when |z| <= tau.
+ * tau = tau_scale * (Tau ? Tau[q] : 1)      z[n], out[n], Tau[n] or NULL.  Safe in place. */
+__kernel void soft_threshold(const int n, __global const float *z, __global float *out,
+                             const float tau_scale, __global const float *restrict Tau)
+{
+    const int q = get_global_id(0);
+    if (q >= n) return;
+    const float t = Tau ? tau_scale * Tau[q] : tau_scale;
+    const float v = z[q];
+    out[q] = fabs(v) > t ? v - copysign(t, v) : 0.0f;
 }

@@ -6,7 +6,7 @@
  * Convolution and pooling geometry: kernel (KH, KW), stride (SH, SW), padding (PH, PW);
  * output sizes Ho = (H + 2 PH - KH) / SH + 1, likewise Wo.
  * Build defines: VEC (vector width, common.h), RL (row-sum work-group size),
- * XL (softmax work-group size). */
+ * XL (softmax work-group size).  Host module: proxcl/ops/nn.py. */
 
 #ifndef RL
 #define RL 64

@@ -1,5 +1,14 @@
-"""Kernel-level operations: dense GEMM and element-wise ops, CSR products."""
-from .dense import gemm, transpose, soft_threshold
-from .sparse import CSRMatrix, CSRPattern, HostCSR, gather, scatter
+"""The kernel host modules, one per kernel file (DESIGN.md):
 
-__all__ = ["gemm", "transpose", "soft_threshold", "CSRMatrix", "CSRPattern", "HostCSR", "gather", "scatter"]
+* ``dense``  -- ``kernels/dense.cl``: GEMM, transpose, soft-threshold, DenseMatrix;
+* ``sparse`` -- ``kernels/csr.cl``: CSRMatrix and its products, device-side dense -> CSR and
+  compaction, gather/scatter, host CSR helpers;
+* ``nn``     -- ``kernels/nn.cl``: the layer kernels.
+
+Only these modules (and the optimizers' host code for ``kernels/optim.cl``) build and launch
+kernels."""
+from .dense import DenseMatrix, gemm, transpose, soft_threshold
+from .sparse import CSRMatrix, CSRPattern, HostCSR, csr_problem, entry_rows, gather, scatter
+
+__all__ = ["gemm", "transpose", "soft_threshold", "DenseMatrix", "CSRMatrix", "CSRPattern", "HostCSR",
+           "csr_problem", "entry_rows", "gather", "scatter"]

@@ -1,5 +1,7 @@
-"""Dense operations on device arrays: GEMM (NN, NT, TN, TT) with a fused bias + ReLU
-epilogue, transpose, soft-thresholding."""
+"""The host side of ``kernels/dense.cl``: dense operations on device arrays, GEMM (NN, NT, TN,
+TT) with a fused bias + ReLU epilogue, transpose, soft-thresholding, and :class:`DenseMatrix`,
+a dense weight with the products of :class:`proxcl.ops.CSRMatrix`.  Owns dense.cl's build
+defines and work sizes (``gemm_*`` of :class:`proxcl.tuning.Tuning`)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,9 @@ import numpy as np
 import pyopencl.array as cla
 
 from ..runtime import Device
+
+_FILE = "dense.cl"
+_TILE = 16          # dense.cl's TT: the transpose tile
 
 
 def _as2d(dev: Device, a, name: str) -> cla.Array:
@@ -30,7 +35,7 @@ def transpose(dev: Device, a, out=None) -> cla.Array:
     m, n = a.shape
     out = _out(dev, out, (n, m))
     if a.size:
-        dev.launch(dev.kernel("dense.cl", "transpose"), (n, m), (16, 16), m, n, a, out)
+        dev.launch(dev.kernel(_FILE, "transpose"), (n, m), (_TILE, _TILE), m, n, a, out)
     return out
 
 
@@ -61,33 +66,51 @@ def gemm(dev: Device, a, b, *, trans_a: bool = False, trans_b: bool = False,
             raise ValueError("gemm: K == 0 with an epilogue is not supported")
         return out
     t = dev.tuning
-    if trans_b and not trans_a and t["gemm_nt_rn"]:
-        # CPU form of A B^T: dot products of rows, no transposed copy of B
-        rm, rn, lx = t["gemm_nt_rm"], t["gemm_nt_rn"], t["gemm_rows"]
-        k = dev.kernel("dense.cl", "gemm_nt_blk", VEC=t["gemm_vec"], RM=rm, RN=rn, LX=lx)
-        dev.launch(k, (-(-M // rm), -(-N // rn)), (lx, 1), M, N, K, a, b, out, bias, int(relu))
+    if trans_b and not trans_a and t.gemm_nt_rn:
+        _gemm_nt_rows(dev, t, a, b, out, bias, relu)
         return out
     if trans_b:
         b = transpose(dev, b)
-    vec, rm, nv = t["gemm_vec"], t["gemm_rm"], t["gemm_nv"]
-    if nv:   # CPU form: an rm x nv*vec block of C in registers, row blocks varying fastest
-        lx = t["gemm_rows"]
-        k = dev.kernel("dense.cl", "gemm_blk", VEC=vec, RM=rm, NV=nv, LX=lx, TRANS_A=int(trans_a))
-        dev.launch(k, (-(-M // rm), -(-N // (nv * vec))), (lx, 1), M, N, K, a, b, out, bias, int(relu))
-    else:    # GPU form: work-items coalesced over the columns
-        lx, ly = t["gemm_local"]
-        k = dev.kernel("dense.cl", "gemm", VEC=vec, RM=rm, LX=lx, LY=ly, TRANS_A=int(trans_a),
-                       PX_ALIGNED=int(t["aligned"] and N % vec == 0))
-        gx, gy = -(-N // vec), -(-M // rm)
-        slices, ks = split_k(gx * gy, K)
-        if slices == 1:
-            dev.launch(k, (gx, gy, 1), (lx, ly, 1), M, N, K, a, b, out, bias, int(relu), K)
-        else:
-            part = dev.empty((slices, M, N))
-            dev.launch(k, (gx, gy, slices), (lx, ly, 1), M, N, K, a, b, part, None, 0, ks)
-            dev.launch(dev.kernel("dense.cl", "gemm_sum_slices"), (M * N,), (t["ew_local"],),
-                       M * N, N, slices, part, out, bias, int(relu))
+    if t.gemm_nv:
+        _gemm_blocks(dev, t, a, b, out, bias, relu, trans_a)
+    else:
+        _gemm_columns(dev, t, a, b, out, bias, relu, trans_a)
     return out
+
+
+def _gemm_nt_rows(dev: Device, t, a, b, out, bias, relu) -> None:
+    """CPU form of A B^T: dot products of rows, no transposed copy of B."""
+    (M, N), K = out.shape, a.shape[1]
+    rm, rn, lx = t.gemm_nt_rm, t.gemm_nt_rn, t.gemm_rows
+    k = dev.kernel(_FILE, "gemm_nt_blk", VEC=t.gemm_vec, RM=rm, RN=rn, LX=lx)
+    dev.launch(k, (-(-M // rm), -(-N // rn)), (lx, 1), M, N, K, a, b, out, bias, int(relu))
+
+
+def _gemm_blocks(dev: Device, t, a, b, out, bias, relu, trans_a) -> None:
+    """CPU form: an rm x nv*vec block of C in registers, row blocks varying fastest."""
+    (M, N), K = out.shape, b.shape[0]
+    vec, rm, nv, lx = t.gemm_vec, t.gemm_rm, t.gemm_nv, t.gemm_rows
+    k = dev.kernel(_FILE, "gemm_blk", VEC=vec, RM=rm, NV=nv, LX=lx, TRANS_A=int(trans_a))
+    dev.launch(k, (-(-M // rm), -(-N // (nv * vec))), (lx, 1), M, N, K, a, b, out, bias, int(relu))
+
+
+def _gemm_columns(dev: Device, t, a, b, out, bias, relu, trans_a) -> None:
+    """GPU form: work-items coalesced over the columns, the inner dimension split (split_k)
+    when there are few output blocks."""
+    (M, N), K = out.shape, b.shape[0]
+    vec, rm = t.gemm_vec, t.gemm_rm
+    lx, ly = t.gemm_local
+    k = dev.kernel(_FILE, "gemm", VEC=vec, RM=rm, LX=lx, LY=ly, TRANS_A=int(trans_a),
+                   PX_ALIGNED=int(t.aligned and N % vec == 0))
+    gx, gy = -(-N // vec), -(-M // rm)
+    slices, ks = split_k(gx * gy, K)
+    if slices == 1:
+        dev.launch(k, (gx, gy, 1), (lx, ly, 1), M, N, K, a, b, out, bias, int(relu), K)
+    else:
+        part = dev.empty((slices, M, N))
+        dev.launch(k, (gx, gy, slices), (lx, ly, 1), M, N, K, a, b, part, None, 0, ks)
+        dev.launch(dev.kernel(_FILE, "gemm_sum_slices"), (M * N,), (t.ew_local,),
+                   M * N, N, slices, part, out, bias, int(relu))
 
 
 def split_k(items: int, K: int, *, target: int = 16384, min_slice: int = 256) -> tuple[int, int]:
@@ -114,6 +137,31 @@ def soft_threshold(dev: Device, z, tau, *, scale: float = 1.0, out=None) -> cla.
             raise ValueError(f"tau must be a scalar or have shape {z.shape}, got {tau_arr.shape}")
         tau_scale = scale
     if z.size:
-        dev.launch(dev.kernel("elementwise.cl", "soft_threshold"), (z.size,), (dev.tuning["ew_local"],),
+        dev.launch(dev.kernel(_FILE, "soft_threshold"), (z.size,), (dev.tuning.ew_local,),
                    z.size, z, out, tau_scale, tau_arr)
     return out
+
+
+class DenseMatrix:
+    """A dense float32 weight W[m, k] on the device (``value``, used in place) with the
+    products of :class:`proxcl.ops.CSRMatrix`, so that a layer runs either kind the same way."""
+
+    def __init__(self, device: Device, value: cla.Array):
+        self.device = device
+        self.value = value
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.value.shape)
+
+    def matmul(self, x, *, bias=None, relu: bool = False, out=None) -> cla.Array:
+        """Y = W X (+ bias[:, None]) (ReLU)."""
+        return gemm(self.device, self.value, x, bias=bias, relu=relu, out=out)
+
+    def matmul_t(self, d, *, out=None) -> cla.Array:
+        """Z = W^T D."""
+        return gemm(self.device, self.value, d, trans_a=True, out=out)
+
+    def grad(self, dy, x, *, out: cla.Array) -> None:
+        """out (flat, W's size) = dy x^T, the gradient of every entry."""
+        gemm(self.device, dy, x, trans_b=True, out=out.reshape(self.shape))

@@ -1,4 +1,7 @@
-"""CSR matrices on an OpenCL device and their products.
+"""The host side of ``kernels/csr.cl``: CSR matrices on an OpenCL device and their products,
+and the host-side CSR helpers (``HostCSR``, :func:`entry_rows`, :func:`csr_problem`).  Owns
+csr.cl's build defines and work sizes (``spmm_*``, ``sddmm_*``, ``scan_local`` of
+:class:`proxcl.tuning.Tuning`).
 
 ``CSRMatrix`` = a support (``CSRPattern``: shape, Ap, Aj, plus derived structures built once
 per support) and a values array.  Products:
@@ -22,12 +25,60 @@ import pyopencl.array as cla
 
 from ..runtime import Device, default_device
 
+_FILE = "csr.cl"
 _I32_MAX = np.iinfo(np.int32).max
 
 # GPU form of SDDMM: from this many columns on (a convolution's weight gradient has
 # n = batch x output pixels, 73,728 for LeNet-5's conv1), each entry gets this many lanes.
 SDDMM_WIDE_N = 2048
 SDDMM_WIDE_LANES = 64
+
+
+def entry_rows(indptr) -> np.ndarray:
+    """The row of every entry of a CSR matrix with row pointers ``indptr`` (int64, host)."""
+    indptr = np.asarray(indptr)
+    return np.repeat(np.arange(indptr.size - 1, dtype=np.int64), np.diff(indptr))
+
+
+def csr_problem(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray,
+                shape: tuple[int, int], nnz: int) -> str | None:
+    """Why these host CSR arrays are not canonical, or None: lengths m+1 / nnz / nnz, indptr
+    0 .. nnz non-decreasing, column indices in range and strictly increasing within each row,
+    values finite."""
+    m, n = shape
+    if indptr.shape != (m + 1,) or indices.shape != (nnz,) or data.shape != (nnz,):
+        return (f"CSR arrays have lengths {indptr.size}/{indices.size}/{data.size}, "
+                f"expected {m + 1}/{nnz}/{nnz}")
+    if indptr[0] != 0:
+        return f"indptr starts at {int(indptr[0])}, not 0"
+    if indptr[-1] != nnz:
+        return f"indptr ends at {int(indptr[-1])}, not at nnz = {nnz}"
+    steps = np.diff(indptr.astype(np.int64))
+    if steps.size and steps.min() < 0:
+        row = int(np.argmax(steps < 0))
+        return f"indptr decreases at row {row}"
+    if nnz:
+        why = _column_problem(indptr, indices.astype(np.int64), steps, n, nnz)
+        if why:
+            return why
+    if not np.isfinite(data).all():
+        return "values not finite (NaN or inf)"
+    return None
+
+
+def _column_problem(indptr, cols, steps, n: int, nnz: int) -> str | None:
+    if cols.min() < 0 or cols.max() >= n:
+        bad = int(cols[(cols < 0) | (cols >= n)][0])
+        return f"column index {bad} out of range 0..{n - 1}"
+    inner = np.ones(nnz, bool)          # inner[k]: entry k is in the same row as entry k-1
+    starts = indptr[:-1][steps > 0]
+    inner[starts] = False
+    bad = inner[1:] & (np.diff(cols) <= 0)
+    if bad.any():
+        k = int(np.argmax(bad)) + 1
+        row = int(np.searchsorted(indptr, k, side="right")) - 1
+        return f"column indices not strictly increasing in row {row}"
+    return None
 
 
 class HostCSR(NamedTuple):
@@ -43,9 +94,12 @@ class HostCSR(NamedTuple):
 
     def to_dense(self) -> np.ndarray:
         out = np.zeros(self.shape, self.data.dtype if self.data.size else np.float32)
-        rows = np.repeat(np.arange(self.shape[0]), np.diff(self.indptr))
-        out[rows, self.indices] = self.data
+        out[entry_rows(self.indptr), self.indices] = self.data
         return out
+
+    def positions(self) -> np.ndarray:
+        """The flat dense position i*k + j of every entry (int64)."""
+        return entry_rows(self.indptr) * self.shape[1] + self.indices
 
 
 class CSRPattern:
@@ -67,7 +121,7 @@ class CSRPattern:
             dev, m = self.device, self.shape[0]
             self._rows = dev.empty((self.nnz,), np.int32)
             if self.nnz:
-                dev.launch(dev.kernel("csr.cl", "csr_row_of_entry"), (m,), (dev.tuning["ew_local"],),
+                dev.launch(dev.kernel(_FILE, "csr_row_of_entry"), (m,), (dev.tuning.ew_local,),
                            m, self.indptr, self._rows)
         return self._rows
 
@@ -147,13 +201,13 @@ class CSRMatrix:
         if m * k > _I32_MAX:
             raise ValueError("from_dense: matrix has more than 2^31-1 elements")
         indptr = _scan_rows(dev, m, lambda cnt: dev.launch(
-            dev.kernel("csr.cl", "dense_count_rows"), (m,), (dev.tuning["ew_local"],),
+            dev.kernel(_FILE, "dense_count_rows"), (m,), (dev.tuning.ew_local,),
             m, k, a, float(threshold), cnt))
         nnz = int(indptr[m:].get()[0])
         aj, ax = dev.empty((nnz,), np.int32), dev.empty((nnz,), np.float32)
         src = dev.empty((nnz,), np.int32) if return_src else None
         if nnz:
-            dev.launch(dev.kernel("csr.cl", "dense_fill_rows"), (m,), (dev.tuning["ew_local"],),
+            dev.launch(dev.kernel(_FILE, "dense_fill_rows"), (m,), (dev.tuning.ew_local,),
                        m, k, a, float(threshold), indptr, aj, ax, src)
         w = cls(CSRPattern(dev, (m, k), indptr, aj, nnz), ax)
         return (w, src) if return_src else w
@@ -232,6 +286,10 @@ class CSRMatrix:
     def __matmul__(self, x) -> cla.Array:
         return self.matmul(x)
 
+    def grad(self, dy, x, *, out: cla.Array) -> None:
+        """out[nnz] = (dy x^T) on W's support: the gradient of every stored entry (SDDMM)."""
+        self.sddmm(dy, x, out=out)
+
     @property
     def T(self) -> "_TransposedCSR":
         return _TransposedCSR(self)
@@ -249,17 +307,17 @@ class CSRMatrix:
         if self.nnz:
             n = a.shape[1]
             t = dev.tuning
-            if t["sddmm_lanes"] > 1:
-                lanes, group = t["sddmm_lanes"], t["sddmm_group"]
+            if t.sddmm_lanes > 1:
+                lanes, group = t.sddmm_lanes, t.sddmm_group
                 if n >= SDDMM_WIDE_N:   # long dot products (conv weight gradients): more lanes each
                     lanes, group = SDDMM_WIDE_LANES, max(1, 256 // SDDMM_WIDE_LANES)
-                kern = dev.kernel("csr.cl", "csr_sddmm", VEC=t["sddmm_vec"], LANES=lanes, GROUP=group,
-                                  PX_ALIGNED=int(t["aligned"] and n % t["sddmm_vec"] == 0))
+                kern = dev.kernel(_FILE, "csr_sddmm", VEC=t.sddmm_vec, LANES=lanes, GROUP=group,
+                                  PX_ALIGNED=int(t.aligned and n % t.sddmm_vec == 0))
                 dev.launch(kern, (lanes, self.nnz), (lanes, group), self.nnz, n,
                            self.pattern.rows, self.indices, a, b, g, float(scale))
             else:
-                epw, lx = t["sddmm_epw"], t["sddmm_group"]
-                kern = dev.kernel("csr.cl", "csr_sddmm_rows", VEC=t["sddmm_vec"], EPW=epw, LX=lx)
+                epw, lx = t.sddmm_epw, t.sddmm_group
+                kern = dev.kernel(_FILE, "csr_sddmm_rows", VEC=t.sddmm_vec, EPW=epw, LX=lx)
                 dev.launch(kern, (-(-self.nnz // epw),), (lx,), self.nnz, n,
                            self.pattern.rows, self.indices, a, b, g, float(scale))
         return CSRMatrix(self.pattern, g)
@@ -277,14 +335,14 @@ class CSRMatrix:
         if self.nnz == 0:
             return (self, list(others), None) if return_src else (self, list(others))
         indptr = _scan_rows(dev, m, lambda cnt: dev.launch(
-            dev.kernel("csr.cl", "csr_count_nonzero"), (m,), (dev.tuning["ew_local"],),
+            dev.kernel(_FILE, "csr_count_nonzero"), (m,), (dev.tuning.ew_local,),
             m, self.indptr, self.data, cnt))
         nnz = int(indptr[m:].get()[0])
         if nnz == self.nnz:
             return (self, list(others), None) if return_src else (self, list(others))
         aj, src = dev.empty((nnz,), np.int32), dev.empty((nnz,), np.int32)
         if nnz:
-            dev.launch(dev.kernel("csr.cl", "csr_fill_nonzero"), (m,), (dev.tuning["ew_local"],),
+            dev.launch(dev.kernel(_FILE, "csr_fill_nonzero"), (m,), (dev.tuning.ew_local,),
                        m, self.indptr, self.indices, self.data, indptr, aj, src)
         pattern = CSRPattern(dev, self.shape, indptr, aj, nnz)
         gathered = [gather(dev, x, src) for x in (self.data, *others)]
@@ -313,7 +371,7 @@ def gather(dev: Device, x: cla.Array, idx: cla.Array, *, out=None) -> cla.Array:
     elif out.shape != (idx.size,) or out.dtype != np.float32:
         raise ValueError(f"gather: out must be float32 ({idx.size},), got {out.dtype} {out.shape}")
     if idx.size:
-        dev.launch(dev.kernel("csr.cl", "gather_f32"), (idx.size,), (dev.tuning["ew_local"],),
+        dev.launch(dev.kernel(_FILE, "gather_f32"), (idx.size,), (dev.tuning.ew_local,),
                    idx.size, x, idx, out)
     return out
 
@@ -322,7 +380,7 @@ def scatter(dev: Device, x: cla.Array, idx: cla.Array, size: int) -> cla.Array:
     """A zero array of ``size`` floats with out[idx[q]] = x[q]."""
     out = dev.zeros((size,), np.float32)
     if idx.size:
-        dev.launch(dev.kernel("csr.cl", "scatter_f32"), (idx.size,), (dev.tuning["ew_local"],),
+        dev.launch(dev.kernel(_FILE, "scatter_f32"), (idx.size,), (dev.tuning.ew_local,),
                    idx.size, x, idx, out)
     return out
 
@@ -335,7 +393,8 @@ def _scan_rows(dev: Device, m: int, count) -> cla.Array:
         return indptr
     cnt = dev.empty((m,), np.int32)
     count(cnt)
-    dev.launch(dev.kernel("csr.cl", "scan_counts", SCAN_LOCAL=256), (256,), (256,), m, cnt, indptr)
+    sl = dev.tuning.scan_local
+    dev.launch(dev.kernel(_FILE, "scan_counts", SCAN_LOCAL=sl), (sl,), (sl,), m, cnt, indptr)
     return indptr
 
 
@@ -355,17 +414,17 @@ def _spmm(dev: Device, shape, ap, aj, ax, pm, x, bias, relu, out) -> cla.Array:
         raise ValueError(f"out must be float32 ({m}, {n}), got {out.dtype} {out.shape}")
     if m and n:
         t = dev.tuning
-        vec, nv = t["spmm_vec"], t["spmm_nv"]
+        vec, nv = t.spmm_vec, t.spmm_nv
         tr = int(pm is not None)
         if nv:   # CPU form: a row segment of nv vectors per work-item, rows varying fastest
-            lx = t["spmm_rows"]
-            kern = dev.kernel("csr.cl", "csr_spmm_seg", VEC=vec, NV=nv, LX=lx, TRANSPOSED=tr)
+            lx = t.spmm_rows
+            kern = dev.kernel(_FILE, "csr_spmm_seg", VEC=vec, NV=nv, LX=lx, TRANSPOSED=tr)
             dev.launch(kern, (m, -(-n // (nv * vec))), (lx, 1), m, n, ap, aj, ax, pm, x, out,
                        bias, int(relu))
         else:    # GPU form: work-items coalesced over the batch columns
-            lx, ly = t["spmm_local"]
-            kern = dev.kernel("csr.cl", "csr_spmm", VEC=vec, LX=lx, LY=ly, TRANSPOSED=tr,
-                              PX_ALIGNED=int(t["aligned"] and n % vec == 0))
+            lx, ly = t.spmm_local
+            kern = dev.kernel(_FILE, "csr_spmm", VEC=vec, LX=lx, LY=ly, TRANSPOSED=tr,
+                              PX_ALIGNED=int(t.aligned and n % vec == 0))
             dev.launch(kern, (-(-n // vec), m), (lx, ly), m, n, ap, aj, ax, pm, x, out,
                        bias, int(relu))
     return out

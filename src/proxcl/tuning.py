@@ -1,0 +1,100 @@
+"""Launch settings of every kernel family, one table per kernel form.
+
+Two forms: ``cpu`` (PoCL: few, large work-items, each holding a row segment of several vectors
+in registers) and ``gpu`` (work-items coalesced over the batch columns, a LANES-wide reduction
+for SDDMM).  A device gets the form of its kind; ``$PROXCL_TUNING`` ("cpu" or "gpu") forces one
+on any device (the tests run both forms on PoCL that way).  Values measured with
+``proxcl bench kernels`` (docs/PERFORMANCE.md).
+
+Each kernel host module (proxcl.ops) reads the fields of its kernel file; nothing else does.
+A ``Tuning`` is also a read-only mapping of its field names, for code that reads it by key.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import astuple, dataclass, fields
+
+__all__ = ["Tuning", "FORMS", "kernel_form", "ENV_VAR"]
+
+ENV_VAR = "PROXCL_TUNING"
+
+
+@dataclass(frozen=True)
+class Tuning(Mapping):
+    """Vector widths, blockings and local sizes of one kernel form.
+
+    Every kernel file: ``vec`` (its VEC), ``ew_local`` (local size of element-wise kernels),
+    ``aligned`` (vector loads straight from memory where rows allow).
+    dense.cl: ``gemm_*`` (``gemm_nv`` > 0 selects the CPU register-block form, ``gemm_nt_rn``
+    > 0 the row-dot-product form of A B^T).
+    csr.cl: ``spmm_*`` (``spmm_nv`` > 0: the CPU row-segment form), ``sddmm_*`` (``sddmm_lanes``
+    > 1: the GPU form with a reduction over lanes), ``scan_local``.
+    nn.cl: ``nn_rows`` (local size of the kernels that give a work-item one image row),
+    ``nn_reduce`` (RL: work-group of a row sum), ``nn_softmax`` (XL: samples per softmax group).
+    """
+    kind: str
+    vec: int
+    ew_local: int
+    aligned: bool
+    gemm_rm: int
+    gemm_vec: int
+    gemm_nv: int
+    gemm_rows: int
+    gemm_local: tuple[int, int]
+    gemm_nt_rm: int
+    gemm_nt_rn: int
+    spmm_vec: int
+    spmm_nv: int
+    spmm_rows: int
+    spmm_local: tuple[int, int]
+    sddmm_lanes: int
+    sddmm_vec: int
+    sddmm_epw: int
+    sddmm_group: int
+    scan_local: int
+    nn_rows: int
+    nn_reduce: int
+    nn_softmax: int
+
+    # read-only mapping of the field names (``t["vec"]``, ``dict(t)``)
+    def __getitem__(self, key: str):
+        if key not in _NAMES:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self):
+        return iter(_NAMES)
+
+    def __len__(self) -> int:
+        return len(_NAMES)
+
+    def __hash__(self) -> int:
+        return hash(astuple(self))
+
+
+_NAMES = tuple(f.name for f in fields(Tuning))
+
+
+# field: (cpu form, gpu form)
+_TABLE = {
+    "vec": (8, 4), "ew_local": (64, 256), "aligned": (False, True),
+    "gemm_rm": (6, 4), "gemm_vec": (8, 2), "gemm_nv": (2, 0), "gemm_rows": (4, 0),
+    "gemm_local": ((4, 4), (32, 8)), "gemm_nt_rm": (3, 0), "gemm_nt_rn": (3, 0),
+    "spmm_vec": (8, 2), "spmm_nv": (8, 0), "spmm_rows": (8, 0), "spmm_local": ((4, 4), (32, 8)),
+    "sddmm_lanes": (1, 8), "sddmm_vec": (8, 4), "sddmm_epw": (4, 1), "sddmm_group": (16, 16),
+    "scan_local": (256, 256),
+    "nn_rows": (8, 64), "nn_reduce": (64, 256), "nn_softmax": (64, 64),
+}
+FORMS = {kind: Tuning(kind=kind, **{k: v[i] for k, v in _TABLE.items()})
+         for i, kind in enumerate(("cpu", "gpu"))}
+
+
+def kernel_form(is_cpu: bool) -> str:
+    """"cpu" or "gpu": ``$PROXCL_TUNING`` if set, else the device's kind.  ValueError for any
+    other value of the variable."""
+    kind = os.environ.get(ENV_VAR, "").strip().lower() or ("cpu" if is_cpu else "gpu")
+    if kind not in FORMS:
+        raise ValueError(f"{ENV_VAR} must be 'cpu' or 'gpu', got {kind!r}")
+    return kind
