@@ -1,244 +1,175 @@
-"""Reproduce docs/RESULTS.md: train every row with the proxcl command, then render the tables
-and the accuracy-versus-nonzeros figures.
+"""Reproduce docs/RESULTS.md: proxcl's proximal method against gradual magnitude pruning (GMP, global
+and per layer), one-shot magnitude pruning and dense training, at the same nonzero count and
+epochs, every row one `proxcl train` process; then render the tables and figures.
 
-    python scripts/results.py run lenet300 [--jobs N] [--device SPEC] [--dir runs/results]
-    python scripts/results.py run lenet5   [--jobs N] ...
-    python scripts/results.py render [--dir runs/results]   # -> docs/RESULTS.md tables, docs/*.png
+    python scripts/results.py run   [--jobs N] [--device SPEC] [--dir DIR] [--only REGEX] [--seeds 0,1,2]
+    python scripts/results.py tune  [--jobs N] [--device SPEC] [--dir DIR] [--only REGEX]
+    python scripts/results.py render [--dir DIR]      # -> tables on stdout, docs/results_*.png
 
-`run` trains the dense reference and the proximal rows first, then magnitude pruning with
-retraining at exactly the nonzero fraction of each proximal row (both scopes, per layer and global).
-Each row is one `proxcl train` process; its command, device, seed and JSON summary are kept in
-DIR/<model>.jsonl.
+`run` trains the table's rows (TABLE below); `tune` the sweeps that chose the settings of the
+proximal method and of GMP (TUNE below).  A row whose result is already in DIR/runs.jsonl is not run
+again, so an interrupted run continues; `--budget-seconds` stops starting new rows after that long.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
-# (tag, extra arguments).  Every row also gets --model, --seed 0 and the epochs below.
-ROWS = {
-    "lenet300": {
-        "epochs": 20, "debias_epochs": 10,
-        "proximal": [
-            ("prox-adam l1=1e-4", ["--optimizer", "prox-adam", "--l1", "1e-4"]),
-            ("prox-adam l1=2e-4", ["--optimizer", "prox-adam", "--l1", "2e-4"]),
-            ("prox-adam l1=4e-4", ["--optimizer", "prox-adam", "--l1", "4e-4"]),
-            ("prox-adam l1=1e-3", ["--optimizer", "prox-adam", "--l1", "1e-3"]),
-            ("prox-adam l1=2e-3", ["--optimizer", "prox-adam", "--l1", "2e-3"]),
-            ("prox-sgd l1=5e-3", ["--optimizer", "prox-sgd", "--lr", "0.05", "--l1", "5e-3"]),
-            ("prox-sgd l1=1e-2", ["--optimizer", "prox-sgd", "--lr", "0.05", "--l1", "1e-2"]),
-            ("rda l1=5e-4", ["--optimizer", "rda", "--gamma", "1", "--l1", "5e-4"]),
-            ("rda l1=1e-3", ["--optimizer", "rda", "--gamma", "1", "--l1", "1e-3"]),
-        ],
-    },
-    "lenet5": {
-        "epochs": 8, "debias_epochs": 4,
-        "proximal": [
-            ("prox-adam l1=5e-4", ["--optimizer", "prox-adam", "--l1", "5e-4"]),
-            ("prox-adam l1=1e-3", ["--optimizer", "prox-adam", "--l1", "1e-3"]),
-            ("prox-adam l1=2e-3", ["--optimizer", "prox-adam", "--l1", "2e-3"]),
-            ("prox-sgd l1=3e-3", ["--optimizer", "prox-sgd", "--lr", "0.05", "--l1", "3e-3"]),
-            ("prox-sgd l1=5e-3", ["--optimizer", "prox-sgd", "--lr", "0.05", "--l1", "5e-3"]),
-            ("prox-sgd l1=1e-2", ["--optimizer", "prox-sgd", "--lr", "0.05", "--l1", "1e-2"]),
-            ("prox-sgd l1=2e-2", ["--optimizer", "prox-sgd", "--lr", "0.05", "--l1", "2e-2"]),
-            ("rda gamma=10 l1=1e-3", ["--optimizer", "rda", "--gamma", "10", "--l1", "1e-3"]),
-            ("rda gamma=5 l1=5e-4", ["--optimizer", "rda", "--gamma", "5", "--l1", "5e-4"]),
-            ("rda gamma=2 l1=1e-3", ["--optimizer", "rda", "--gamma", "2", "--l1", "1e-3"]),
-            ("rda gamma=2 l1=3e-3", ["--optimizer", "rda", "--gamma", "2", "--l1", "3e-3"]),
-            ("rda gamma=3 l1=3e-3", ["--optimizer", "rda", "--gamma", "3", "--l1", "3e-3"]),
-        ],
-    },
+NETS = {"lenet300": [(20, 10), (60, 30)], "lenet5": [(8, 4), (24, 12)]}
+DENSITIES = [0.02, 0.01, 0.005, 0.0015]
+
+# The settings of each method, per net (chosen by `tune`; docs/RESULTS.md has the sweep).
+PROXCL = {"lenet300": ["--reweight-eps", "0.01", "--density-ramp", "0.75"],
+          "lenet5": ["--reweight-eps", "0.03", "--density-ramp", "0.75"]}
+GMP = {"lenet300": ["--lr", "0.05", "--prune-end", "0.5"], "lenet5": ["--lr", "0.05", "--prune-end", "0.5"]}
+METHODS = {
+    "proxcl": lambda net: PROXCL[net],
+    "gmp-global": lambda net: ["--method", "gmp", "--prune-scope", "global", *GMP[net]],
+    "gmp-layer": lambda net: ["--method", "gmp", "--prune-scope", "layer", *GMP[net]],
+    "magnitude": lambda net: ["--method", "magnitude", "--prune-scope", "global", *GMP[net]],
 }
 
+# Sweeps on the short budget at two densities per net: (name, method, extra arguments).
+TUNE_DENSITIES = {"lenet300": [0.01, 0.005], "lenet5": [0.005, 0.0015]}
+TUNE = (
+    [(f"proxcl eps={e} ramp={r} lr={lr}", "proxcl",
+      ["--reweight-eps", e, "--density-ramp", r, "--lr", lr])
+     for e, r, lr in itertools.product(["0.01", "0.03", "0.1"], ["0.5", "0.75"], ["0.05", "0.1"])]
+    + [(f"gmp lr={lr} end={end}", "gmp", ["--method", "gmp", "--lr", lr, "--prune-end", end])
+       for lr, end in itertools.product(["0.02", "0.05", "0.1"], ["0.5", "0.75"])]
+)
 
-SCOPES = ["global", "layer"]   # magnitude pruning scopes to run (--scopes)
-OVERRIDE: dict = {}   # --data / --epochs / --debias-epochs from the command line (for trying the script)
 
-
-def _epochs(model: str) -> tuple[int, int]:
-    r = ROWS[model]
-    return OVERRIDE.get("epochs") or r["epochs"], OVERRIDE.get("debias_epochs") or r["debias_epochs"]
-
-
-def _command(model: str, tag: str, extra: list[str], outdir: str, device: str | None) -> list[str]:
-    epochs, debias = _epochs(model)
-    slug = tag.replace(" ", "_").replace("=", "").replace("@", "at")
-    cmd = ["proxcl", "train", "--model", model, "--seed", "0", *extra]
-    if OVERRIDE.get("data"):
-        cmd += ["--data", OVERRIDE["data"]]
-    if "--method" not in extra or "magnitude" in extra:
+def _job(key: str, net: str, epochs: int, debias: int, args: list[str], seed: int, outdir: str,
+         device: str | None) -> dict:
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", key)
+    cmd = ["proxcl", "train", "--model", net, "--seed", str(seed), *args]
+    if "dense" not in args:
         cmd += ["--epochs", str(epochs), "--debias-epochs", str(debias)]
     if device:
         cmd += ["--device", device]
-    return cmd + ["--out", f"{outdir}/{model}_{slug}.proxcl", "--log", f"{outdir}/{model}_{slug}.jsonl",
-                  "--no-progress", "--json"]
+    return {"key": key, "net": net, "epochs": f"{epochs} + {debias}", "seed": seed,
+            "command": shlex.join(cmd),
+            "argv": cmd + ["--out", f"{outdir}/{slug}.proxcl", "--log", f"{outdir}/{slug}.jsonl",
+                           "--no-progress", "--json"]}
 
 
-def _run_one(job):
-    model, tag, cmd, outdir = job
-    proc = subprocess.run([sys.executable, "-m", "proxcl", *cmd[1:]], capture_output=True, text=True)
+def table_jobs(seeds: list[int], outdir: str, device: str | None) -> list[dict]:
+    jobs = []
+    for net, budgets in NETS.items():
+        for epochs, debias in budgets:
+            for seed in seeds:
+                for opt in ("sgd", "adam"):
+                    key = f"{net}|{epochs}+{debias}|dense-{opt}|s{seed}"
+                    jobs.append(_job(key, net, epochs + debias, 0, ["--method", "dense", "--optimizer", opt,
+                                     "--epochs", str(epochs + debias)] + (["--lr", "1e-3"] if opt == "adam" else []),
+                                     seed, outdir, device))
+                for density, (method, args) in itertools.product(DENSITIES, METHODS.items()):
+                    key = f"{net}|{epochs}+{debias}|{density}|{method}|s{seed}"
+                    jobs.append(_job(key, net, epochs, debias, ["--target-density", str(density), *args(net)],
+                                     seed, outdir, device))
+    return jobs
+
+
+def tune_jobs(outdir: str, device: str | None) -> list[dict]:
+    jobs = []
+    for net, densities in TUNE_DENSITIES.items():
+        epochs, debias = NETS[net][0]
+        for density, (name, _, args) in itertools.product(densities, TUNE):
+            key = f"tune|{net}|{density}|{name}"
+            jobs.append(_job(key, net, epochs, debias, ["--target-density", str(density), *args], 0, outdir, device))
+    return jobs
+
+
+def _run_one(job: dict) -> dict:
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "proxcl", *job["argv"][1:]], capture_output=True, text=True)
+    row = {k: job[k] for k in ("key", "net", "epochs", "seed", "command")}
     if proc.returncode != 0:
-        return {"model": model, "tag": tag, "command": shlex.join(cmd[:cmd.index("--out")]),
-                "error": proc.stderr.strip()[-500:]}
+        row["error"] = proc.stderr.strip()[-500:]
+        return row
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
-    log = cmd[cmd.index("--log") + 1]
+    log = job["argv"][job["argv"].index("--log") + 1]
     records = [json.loads(line) for line in open(log)]
-    first_phase = [r for r in records if r["phase"] in ("sparse", "dense")]
-    device = _device_name(cmd[cmd.index("--out") + 1])
-    row = {"model": model, "tag": tag, "command": shlex.join(cmd[:cmd.index("--out")]), "device": device,
-           "seed": 0, "accuracy": summary["test_accuracy"], "nnz": summary["nnz"],
-           "weights": summary["weights"], "density": summary["density"],
-           "before": first_phase[-1]["test_accuracy"] if first_phase else None,
-           "seconds": summary["seconds"], "file": cmd[cmd.index("--out") + 1]}
-    print(json.dumps(row), flush=True)
+    first = [r for r in records if r["phase"] in ("sparse", "dense", "prune")]
+    row.update(accuracy=summary["test_accuracy"], nnz=summary["nnz"], weights=summary["weights"],
+               density=summary["density"], before=first[-1]["test_accuracy"] if first else None,
+               layers=[[x["name"], x["nnz"]] for x in records[-1]["layers"]],
+               seconds=round(time.perf_counter() - t0, 1), device=_device_name(job["argv"]))
     return row
 
 
-def _device_name(model_file: str) -> str:
+def _device_name(argv: list[str]) -> str:
     from proxcl.modelfile import read_model_file
-    _, _, meta = read_model_file(model_file)
+    _, _, meta = read_model_file(argv[argv.index("--out") + 1])
     return meta.get("device", "?")
 
 
-def run(model: str, outdir: str, jobs: int, device: str | None) -> None:
+def run_jobs(jobs: list[dict], outdir: str, n_jobs: int, budget: float | None) -> None:
     os.makedirs(outdir, exist_ok=True)
-    r = ROWS[model]
-    epochs, debias = _epochs(model)
-    only = OVERRIDE.get("only")
-    first = [] if only else [(model, "dense", _command(model, "dense", ["--method", "dense", "--optimizer", "adam",
-                                                         "--epochs", str(epochs + debias)],
-                                       outdir, device), outdir)]
-    first += [(model, tag, _command(model, tag, extra, outdir, device), outdir) for tag, extra in r["proximal"]
-              if not only or only in tag]
-    with ThreadPoolExecutor(jobs) as ex:
-        rows = list(ex.map(_run_one, first))
-    second = []
-    for row in rows:
-        if row["tag"] == "dense" or "error" in row:
-            continue
-        dens = f"{row['nnz'] / row['weights']:.6f}"
-        for scope in SCOPES:
-            tag = f"magnitude {scope} @ {row['tag']}"
-            extra = ["--method", "magnitude", "--optimizer", "adam", "--target-density", dens,
-                     "--prune-scope", scope]
-            second.append((model, tag, _command(model, tag, extra, outdir, device), outdir))
-    with ThreadPoolExecutor(jobs) as ex:
-        rows += list(ex.map(_run_one, second))
-    with open(os.path.join(outdir, f"{model}.jsonl"), "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-
-
-def render(outdir: str, docs: str = "docs") -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    for model in ROWS:
-        path = os.path.join(outdir, f"{model}.jsonl")
-        if not os.path.exists(path):
-            continue
-        rows = [json.loads(line) for line in open(path)]
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        dense = next((r for r in rows if r["tag"] == "dense" and "error" not in r), None)
-        if dense:
-            ax.axhline(dense["accuracy"] * 100, color="k", ls="--", lw=1, label="dense")
-        groups = {}
-        for r in rows:
-            if r["tag"] == "dense" or "error" in r:
-                continue
-            key = r["tag"].split(" l1")[0] if not r["tag"].startswith("magnitude") else \
-                "magnitude (" + r["tag"].split()[1] + ")"
-            groups.setdefault(key, []).append(r)
-        for key, rs in sorted(groups.items()):
-            rs.sort(key=lambda r: r["density"])
-            ax.plot([r["density"] * 100 for r in rs], [r["accuracy"] * 100 for r in rs], marker="o", label=key)
-        ax.set_xscale("log")
-        ax.set_xlabel("nonzero weights (%)")
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_title(f"{model} on Fashion-MNIST")
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
-        png = os.path.join(docs, f"results_{model}.png")
-        fig.savefig(png, dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        print(png)
-        print(table(rows))
-
-
-def table(rows: list[dict]) -> str:
-    """The RESULTS.md table of one model: proximal rows with the magnitude rows at their nonzero
-    count beside them, then the dense reference; every row's exact command below it."""
-    ok = [r for r in rows if "error" not in r]
-    mag = {r["tag"].split(" @ ", 1)[1] + "|" + r["tag"].split()[1]: r for r in ok if r["tag"].startswith("magnitude")}
-    out = ["| row | before debiasing | after debiasing | nonzero weights | compression "
-           "| magnitude, global | magnitude, per layer |",
-           "|---|---:|---:|---:|---:|---:|---:|"]
-    notes = []
-    for r in rows:
-        if r["tag"] == "dense" or r["tag"].startswith("magnitude"):
-            continue
-        if "error" in r:
-            msg = r["error"].replace("proxcl: error: ", "").split(";")[0]
-            out.append(f"| {r['tag']} | {msg} | | | | | |")
-            notes.append((r["tag"], r["command"]))
-            continue
-        cells = []
-        for scope in ("global", "layer"):
-            m = mag.get(r["tag"] + "|" + scope)
-            if m is None:
-                cells.append("")
-                continue
-            diff = (r["accuracy"] - m["accuracy"]) * 100
-            cells.append(f"{m['accuracy'] * 100:.2f} % ({diff:+.2f})")
-            notes.append((m["tag"], m["command"]))
-        out.append(f"| {r['tag']} | {r['before'] * 100:.2f} % | **{r['accuracy'] * 100:.2f} %** | "
-                   f"{r['nnz']:,} ({r['density'] * 100:.2f} %) | {r['weights'] / max(r['nnz'], 1):.1f}x | "
-                   f"{cells[0]} | {cells[1]} |")
-        notes.insert(len(notes) - sum(1 for c in cells if c), (r["tag"], r["command"]))
-    dense = next((r for r in ok if r["tag"] == "dense"), None)
-    if dense:
-        out.append(f"| dense | | **{dense['accuracy'] * 100:.2f} %** | {dense['nnz']:,} (100 %) | 1.0x | | |")
-        notes.insert(0, ("dense", dense["command"]))
-    devices = sorted({r["device"] for r in ok})
-    seeds = sorted({r["seed"] for r in ok})
-    out += ["", f"Device: {', '.join(devices)}; seed {', '.join(map(str, seeds))}. In the magnitude columns, "
-            "the accuracy of magnitude pruning with retraining at exactly the row's nonzero count, and in "
-            "brackets how many points proxcl is ahead (negative: magnitude pruning is better). The dense "
-            "accuracy before pruning is the magnitude rows' \"before\" value.", "", "Commands:", ""]
-    out += [f"* {tag}: `{cmd}`" for tag, cmd in notes]
-    return "\n".join(out)
+    path = os.path.join(outdir, "runs.jsonl")
+    done = set()
+    if os.path.exists(path):
+        done = {json.loads(line)["key"] for line in open(path) if '"error"' not in line}
+    todo = [j for j in jobs if j["key"] not in done]
+    print(f"{len(todo)} of {len(jobs)} rows to run, {n_jobs} at a time", flush=True)
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(n_jobs) as ex, open(path, "a") as out:
+        def submit(job):
+            if budget is not None and time.perf_counter() - t0 > budget:
+                return None
+            return ex.submit(_run_one, job)
+        pending = [f for f in (submit(j) for j in todo[:n_jobs]) if f]
+        queue = todo[n_jobs:]
+        while pending:
+            f = next(as_completed(pending))
+            pending.remove(f)
+            row = f.result()
+            out.write(json.dumps(row) + "\n")
+            out.flush()
+            print(f"{row['key']}: " + (row.get("error", "")[-200:] or
+                  f"{row['accuracy'] * 100:.2f} % at {row['density'] * 100:.3f} % ({row['seconds']} s)"), flush=True)
+            while queue and len(pending) < n_jobs:
+                nxt = submit(queue.pop(0))
+                if nxt is None:
+                    queue = []
+                    break
+                pending.append(nxt)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("run")
-    p.add_argument("model", choices=sorted(ROWS))
-    p.add_argument("--jobs", type=int, default=1)
-    p.add_argument("--device", default=None)
-    p.add_argument("--dir", default="runs/results")
-    p.add_argument("--scopes", default="global,layer", help="magnitude pruning scopes (default %(default)s)")
-    p.add_argument("--only", default=None, help="run only the proximal rows whose tag contains this "
-                                                "(and their magnitude rows); no dense row")
-    p.add_argument("--data", default=None, help="another data set (to try the script)")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--debias-epochs", type=int, default=None)
+    for name in ("run", "tune"):
+        p = sub.add_parser(name)
+        p.add_argument("--jobs", type=int, default=1)
+        p.add_argument("--device", default=None)
+        p.add_argument("--dir", default="runs/results")
+        p.add_argument("--only", default=None, help="run only the rows whose key matches this regex")
+        p.add_argument("--budget-seconds", type=float, default=None)
+        if name == "run":
+            p.add_argument("--seeds", default="0")
     p = sub.add_parser("render")
     p.add_argument("--dir", default="runs/results")
     args = ap.parse_args()
-    if args.cmd == "run":
-        OVERRIDE.update(data=args.data, epochs=args.epochs, debias_epochs=args.debias_epochs, only=args.only)
-        SCOPES[:] = args.scopes.split(",")
-        run(args.model, args.dir, args.jobs, args.device)
-    else:
+    if args.cmd == "render":
+        from results_render import render
         render(args.dir)
+        return 0
+    jobs = (table_jobs([int(s) for s in args.seeds.split(",")], args.dir, args.device) if args.cmd == "run"
+            else tune_jobs(args.dir, args.device))
+    if args.only:
+        jobs = [j for j in jobs if re.search(args.only, j["key"])]
+    run_jobs(jobs, args.dir, args.jobs, args.budget_seconds)
     return 0
 
 

@@ -43,9 +43,10 @@ def shrink(z, tau):
     return np.sign(z) * np.maximum(np.abs(z) - tau, 0.0)
 
 
-def ref_step(kind, w, g, st, t, lr, lam, h):
+def ref_step(kind, w, g, st, t, lr, lam, h, rw=None):
     """One float64 update of values w with gradient g and state st (dict of arrays) at step t
-    (1-based).  Returns (w', st', z, tau) with w' = S_tau(z)."""
+    (1-based).  Returns (w', st', z, tau) with w' = S_tau(z).  ``rw = (c, eps)``: reweighted l1,
+    every threshold times c / (|w| + eps c)."""
     st = dict(st)
     if kind in ("prox-sgd", "sgd"):
         v = h["momentum"] * st.get("momentum", 0.0) + g
@@ -62,6 +63,9 @@ def ref_step(kind, w, g, st, t, lr, lam, h):
         st["gbar"] = (t - 1) / t * st["gbar"] + g / t
         s = np.sqrt(t) / h["gamma"]
         z, tau = st["w0"] - s * st["gbar"], lam * s * np.ones_like(w)
+    if rw is not None:
+        c, eps = rw
+        tau = tau * c / (np.abs(w) + eps * c)
     return shrink(z, tau), st, z, tau
 
 
@@ -86,9 +90,9 @@ def hyper_of(kind):
     return h
 
 
-def check_lockstep(kind, w_before, g, st_before, t, lr, lam, h, w_after, what):
+def check_lockstep(kind, w_before, g, st_before, t, lr, lam, h, w_after, what, rw=None):
     """The device's step from (w_before, st_before) against the float64 one, zeros included."""
-    w_ref, _, z, tau = ref_step(kind, w_before, g, st_before, t, lr, lam, h)
+    w_ref, _, z, tau = ref_step(kind, w_before, g, st_before, t, lr, lam, h, rw)
     assert rel_err(w_after, w_ref) < 1e-5, what
     # |z| within float32 rounding of tau may land either side; elsewhere the zeros must agree
     step = np.abs(z - w_before) if kind != "rda" else np.abs(z - st_before["w0"])
@@ -181,6 +185,56 @@ def test_every_vector_width_and_tail(dev, rng, monkeypatch, kind, vec):
             w, st = before[p.name]
             check_lockstep(kind, w, p.grad.get().astype(np.float64), st, t, h.get("lr", 1.0), h["l1"],
                            h, p.data.get(), f"{p.name} vec {vec} step {t}")
+
+
+@pytest.mark.parametrize("vec", [2, 8])
+@pytest.mark.parametrize("kind", ["prox-sgd", "prox-adam", "rda"])
+def test_reweighted_l1_matches_reference(dev, rng, monkeypatch, kind, vec):
+    """Reweighted l1: every threshold scaled by c / (|w| + eps c), c the parameter's mean nonzero
+    magnitude when first seen and after refresh_reweighting; against the float64 step, zeros
+    included, over vector bodies and tails, with lambda factors."""
+    monkeypatch.setitem(dev.__dict__, "tuning", dict(dev.tuning, vec=vec))
+    h = hyper_of(kind)
+    eps = 0.05
+    opt = make_optimizer(kind, device=dev, reweight_eps=eps, l1_factors={"b": 0.5}, **HYPER[kind])
+    w_init = rng.standard_normal(8 * vec + 3)
+    w_init[::7] = 0.0                                  # zeros do not count in c
+    params = [Param(dev, "a", w_init), Param(dev, "b", rng.standard_normal(vec + 1) * 0.3),
+              Param(dev, "bias", rng.standard_normal(5), penalised=False)]
+    zeros = 0
+    for t in (1, 2, 3, 4):
+        if t == 3:
+            opt.refresh_reweighting(params)
+        before = {}
+        for p in params:
+            w = p.data.get().astype(np.float64)
+            before[p.name] = (w, device_state(opt, p.name) if t > 1 else initial_state(kind, w, h))
+            p.set_grad(dev, rng.standard_normal(p.data.size) * 0.2)
+        if t in (1, 3):
+            nonzero = {p.name: np.abs(before[p.name][0][before[p.name][0] != 0]) for p in params[:2]}
+            expect = {n: a.mean() if a.size else 1.0 for n, a in nonzero.items()}
+        opt.step(params)
+        for p, factor in zip(params, (1.0, 0.5, 0.0)):
+            w, st = before[p.name]
+            rw = None
+            if p.penalised:
+                assert opt.reweight_scale(p.name) == pytest.approx(expect[p.name], rel=1e-6)
+                rw = (opt.reweight_scale(p.name), eps)
+            zeros += check_lockstep(kind, w, p.grad.get().astype(np.float64), st, t, h.get("lr", 1.0),
+                                    h["l1"] * factor, h, p.data.get(), f"{p.name} vec {vec} step {t}", rw)
+        assert np.all(params[2].data.get() != 0), "a bias is never penalised"
+    assert zeros > 10, "the test should exercise the threshold"
+    # the state dict carries eps and c; a fresh optimizer continues bit for bit
+    again = make_optimizer(kind, device=dev, **HYPER[kind])
+    again.load_state_dict(opt.state_dict())
+    assert again.reweight_eps == eps and again.reweight_scale("a") == opt.reweight_scale("a")
+
+
+def test_reweighting_needs_a_penalty(dev):
+    with pytest.raises(ValueError, match="no l1 term"):
+        make_optimizer("sgd", lr=0.1, reweight_eps=0.1, device=dev)
+    with pytest.raises(ValueError, match="eps"):
+        make_optimizer("prox-sgd", lr=0.1, reweight_eps=-1.0, device=dev)
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -96,3 +96,43 @@ def test_bad_arguments_raise_one_line(call, match):
     with pytest.raises(ValueError, match=match) as e:
         call()
     assert "\n" not in str(e.value)
+
+
+def test_cubic_sparsity_follows_zhu_and_gupta():
+    """s(x) = s_f + (s_i - s_f) (1 - (x - x0) / (x1 - x0))^3 between x0 and x1, written out."""
+    from proxcl.schedules import CubicSparsity
+    sch = CubicSparsity(0.99, start=2.0, end=10.0, initial=0.2)
+    for x in (0.0, 1.0, 2.0):
+        assert sch.at(x) == 0.2
+    for x in (3.0, 5.5, 9.75):
+        assert sch.at(x) == pytest.approx(0.99 + (0.2 - 0.99) * (1 - (x - 2.0) / 8.0) ** 3, rel=1e-12)
+    assert sch.at(10.0) == sch.at(50.0) == 0.99
+    xs = [i / 10 for i in range(120)]
+    assert all(a <= b for a, b in zip(map(sch.at, xs), map(sch.at, xs[1:])))   # never decreases
+    with pytest.raises(ValueError, match="after it starts"):
+        CubicSparsity(0.9, 3.0, 3.0)
+    with pytest.raises(ValueError, match="sparsities"):
+        CubicSparsity(1.0, 0.0, 1.0)
+
+
+def test_density_controller_raises_lambda_above_the_path_and_stops_below():
+    from proxcl.schedules import DensityController
+    ctl = DensityController(0.01, l1=1e-3, ramp=4.0)
+    assert ctl.density_at(0.0) == pytest.approx(1.0) and ctl.density_at(4.0) == pytest.approx(0.01)
+    assert ctl.density_at(2.0) == pytest.approx(1 - 0.99 * (1 - 0.5 ** 3))
+    # denser than the path: lambda = l1 exp(I + kp e), growing with every update
+    seen = [ctl.update(0.5, 2.0) for _ in range(5)]
+    assert all(b > a > 1e-3 for a, b in zip(seen, seen[1:]))
+    e = min(1.0, math.log(0.5 / ctl.density_at(2.0)))      # the error is clipped to [-1, 1]
+    assert seen[-1] == pytest.approx(1e-3 * math.exp(5 * 0.02 * e + 1.0 * e), rel=1e-12)
+    # at or below the path: no shrinkage at all, and the integral is kept
+    integral = ctl.integral
+    assert ctl.update(0.009, 5.0) == 0.0 and ctl.l1 == 0.0 and ctl.integral == integral
+    # its state round-trips (checkpoints)
+    other = DensityController(0.01, l1=1e-3, ramp=4.0)
+    other.load_state(ctl.state())
+    assert other.update(0.5, 2.0) == ctl.update(0.5, 2.0)
+    # lambda stays within its bounds however long the density stays above the path
+    for _ in range(10_000):
+        ctl.update(1.0, 4.0)
+    assert ctl.l1 == ctl.l1_max

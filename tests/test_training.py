@@ -236,3 +236,82 @@ def test_lenet300_file_at_3_percent_is_a_twentieth_of_dense(dev, syn, tmp_path):
     assert 0.029 <= total["density"] <= 0.030
     assert total["file_bytes"] == out.stat().st_size
     assert total["bytes_ratio"] >= 20.0, total
+
+
+def test_gmp_prunes_along_the_cubic_to_the_exact_count_and_masks_never_regrow(dev, syn, tmp_path):
+    """Gradual magnitude pruning: the kept share after each epoch is the cubic schedule's (exact
+    counts, global ranking), pruned weights never come back (dense weights through their masks,
+    CSR ones through their supports), then fine-tuning keeps the support."""
+    from proxcl import checkpoints
+    from proxcl.schedules import CubicSparsity
+    ckpt = str(tmp_path / "g.ckpt")
+    supports = []
+
+    def cb(record):
+        state = checkpoints.load(ckpt).model
+        supports.append({k: (v.to_dense() if hasattr(v, "to_dense") else v) != 0
+                         for k, v in state.items() if k.endswith("weight")})
+
+    res = train(_cfg(method="gmp", optimizer="sgd", lr=0.05, target_density=0.02, epochs=4,
+                     debias_epochs=2, prune_end=0.75, switch_density=0.3, checkpoint=ckpt),
+                dataset=syn, device=dev, on_epoch_end=cb)
+    assert [r["phase"] for r in res.history] == ["prune"] * 4 + ["retrain"] * 2
+    total = res.weights
+    sched = CubicSparsity(0.98, 0.0, 3.0)
+    for epoch, r in enumerate(res.history[:4], start=1):
+        want = 0.02 if epoch >= 3 else 1.0 - sched.at(float(epoch))
+        assert r["nnz"] == round(want * total), (epoch, r["nnz"])
+        for layer in r["layers"]:          # a layer at or under the switch density trains as CSR
+            assert layer["density"] > 0.3 or layer["kind"] == "csr", (epoch, layer)
+    assert res.nnz == round(0.02 * total)
+    for before, after in zip(supports, supports[1:]):
+        for k in before:
+            assert not np.any(after[k] & ~before[k]), f"{k}: a pruned weight came back"
+    assert all(layer["kind"] == "csr" for layer in res.history[-1]["layers"])
+
+
+def test_gmp_per_layer_scope_cuts_every_layer_to_the_target(dev, syn):
+    res = train(_cfg(method="gmp", optimizer="sgd", lr=0.05, target_density=0.1, epochs=2, debias_epochs=1,
+                     prune_scope="layer"), dataset=syn, device=dev)
+    sizes = {s["name"]: s["size"] for s in res.model.weight_stats()}
+    for layer in res.history[-1]["layers"]:
+        assert layer["nnz"] == round(0.1 * sizes[layer["name"]])
+
+
+@pytest.mark.parametrize("penalty", ["reweighted", "l1"])
+def test_target_density_finds_lambda_and_ends_at_the_count(dev, syn, penalty):
+    """--target-density: lambda adapts from its start so that the run ends within 2 % (relative)
+    of the requested count; the last sparse epoch never leaves more than the target."""
+    target = 0.03
+    res = train(_cfg(optimizer="prox-sgd", lr=0.05, penalty=penalty, target_density=target, epochs=4,
+                     debias_epochs=1, l1=1e-4), dataset=syn, device=dev)
+    sparse = [r for r in res.history if r["phase"] == "sparse"]
+    want = target * res.weights
+    assert abs(res.nnz - want) <= 0.02 * want, (res.nnz, want)
+    assert res.nnz <= round(want)
+    assert max(r["l1"] for r in sparse) > 1e-4 or sparse[0]["density"] < 0.5   # lambda was raised
+    assert res.history[-1]["nnz"] == sparse[-1]["nnz"]
+
+
+def test_resume_of_gmp_and_of_the_density_controller_is_exact(dev, syn, tmp_path):
+    """Masks and the controller's state go through the checkpoint: an interrupted run ends with
+    the same weights as an uninterrupted one."""
+    for kw in (dict(method="gmp", optimizer="sgd", lr=0.05, target_density=0.05, prune_end=1.0),
+               dict(optimizer="prox-sgd", lr=0.05, target_density=0.05, penalty="reweighted")):
+        kw.update(epochs=3, debias_epochs=1, switch_density=0.2)
+        full = train(_cfg(**kw), dataset=syn, device=dev)
+        ckpt = str(tmp_path / "r.ckpt")
+
+        class Stop(Exception):
+            pass
+
+        def stop(record, n=[0]):
+            n[0] += 1
+            if n[0] == 2:
+                raise Stop
+
+        with pytest.raises(Stop):
+            train(_cfg(checkpoint=ckpt, **kw), dataset=syn, device=dev, on_epoch_end=stop)
+        resumed = train(_cfg(checkpoint=ckpt, **kw), resume=ckpt, dataset=syn, device=dev)
+        for k, v in full.model.state_dict().items():
+            assert np.array_equal(v, resumed.model.state_dict()[k]), (kw["optimizer"], k)

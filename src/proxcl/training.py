@@ -67,7 +67,7 @@ class TrainConfig:
     l1_factors: dict = field(default_factory=dict)
     l1_ramp_epochs: int = 0
     target_density: float | None = None  # proximal: lambda found for it; magnitude/gmp: kept share
-    density_ramp: float = 0.5          # proximal with a target: share of the sparse epochs to reach it
+    density_ramp: float = 0.75         # proximal with a target: share of the sparse epochs to reach it
     epochs: int = 20
     debias_epochs: int = 10
     batch_size: int = 128
@@ -81,7 +81,7 @@ class TrainConfig:
     switch_density: float = 0.5        # a layer turns CSR when its density falls to this (0: never)
     prune_scope: str = "global"        # magnitude and gmp: per layer or over all layers
     prune_start: float = 0.0           # gmp: share of --epochs before the first pruning step
-    prune_end: float = 0.75            # gmp: share of --epochs at which the final sparsity is reached
+    prune_end: float = 0.5             # gmp: share of --epochs at which the final sparsity is reached
     prune_frequency: int = 4           # gmp: pruning steps per epoch
     val_split: float = 0.0
     seed: int = 0
