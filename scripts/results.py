@@ -4,7 +4,7 @@ epochs, every row one `proxcl train` process; then render the tables and figures
 
     python scripts/results.py run   [--jobs N] [--device SPEC] [--dir DIR] [--only REGEX] [--seeds 0,1,2]
     python scripts/results.py tune  [--jobs N] [--device SPEC] [--dir DIR] [--only REGEX]
-    python scripts/results.py render [--dir DIR]      # -> tables on stdout, docs/results_*.png
+    python scripts/results.py render [--dir DIR ...]  # -> tables on stdout, docs/results_*.png
 
 `run` trains the table's rows (TABLE below); `tune` the sweeps that chose the settings of the
 proximal method and of GMP (TUNE below).  A row whose result is already in DIR/runs.jsonl is not run
@@ -35,7 +35,7 @@ METHODS = {
     "proxcl": lambda net: PROXCL[net],
     "gmp-global": lambda net: ["--method", "gmp", "--prune-scope", "global", *GMP[net]],
     "gmp-layer": lambda net: ["--method", "gmp", "--prune-scope", "layer", *GMP[net]],
-    "magnitude": lambda net: ["--method", "magnitude", "--prune-scope", "global", *GMP[net]],
+    "magnitude": lambda net: ["--method", "magnitude", "--prune-scope", "global", *GMP[net][:2]],
 }
 
 # Sweeps on the short budget at two densities per net: (name, method, extra arguments).
@@ -146,6 +146,106 @@ def run_jobs(jobs: list[dict], outdir: str, n_jobs: int, budget: float | None) -
                 pending.append(nxt)
 
 
+LABELS = {"proxcl": "proxcl (reweighted l1, target density)", "gmp-global": "GMP, global",
+          "gmp-layer": "GMP, per layer", "magnitude": "one-shot magnitude, global"}
+
+
+def _load(dirs: list[str]) -> list[dict]:
+    rows = {}
+    for d in dirs:
+        for line in open(os.path.join(d, "runs.jsonl")):
+            r = json.loads(line)
+            if "error" not in r and not r["key"].startswith("tune|"):
+                rows[r["key"]] = r
+    return list(rows.values())
+
+
+def _stats(values: list[float]) -> tuple[float, float]:
+    m = sum(values) / len(values)
+    sd = (sum((v - m) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+    return m, sd
+
+
+def _cell(rs: list[dict]) -> str:
+    if not rs:
+        return ""
+    m, sd = _stats([r["accuracy"] * 100 for r in rs])
+    return f"{m:.2f} %" + (f" ± {sd:.2f} ({len(rs)} seeds)" if len(rs) > 1 else "")
+
+
+def render_table(rows: list[dict], net: str, budget: str) -> str:
+    mine = [r for r in rows if r["net"] == net and r["key"].split("|")[1] == budget]
+    if not mine:
+        return ""
+    by = {}
+    for r in mine:
+        parts = r["key"].split("|")
+        by.setdefault(tuple(parts[2:4]) if len(parts) == 5 else (parts[2], ""), []).append(r)
+    out = [f"| target density | {' | '.join(LABELS.values())} | proxcl − best GMP |",
+           "|---:|" + "---:|" * (len(LABELS) + 1)]
+    for density in DENSITIES:
+        cells = [_cell(by.get((str(density), m), [])) for m in LABELS]
+        gap = ""
+        prox = by.get((str(density), "proxcl"))
+        gmps = [by[(str(density), m)] for m in ("gmp-global", "gmp-layer") if (str(density), m) in by]
+        if prox and gmps:
+            best = max(_stats([r["accuracy"] for r in g])[0] for g in gmps)
+            gap = f"{(_stats([r['accuracy'] for r in prox])[0] - best) * 100:+.2f}"
+        out.append(f"| {density * 100:g} % | " + " | ".join(cells) + f" | {gap} |")
+    dense = [f"{name}: {_cell(by[(name, '')])}" for name in ("dense-sgd", "dense-adam") if (name, "") in by]
+    devices = sorted({r["device"] for r in mine})
+    out += ["", f"Dense, same epochs: {'; '.join(dense)}. Device: {', '.join(devices)}."]
+    return "\n".join(out)
+
+
+def render_figure(rows: list[dict], net: str, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for (epochs, debias), ls in zip(NETS[net], ("-", "--")):
+        budget = f"{epochs}+{debias}"
+        for method, color in zip(LABELS, ("C3", "C0", "C2", "C7")):
+            pts = []
+            for density in DENSITIES:
+                rs = [r for r in rows if r["key"].startswith(f"{net}|{budget}|{density}|{method}|")]
+                if rs:
+                    pts.append((_stats([r["density"] * 100 for r in rs])[0], _stats([r["accuracy"] * 100 for r in rs])[0]))
+            if pts:
+                ax.plot(*zip(*pts), ls=ls, marker="o", color=color, label=f"{LABELS[method]}, {budget} epochs")
+        dense = [r for r in rows if r["key"].startswith(f"{net}|{budget}|dense-")]
+        if dense:
+            ax.axhline(max(r["accuracy"] for r in dense) * 100, color="k", ls=ls, lw=0.8,
+                       label=f"dense, {epochs + debias} epochs")
+    ax.set_xscale("log")
+    ax.set_xlabel("nonzero weights (%)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{net} on Fashion-MNIST")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=6.5)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def render(dirs: list[str], docs: str = "docs") -> None:
+    rows = _load(dirs)
+    for net, budgets in NETS.items():
+        for epochs, debias in budgets:
+            text = render_table(rows, net, f"{epochs}+{debias}")
+            if text:
+                print(f"### {net}, {epochs} + {debias} epochs\n\n{text}\n")
+        if any(r["net"] == net for r in rows):
+            path = os.path.join(docs, f"results_{net}.png")
+            render_figure(rows, net, path)
+            print(path)
+    keys = sorted({re.sub(r"\|s\d+$", "", r["key"]): r["command"] for r in rows}.items())
+    print("Commands (seed 0; other seeds differ only in --seed):\n")
+    for key, cmd in keys:
+        cmd = re.sub(r" --seed \d+", " --seed 0", cmd)
+        print(f"* {key}: `{cmd}`")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -159,11 +259,10 @@ def main() -> int:
         if name == "run":
             p.add_argument("--seeds", default="0")
     p = sub.add_parser("render")
-    p.add_argument("--dir", default="runs/results")
+    p.add_argument("--dir", action="append", default=None, help="a folder of runs.jsonl (repeatable)")
     args = ap.parse_args()
     if args.cmd == "render":
-        from results_render import render
-        render(args.dir)
+        render(args.dir or ["runs/results"])
         return 0
     jobs = (table_jobs([int(s) for s in args.seeds.split(",")], args.dir, args.device) if args.cmd == "run"
             else tune_jobs(args.dir, args.device))

@@ -414,6 +414,7 @@ class _Run:
         finally:
             bar.close()
         self._end_of_epoch(phase, epoch, n_epochs, opt)
+        _check_finite_values(self.model, cfg, phase, epoch)
         return self._epoch_record(phase, epoch, n_epochs, sums, t0)
 
     def _l1_at(self, l1_sched, epoch: int, step: int, steps: int, opt) -> float:
@@ -504,12 +505,25 @@ class _Run:
         return record
 
 
+def _hint(cfg: TrainConfig, phase: str) -> str:
+    if phase == "sparse" and cfg.optimizer == "rda":
+        return "a larger --gamma (RDA's steps are sqrt(t)/gamma)"
+    return "a smaller learning rate (--debias-lr)" if phase in ("debias", "retrain") else \
+        "a smaller learning rate (--lr)"
+
+
 def _check_finite(loss: float, cfg: TrainConfig, phase: str, epoch: int, step: int) -> None:
     if not math.isfinite(loss):
-        hint = ("a larger --gamma (RDA's steps are sqrt(t)/gamma)"
-                if phase == "sparse" and cfg.optimizer == "rda" else "a smaller learning rate (--lr)")
         raise TrainingError(f"loss became {loss} in phase {phase}, epoch {epoch + 1}, step {step + 1}; "
-                            f"try {hint}")
+                            f"try {_hint(cfg, phase)}")
+
+
+def _check_finite_values(model, cfg: TrainConfig, phase: str, epoch: int) -> None:
+    """A parameter can turn NaN in an epoch's last steps, after the last loss that would show it."""
+    for p in model.params:
+        if p.data.size and not np.all(np.isfinite(p.data.get())):
+            raise TrainingError(f"{p.name} became NaN or infinite in phase {phase}, epoch {epoch + 1}; "
+                                f"try {_hint(cfg, phase)}")
 
 
 # ---- the model file's record of the run ---------------------------------------------------------
