@@ -420,7 +420,8 @@ class _Run:
     def _l1_at(self, l1_sched, epoch: int, step: int, steps: int, opt) -> float:
         """lambda for this step: the l1 schedule's, or the density controller's.  When the
         controller stops shrinking (the density reached its path), the zeros made so far are
-        dropped from the CSR supports at once: with lambda = 0 they would otherwise come back."""
+        frozen at once: dropped from the CSR supports, masked in dense weights.  With lambda = 0
+        their momentum would otherwise bring them back."""
         ctl = self.controller
         if ctl is None:
             return l1_sched.l1_at(epoch, step, steps)
@@ -430,7 +431,17 @@ class _Run:
             shrinking = ctl.l1 > 0
             if ctl.update(self.density, epoch + step / steps) == 0 and shrinking:
                 self._sparsify(opt)
+                self._freeze_dense_zeros()
         return ctl.l1
+
+    def _freeze_dense_zeros(self) -> None:
+        """Masks that keep today's zeros of the dense penalised weights at zero from now on."""
+        for p in self.model.params:
+            if p.penalised and not p.is_sparse:
+                keep = (p.data.get() != 0).astype(np.float32)
+                if p.name in self.masks:
+                    keep *= self.masks[p.name].get()
+                self.masks[p.name] = self.dev.to_device(keep)
 
     def _step(self, opt, kw: dict) -> None:
         """The optimizer step; gmp's masks keep pruned dense weights and their gradients at zero."""
@@ -456,19 +467,19 @@ class _Run:
         elif phase == "prune":
             self._gmp_prune(float(epoch + 1), opt)
             self._sparsify(opt)
-            self.masks = {n: m for n, m in self.masks.items() if not self.model.param(n).is_sparse}
 
     def _sparsify(self, opt) -> None:
         """CSR weights drop their new zeros; dense weights whose density fell to the switch
-        threshold become CSR.  The optimizer's per-coordinate state follows the support."""
+        threshold become CSR (their masks, if any, become their supports).  The optimizer's
+        per-coordinate state follows the support."""
         for name, src in self.model.compact().items():
             opt.remap(name, src)
-        if self.cfg.switch_density <= 0:
-            return
-        for s in self.model.weight_stats():
-            if s["penalised"] and s["kind"] == "dense" and s["density"] <= self.cfg.switch_density:
-                for name, src in self.model.to_sparse(s["name"]).items():
-                    opt.remap(name, src)
+        if self.cfg.switch_density > 0:
+            for s in self.model.weight_stats():
+                if s["penalised"] and s["kind"] == "dense" and s["density"] <= self.cfg.switch_density:
+                    for name, src in self.model.to_sparse(s["name"]).items():
+                        opt.remap(name, src)
+        self.masks = {n: m for n, m in self.masks.items() if not self.model.param(n).is_sparse}
 
     def _gmp_prune(self, x: float, opt) -> None:
         """A pruning step of gradual magnitude pruning at ``x`` epochs: cut every group to the
