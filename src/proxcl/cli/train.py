@@ -37,17 +37,26 @@ def _schedule_default(d) -> str:
 
 
 def add_training_arguments(p: argparse.ArgumentParser) -> None:
-    """The options of `proxcl train` (also used by `proxcl demo`)."""
-    from ..schedules import LR_SCHEDULES
-    from ..training import METHODS, PENALTIES, PLAIN_OPTIMIZERS, PROX_OPTIMIZERS, TrainConfig
+    """The options of `proxcl train`."""
+    from ..training import TrainConfig
     d = TrainConfig()
-    g = p.add_argument_group("what to train")
+    _add_what(p.add_argument_group("what to train"), d)
+    _add_method(p.add_argument_group("method"), d)
+    _add_schedule(p.add_argument_group("schedule"), d)
+    _add_pruning(p.add_argument_group("pruning baselines"), d)
+    _add_run(p.add_argument_group("run"), d)
+
+
+def _add_what(g, d) -> None:
     g.add_argument("--model", default=d.model,
                    help="lenet300, lenet5, convnet-small, or a JSON spec file (default %(default)s)")
     g.add_argument("--data", default=d.data,
                    help="fashion-mnist, mnist, fashion-mnist:DIR, mnist:DIR or synthetic (default %(default)s)")
     g.add_argument("--val-split", type=float, default=d.val_split, help="fraction of the training set held out")
-    g = p.add_argument_group("method")
+
+
+def _add_method(g, d) -> None:
+    from ..training import METHODS, PENALTIES, PLAIN_OPTIMIZERS, PROX_OPTIMIZERS
     g.add_argument("--method", choices=METHODS, default=d.method,
                    help="proximal l1 learning + debiasing (default); or the baselines: dense training "
                         "(lambda = 0), one-shot magnitude pruning with retraining (Han et al. 2015), "
@@ -77,7 +86,11 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--density-ramp", type=float, default=d.density_ramp, metavar="F",
                    help="with --target-density: share of the sparse epochs over which the density "
                         "descends to the target (default %(default)s)")
-    g = p.add_argument_group("schedule")
+
+
+def _add_schedule(g, d) -> None:
+    from ..schedules import LR_SCHEDULES
+    from ..training import PLAIN_OPTIMIZERS
     g.add_argument("--epochs", type=int, default=d.epochs, help="sparse (or dense) epochs (default %(default)s)")
     g.add_argument("--debias-epochs", type=int, default=d.debias_epochs,
                    help="epochs on the frozen support without l1; retraining epochs for magnitude, "
@@ -96,7 +109,9 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--switch-density", type=_switch_density, default=d.switch_density, metavar="R",
                    help="a layer turns CSR when its density falls to R; 'never' or 'start' "
                         "(default %(default)s)")
-    g = p.add_argument_group("pruning baselines")
+
+
+def _add_pruning(g, d) -> None:
     g.add_argument("--prune-scope", choices=["layer", "global"], default=d.prune_scope,
                    help="magnitude and gmp: rank weights per layer or over all layers (default %(default)s)")
     g.add_argument("--prune-start", type=float, default=d.prune_start, metavar="F",
@@ -105,7 +120,9 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    help="gmp: the target is reached after this share of --epochs (default %(default)s)")
     g.add_argument("--prune-frequency", type=int, default=d.prune_frequency, metavar="N",
                    help="gmp: pruning steps per epoch (default %(default)s)")
-    g = p.add_argument_group("run")
+
+
+def _add_run(g, d) -> None:
     g.add_argument("--device", default=None, help="OpenCL device: cpu, gpu, pocl, nvidia, P:D "
                                                   "(default $PROXCL_DEVICE or the first GPU)")
     g.add_argument("--seed", type=int, default=d.seed)
@@ -140,7 +157,7 @@ def add_parser(sub) -> None:
         description="Sparse learning with a proximal (reweighted) l1 optimizer (each layer turns CSR when "
                     "its density reaches --switch-density; forward, backward and the proximal step then "
                     "run on CSR), then debiasing on the frozen support. --target-density R ends with "
-                    "exactly R of the weights nonzero. --method dense, magnitude and gmp train the "
+                    "R of the weights nonzero (never more). --method dense, magnitude and gmp train the "
                     "baselines with the same loop. Writes the model file, a checkpoint each epoch, "
                     "and optionally a JSON-lines log.")
     add_training_arguments(p)
