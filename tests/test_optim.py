@@ -516,3 +516,15 @@ def test_invalid_step_arguments_raise(dev, rng):
         opt.step([q])
     with pytest.raises(ValueError, match="no l1 term"):
         make_optimizer("adam", lr=0.1, device=dev).step([p], l1=0.5)
+
+
+@pytest.mark.parametrize("vec", [2, 8])
+def test_apply_mask_multiplies_by_the_mask(dev, rng, monkeypatch, vec):
+    from proxcl.ops.optim import apply_mask
+    monkeypatch.setitem(dev.__dict__, "tuning", dict(dev.tuning, vec=vec))
+    for n in (1, vec, 5 * vec + 3):
+        x = rng.standard_normal(n).astype(np.float32)
+        m = (rng.random(n) < 0.5).astype(np.float32)
+        xd = dev.to_device(x)
+        apply_mask(dev, xd, dev.to_device(m))
+        assert np.array_equal(xd.get(), x * m)
