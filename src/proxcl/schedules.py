@@ -7,6 +7,8 @@ steps_per_epoch), epochs counted from 0:
 * ``StepLR(base_lr, every, gamma)``               lr = base_lr * gamma ** (epoch // every)
 * ``CosineLR(base_lr, epochs, floor)``            from base_lr down to floor over ``epochs``,
   following half a cosine, smoothly inside each epoch; it stays at floor afterwards
+* ``Warmup(schedule, epochs)``                     the schedule's lr times a linear ramp from
+  1/steps to 1 over the first ``epochs`` (step by step); 0 epochs leaves it unchanged
 * ``L1Ramp(l1, ramp_epochs)``                     lambda rises linearly over the first
   ``ramp_epochs`` epochs, step by step, and reaches l1 at the last step of the ramp;
   ``ramp_epochs=0`` keeps it constant
@@ -25,7 +27,7 @@ from __future__ import annotations
 import math
 import numbers
 
-__all__ = ["LR_SCHEDULES", "ConstantLR", "StepLR", "CosineLR", "L1Ramp", "CubicSparsity",
+__all__ = ["LR_SCHEDULES", "ConstantLR", "StepLR", "CosineLR", "Warmup", "L1Ramp", "CubicSparsity",
            "DensityController", "make_lr_schedule", "make_l1_schedule"]
 
 LR_SCHEDULES = ("constant", "step", "cosine")
@@ -105,6 +107,26 @@ class CosineLR:
 
     def __repr__(self) -> str:
         return f"CosineLR({self.base_lr:g}, epochs={self.epochs}, floor={self.floor:g})"
+
+
+class Warmup:
+    """lr = schedule's lr * min(1, (steps done including this one) / (epochs * steps_per_epoch)):
+    a linear warm-up over the first ``epochs`` (a float; 0: none), which keeps large learning
+    rates from diverging on an unlucky initialisation."""
+
+    def __init__(self, schedule, epochs):
+        self.schedule = schedule
+        self.epochs = _number("warm-up epochs", epochs)
+
+    def lr_at(self, epoch: int, step_in_epoch: int = 0, steps_per_epoch: int = 1) -> float:
+        lr = self.schedule.lr_at(epoch, step_in_epoch, steps_per_epoch)
+        if not self.epochs:
+            return lr
+        done = _progress(epoch, step_in_epoch, steps_per_epoch) * steps_per_epoch + 1
+        return lr * min(1.0, done / (self.epochs * steps_per_epoch))
+
+    def __repr__(self) -> str:
+        return f"Warmup({self.schedule!r}, epochs={self.epochs:g})"
 
 
 class L1Ramp:

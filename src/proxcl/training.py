@@ -28,7 +28,8 @@ from . import checkpoints
 from .fileio import atomic_write, check_writable
 from .ops.optim import apply_mask
 from .pruning import magnitude_prune, nonzero_count, prune
-from .schedules import LR_SCHEDULES, CubicSparsity, DensityController, make_l1_schedule, make_lr_schedule
+from .schedules import (LR_SCHEDULES, CubicSparsity, DensityController, Warmup, make_l1_schedule,
+                        make_lr_schedule)
 
 __all__ = ["METHODS", "PROX_OPTIMIZERS", "PENALTIES", "TrainConfig", "TrainResult", "TrainingError",
            "train", "evaluate", "magnitude_prune"]
@@ -73,6 +74,7 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 0.05
     lr_schedule: str | None = None     # constant | step | cosine; None: constant (proximal), cosine
+    lr_warmup: float = 1.0             # epochs of linear warm-up at the start of the first phase
     momentum: float = 0.9
     gamma: float = 1.0                 # l1-RDA's constant
     debias_optimizer: str = "sgd"
@@ -127,6 +129,8 @@ class TrainConfig:
                            ("reweight_eps", "the reweighting eps (--reweight-eps)")):
             if not _positive(getattr(self, name)):
                 raise TrainingError(f"{what} must be a positive number, got {getattr(self, name)!r}")
+        if not (isinstance(self.lr_warmup, (int, float)) and math.isfinite(self.lr_warmup) and self.lr_warmup >= 0):
+            raise TrainingError(f"lr-warmup must be a number of epochs >= 0, got {self.lr_warmup!r}")
         if not (math.isfinite(self.momentum) and 0.0 <= self.momentum < 1.0):
             raise TrainingError(f"momentum must be in [0, 1), got {self.momentum!r}")
         if self.l1 < 0 or not math.isfinite(self.l1):
@@ -370,7 +374,7 @@ class _Run:
     def _lr_schedule(self, phase: str):
         cfg = self.cfg
         if phase in ("sparse", "dense", "prune"):
-            return make_lr_schedule(cfg.train_lr_schedule, cfg.lr, cfg.epochs)
+            return Warmup(make_lr_schedule(cfg.train_lr_schedule, cfg.lr, cfg.epochs), cfg.lr_warmup)
         return make_lr_schedule(cfg.debias_lr_schedule, cfg.debias_lr, cfg.debias_epochs)
 
     def _controller(self, phase: str) -> DensityController | None:

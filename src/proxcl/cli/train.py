@@ -99,6 +99,9 @@ def _add_schedule(g, d) -> None:
     g.add_argument("--lr", type=float, default=d.lr, help="learning rate (default %(default)s)")
     g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=d.lr_schedule,
                    help=f"(default {_schedule_default(d)})")
+    g.add_argument("--lr-warmup", type=float, default=d.lr_warmup, metavar="EPOCHS",
+                   help="linear learning-rate warm-up over the first EPOCHS of the sparse (or dense) "
+                        "phase; at lr 0.05 without it LeNet-5 diverges on some seeds (default %(default)s)")
     g.add_argument("--momentum", type=float, default=d.momentum, help="prox-sgd/sgd momentum (default %(default)s)")
     g.add_argument("--gamma", type=float, default=d.gamma, help="l1-RDA's constant gamma (default %(default)s)")
     g.add_argument("--debias-optimizer", choices=PLAIN_OPTIMIZERS, default=d.debias_optimizer,
