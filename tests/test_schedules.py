@@ -136,3 +136,16 @@ def test_density_controller_raises_lambda_above_the_path_and_stops_below():
     for _ in range(10_000):
         ctl.update(1.0, 4.0)
     assert ctl.l1 == ctl.l1_max
+
+
+def test_warmup_ramps_linearly_over_its_epochs_then_leaves_the_schedule():
+    from proxcl.schedules import Warmup
+    base = make_lr_schedule("cosine", 0.1, 10)
+    w = Warmup(base, 1.5)
+    spe = 4
+    for e, s in positions(10, spe):
+        done = e * spe + s + 1
+        want = base.lr_at(e, s, spe) * min(1.0, done / (1.5 * spe))
+        assert w.lr_at(e, s, spe) == pytest.approx(want, rel=1e-12)
+    assert w.lr_at(0, 0, spe) == pytest.approx(0.1 / 6)
+    assert Warmup(base, 0).lr_at(0, 0, spe) == base.lr_at(0, 0, spe)
