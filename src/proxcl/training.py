@@ -283,7 +283,7 @@ class _Run:
         self.history: list[dict] = []
         self.start = {"phase": 0, "epoch": 0}
         self.saved_opt: dict | None = None
-        self.masks: dict = {}      # gmp: {param name: 0/1 device mask} of dense weights
+        self.masks: dict = {}      # {param name: 0/1 device mask} of dense weights (gmp, controller)
         self.controller: DensityController | None = None
         self.density: float | None = None   # the controller's last measurement
 
