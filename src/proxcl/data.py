@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import InputError
 from .fileio import atomic_write_bytes
 
 
@@ -117,9 +118,9 @@ def idx_bytes(array) -> bytes:
     a = np.asarray(array)
     code = _IDX_CODES.get(a.dtype.newbyteorder("=").str)
     if code is None:
-        raise ValueError(f"IDX has no type for dtype {a.dtype}")
+        raise InputError(f"IDX has no type for dtype {a.dtype}")
     if a.ndim == 0 or a.ndim > 255:
-        raise ValueError(f"IDX needs 1 to 255 dimensions, got {a.ndim}")
+        raise InputError(f"IDX needs 1 to 255 dimensions, got {a.ndim}")
     head = bytes([0, 0, code, a.ndim]) + struct.pack(f">{a.ndim}I", *a.shape)
     return head + np.ascontiguousarray(a, dtype=IDX_TYPES[code]).tobytes()
 
@@ -355,7 +356,7 @@ class Dataset:
 
 def _check_batch_size(batch_size) -> None:
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch size must be a positive integer, got {batch_size!r}")
+        raise InputError(f"batch size must be a positive integer, got {batch_size!r}")
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
@@ -370,9 +371,9 @@ def check_normalisation(norm) -> tuple[float, float]:
     try:
         mean, std = float(norm["mean"]), float(norm["std"])
     except (KeyError, TypeError, ValueError):
-        raise ValueError(f"normalisation must be {{'mean': float, 'std': float}}, got {norm!r}") from None
+        raise InputError(f"normalisation must be {{'mean': float, 'std': float}}, got {norm!r}") from None
     if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
-        raise ValueError(f"normalisation needs a finite mean and a positive std, got {mean}, {std}")
+        raise InputError(f"normalisation needs a finite mean and a positive std, got {mean}, {std}")
     return mean, std
 
 
@@ -385,7 +386,7 @@ def normalise(images, mean: float, std: float) -> np.ndarray:
     elif a.ndim == 3:
         a = a[:, None]
     elif a.ndim != 4:
-        raise ValueError(f"images must be [H, W], [N, H, W] or [N, C, H, W], got shape {a.shape}")
+        raise InputError(f"images must be [H, W], [N, H, W] or [N, C, H, W], got shape {a.shape}")
     mean, std = check_normalisation({"mean": mean, "std": std})
     out = a.astype(np.float32)
     out -= np.float32(mean)
@@ -413,7 +414,7 @@ def from_arrays(name: str, train_images, train_labels, test_images, test_labels,
     split (a seeded random fraction) is taken out of the training set before the statistics.
     ``normalisation`` ({"mean", "std"}, e.g. stored with a model) replaces the statistics."""
     if not 0.0 <= float(val_split) < 1.0:
-        raise ValueError(f"val_split must be in [0, 1), got {val_split}")
+        raise InputError(f"val_split must be in [0, 1), got {val_split}")
     xs, ys = {}, {}
     for split, x, y in (("train", train_images, train_labels), ("test", test_images, test_labels)):
         x, y = np.asarray(x), np.asarray(y)
@@ -435,7 +436,7 @@ def from_arrays(name: str, train_images, train_labels, test_images, test_labels,
         n = len(ys["train"])
         n_val = int(round(n * float(val_split)))
         if n_val == 0 or n_val == n:
-            raise ValueError(f"val_split {val_split} of {n} training samples leaves an empty split")
+            raise InputError(f"val_split {val_split} of {n} training samples leaves an empty split")
         perm = np.random.Generator(np.random.PCG64([int(seed) & 0xFFFFFFFF, 0x7A1])).permutation(n)
         val_idx, train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
         xs["val"], ys["val"] = xs["train"][val_idx], ys["train"][val_idx]

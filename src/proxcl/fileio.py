@@ -7,6 +7,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from .errors import InputError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -45,12 +47,12 @@ def check_writable(path, what: str = "output") -> None:
     if not path:
         return
     if os.path.isdir(path):
-        raise ValueError(f"{what} {path} is a folder, not a file name")
+        raise InputError(f"{what} {path} is a folder, not a file name")
     folder = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(folder, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as e:
-        raise ValueError(f"{what} {path}: cannot write in {folder} ({e.strerror or e})") from None
+        raise InputError(f"{what} {path}: cannot write in {folder} ({e.strerror or e})") from None
 

@@ -21,6 +21,7 @@ from collections import OrderedDict
 import numpy as np
 import pyopencl.array as cla
 
+from .errors import InputError
 from .ops import CSRMatrix, DenseMatrix, HostCSR
 from .ops import nn
 from .ops.nn import mix32
@@ -217,7 +218,7 @@ class Linear(Layer):
                  rng: np.random.Generator | None = None, key=None):
         super().__init__(device, workspace, in_shape, key)
         if len(self.in_shape) != 1:
-            raise ValueError(f"linear layer {name!r} needs a flat input, got shape {list(self.in_shape)} "
+            raise InputError(f"linear layer {name!r} needs a flat input, got shape {list(self.in_shape)} "
                              "(add a flatten layer)")
         fan_in = self.in_shape[0]
         self.name = name
@@ -253,7 +254,7 @@ class Linear(Layer):
 def _pair(v, what: str) -> tuple[int, int]:
     if isinstance(v, (list, tuple)):
         if len(v) != 2:
-            raise ValueError(f"{what} must be an int or a pair, got {v!r}")
+            raise InputError(f"{what} must be an int or a pair, got {v!r}")
         a, b = v
     else:
         a = b = v
@@ -261,7 +262,7 @@ def _pair(v, what: str) -> tuple[int, int]:
         if int(a) != a or int(b) != b:
             raise TypeError
     except (TypeError, ValueError):
-        raise ValueError(f"{what} must be an int or a pair of ints, got {v!r}") from None
+        raise InputError(f"{what} must be an int or a pair of ints, got {v!r}") from None
     return int(a), int(b)
 
 
@@ -274,17 +275,17 @@ class _Window(Layer):
 
     def _geometry(self, what, kernel, stride, padding):
         if len(self.in_shape) != 3:
-            raise ValueError(f"{what} needs a [C, H, W] input, got shape {list(self.in_shape)}")
+            raise InputError(f"{what} needs a [C, H, W] input, got shape {list(self.in_shape)}")
         self.kh, self.kw = _pair(kernel, f"{what} kernel")
         self.sh, self.sw = _pair(stride, f"{what} stride")
         self.ph, self.pw = _pair(padding, f"{what} padding")
         if min(self.kh, self.kw, self.sh, self.sw) < 1 or min(self.ph, self.pw) < 0:
-            raise ValueError(f"{what}: kernel and stride must be >= 1 and padding >= 0")
+            raise InputError(f"{what}: kernel and stride must be >= 1 and padding >= 0")
         c, h, w = self.in_shape
         self.ho = _out_size(h, self.kh, self.sh, self.ph)
         self.wo = _out_size(w, self.kw, self.sw, self.pw)
         if self.ho < 1 or self.wo < 1:
-            raise ValueError(f"{what}: a {self.kh}x{self.kw} window does not fit a {h}x{w} input "
+            raise InputError(f"{what}: a {self.kh}x{self.kw} window does not fit a {h}x{w} input "
                              f"with padding {self.ph},{self.pw}")
 
     def _geo(self, n: int, pool: "MaxPool2d | None" = None, out: int = 0) -> cla.Array:
@@ -411,7 +412,7 @@ class MaxPool2d(_Window):
         super().__init__(device, workspace, in_shape, key)
         self._geometry("maxpool2d", kernel, kernel if stride is None else stride, padding)
         if 2 * self.ph > self.kh or 2 * self.pw > self.kw:
-            raise ValueError("maxpool2d: padding must be at most half the kernel size")
+            raise InputError("maxpool2d: padding must be at most half the kernel size")
         self.out_shape = (self.in_shape[0], self.ho, self.wo)
 
     def forward(self, x, train=False, keep=False):
@@ -502,7 +503,7 @@ class Dropout(Layer):
         super().__init__(device, workspace, in_shape, key)
         p = float(p)
         if not (0.0 <= p < 1.0):
-            raise ValueError(f"dropout p must be in [0, 1), got {p}")
+            raise InputError(f"dropout p must be in [0, 1), got {p}")
         self.p = p
         self.index = int(index)
         self.set_seed(0)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import InputError
 from .fileio import atomic_write_bytes
 from .ops import HostCSR, csr_problem
 
@@ -51,13 +52,13 @@ def index_dtype(n_cols: int) -> str:
 def _value_array(a, half: bool, what: str) -> np.ndarray:
     a = np.asarray(a)
     if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
-        raise ValueError(f"{what}: values of dtype {a.dtype} cannot be stored")
+        raise InputError(f"{what}: values of dtype {a.dtype} cannot be stored")
     if not np.isfinite(a).all():
-        raise ValueError(f"{what}: values not finite (NaN or inf)")
+        raise InputError(f"{what}: values not finite (NaN or inf)")
     with np.errstate(over="ignore"):    # overflow is reported below; np.array keeps 0-d arrays 0-d
         out = np.array(a, dtype=DTYPES["F16" if half else "F32"], order="C")
     if not np.isfinite(out).all():
-        raise ValueError(f"{what}: values too large for float16 (|x| > 65504); save without half")
+        raise InputError(f"{what}: values too large for float16 (|x| > 65504); save without half")
     return out
 
 
@@ -65,7 +66,7 @@ def _json(obj, what: str) -> str:
     try:
         return json.dumps(obj, separators=(",", ":"), sort_keys=False, allow_nan=False)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{what} is not JSON-serialisable: {e}") from None
+        raise InputError(f"{what} is not JSON-serialisable: {e}") from None
 
 
 def _checksum(meta: dict, arrays: list[bytes | memoryview]) -> str:
@@ -83,30 +84,30 @@ def _checksum(meta: dict, arrays: list[bytes | memoryview]) -> str:
 def model_file_bytes(spec: dict, tensors: dict, metadata: dict | None = None, half: bool = False) -> bytes:
     """The bytes of a model file (see write_model_file)."""
     if not isinstance(spec, dict):
-        raise ValueError(f"spec must be a dict, got {type(spec).__name__}")
+        raise InputError(f"spec must be a dict, got {type(spec).__name__}")
     if metadata is not None and not isinstance(metadata, dict):
-        raise ValueError(f"metadata must be a dict, got {type(metadata).__name__}")
+        raise InputError(f"metadata must be a dict, got {type(metadata).__name__}")
     vdt = "F16" if half else "F32"
     decls, entries, ordered = [], {}, []
     for name, t in tensors.items():
         if not isinstance(name, str) or not name or name.startswith("__"):
-            raise ValueError(f"bad tensor name {name!r}")
+            raise InputError(f"bad tensor name {name!r}")
         if isinstance(t, HostCSR) or all(hasattr(t, k) for k in (*CSR_PARTS, "shape")) \
                 and not isinstance(t, np.ndarray):
             m, n = (int(s) for s in t.shape)
             if not (0 <= m <= MAX_DIM - 1 and 0 <= n <= MAX_DIM):
-                raise ValueError(f"{name}: CSR shape {t.shape} out of range")
+                raise InputError(f"{name}: CSR shape {t.shape} out of range")
             indptr = np.asarray(t.indptr)
             indices = np.asarray(t.indices)
             if not (np.issubdtype(indptr.dtype, np.integer) and np.issubdtype(indices.dtype, np.integer)):
-                raise ValueError(f"{name}: CSR indptr and indices must be integers")
+                raise InputError(f"{name}: CSR indptr and indices must be integers")
             nnz = int(indices.size)
             if nnz > MAX_DIM:
-                raise ValueError(f"{name}: {nnz} entries exceed int32 row pointers")
+                raise InputError(f"{name}: {nnz} entries exceed int32 row pointers")
             data = _value_array(t.data, half, name)
             why = csr_problem(indptr, indices, data, (m, n), nnz)
             if why:
-                raise ValueError(f"{name}: {why}")
+                raise InputError(f"{name}: {why}")
             idt = index_dtype(n)
             parts = {"indptr": np.ascontiguousarray(indptr, DTYPES["I32"]),
                      "indices": np.ascontiguousarray(indices, DTYPES[idt]),
@@ -122,7 +123,7 @@ def model_file_bytes(spec: dict, tensors: dict, metadata: dict | None = None, ha
             entries[name] = a
             ordered.append(a)
     if len(entries) != sum(3 if d["kind"] == "csr" else 1 for d in decls):
-        raise ValueError("tensor names collide (a dense name equals a CSR part name)")
+        raise InputError("tensor names collide (a dense name equals a CSR part name)")
     meta = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION),
             "spec": _json(spec, "spec"), "metadata": _json(metadata or {}, "metadata"),
             "tensors": _json(decls, "tensor declarations")}
@@ -185,13 +186,13 @@ def _no_dupes(pairs):
     d = {}
     for k, v in pairs:
         if k in d:
-            raise ValueError(f"duplicate key {k!r}")
+            raise InputError(f"duplicate key {k!r}")
         d[k] = v
     return d
 
 
 def _bad_constant(c):
-    raise ValueError(f"{c} is not allowed")
+    raise InputError(f"{c} is not allowed")
 
 
 def _loads(text: str):

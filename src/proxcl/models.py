@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pyopencl.array as cla
 
+from .errors import InputError
 from .layers import Conv2d, Dropout, Flatten, Layer, Linear, MaxPool2d, Param, ReLU, Workspace
 from .ops import CSRMatrix, HostCSR, csr_problem
 from .ops import nn
@@ -95,7 +96,7 @@ class Model:
         try:
             return self._by_name[name]
         except KeyError:
-            raise ValueError(f"no parameter named {name!r} (have {', '.join(self._by_name)})") from None
+            raise InputError(f"no parameter named {name!r} (have {', '.join(self._by_name)})") from None
 
     def weight_stats(self) -> list[dict]:
         out = []
@@ -116,24 +117,24 @@ class Model:
     def _check_x(self, x) -> np.ndarray:
         x = np.asarray(x)
         if x.dtype.kind not in "fiub":
-            raise ValueError(f"inputs must be numeric, got dtype {x.dtype}")
+            raise InputError(f"inputs must be numeric, got dtype {x.dtype}")
         feat = int(np.prod(self.input_shape))
         ok = (tuple(x.shape[1:]) == self.input_shape or (x.ndim == 2 and x.shape[1] == feat)
               or (len(self.input_shape) == 3 and self.input_shape[0] == 1
                   and tuple(x.shape[1:]) == self.input_shape[1:]))
         if not ok:
-            raise ValueError(f"inputs must have shape [N, {', '.join(map(str, self.input_shape))}] or "
+            raise InputError(f"inputs must have shape [N, {', '.join(map(str, self.input_shape))}] or "
                              f"[N, {feat}], got {list(x.shape)}")
         if x.shape[0] == 0:
-            raise ValueError("empty batch")
+            raise InputError("empty batch")
         return np.ascontiguousarray(x, np.float32)
 
     def _check_y(self, y, n: int) -> np.ndarray:
         y = np.asarray(y)
         if y.shape != (n,) or y.dtype.kind not in "iu":
-            raise ValueError(f"labels must be {n} integers, got {y.dtype} {list(y.shape)}")
+            raise InputError(f"labels must be {n} integers, got {y.dtype} {list(y.shape)}")
         if n and (y.min() < 0 or y.max() >= self.num_classes):
-            raise ValueError(f"labels must lie in [0, {self.num_classes - 1}]")
+            raise InputError(f"labels must lie in [0, {self.num_classes - 1}]")
         return y.astype(np.int32)
 
     def _upload(self, x: np.ndarray, out: cla.Array | None = None, wait: bool = True) -> cla.Array:
@@ -167,10 +168,10 @@ class Model:
 
     def _check_prepared(self, xb) -> int:
         if not isinstance(xb, cla.Array) or xb.dtype != np.float32 or xb.ndim < 2:
-            raise ValueError("expected a batch from prepare_batch")
+            raise InputError("expected a batch from prepare_batch")
         n = int(xb.shape[1])
         if tuple(xb.shape) != Layer.batch_shape(self.input_shape, n):
-            raise ValueError(f"device batch has shape {list(xb.shape)}, expected "
+            raise InputError(f"device batch has shape {list(xb.shape)}, expected "
                              f"{list(Layer.batch_shape(self.input_shape, n))}")
         return n
 
@@ -198,7 +199,7 @@ class Model:
     def _loss_step(self, xb, yb, *, train: bool, grads: bool) -> tuple[float, int]:
         n = self._check_prepared(xb)
         if not isinstance(yb, cla.Array) or yb.shape != (n,) or yb.dtype != np.int32:
-            raise ValueError(f"labels must be an int32 device array of shape ({n},) from prepare_batch")
+            raise InputError(f"labels must be an int32 device array of shape ({n},) from prepare_batch")
         z = self._forward(xb, train=train, keep=grads)
         ws = self.workspace
         partial = ws.get(("loss", "partial"), nn.softmax_partial_shape(self.device, n))
@@ -261,7 +262,7 @@ class Model:
             return [p for p in self.params if p.penalised]
         p = self.param(name)
         if not p.penalised:
-            raise ValueError(f"{name} is a bias; only weights can be stored as CSR")
+            raise InputError(f"{name} is a bias; only weights can be stored as CSR")
         return [p]
 
     def to_sparse(self, name: str | None = None, threshold: float = 0.0) -> dict:
@@ -310,21 +311,21 @@ class Model:
 
     def _check_names(self, d: dict) -> None:
         if not isinstance(d, dict):
-            raise ValueError("a state must be a dict of parameter name -> array")
+            raise InputError("a state must be a dict of parameter name -> array")
         missing = [n for n in self._by_name if n not in d]
         extra = [n for n in d if n not in self._by_name]
         if missing or extra:
-            raise ValueError(f"state does not match the model: missing {missing}, unexpected {extra}")
+            raise InputError(f"state does not match the model: missing {missing}, unexpected {extra}")
 
     def _dense_array(self, p: Param, a) -> np.ndarray:
         a = np.asarray(a)
         if a.dtype.kind not in "fiu":
-            raise ValueError(f"{p.name}: expected a numeric array, got {a.dtype}")
+            raise InputError(f"{p.name}: expected a numeric array, got {a.dtype}")
         if tuple(a.shape) not in (p.shape, p.matrix_shape):
-            raise ValueError(f"{p.name}: expected shape {list(p.shape)}, got {list(a.shape)}")
+            raise InputError(f"{p.name}: expected shape {list(p.shape)}, got {list(a.shape)}")
         a = np.ascontiguousarray(a, np.float32).reshape(p.matrix_shape)
         if not np.all(np.isfinite(a)):
-            raise ValueError(f"{p.name}: values must be finite")
+            raise InputError(f"{p.name}: values must be finite")
         return a
 
     def load_state_dict(self, d: dict) -> None:
@@ -351,20 +352,20 @@ class Model:
             v = d[p.name]
             if isinstance(v, HostCSR):
                 if not p.penalised:
-                    raise ValueError(f"{p.name} is a bias; it cannot be CSR")
+                    raise InputError(f"{p.name} is a bias; it cannot be CSR")
                 if tuple(v.shape) != p.matrix_shape:
-                    raise ValueError(f"{p.name}: CSR shape {list(v.shape)} != {list(p.matrix_shape)}")
+                    raise InputError(f"{p.name}: CSR shape {list(v.shape)} != {list(p.matrix_shape)}")
                 arrays = [np.asarray(a) for a in (v.indptr, v.indices, v.data)]
                 if any(a.dtype.kind not in "iu" for a in arrays[:2]) or arrays[2].dtype.kind not in "fiu":
-                    raise ValueError(f"{p.name}: CSR arrays must be integer row pointers and column "
+                    raise InputError(f"{p.name}: CSR arrays must be integer row pointers and column "
                                      f"indices and numeric values")
                 data = arrays[2]
                 if data.size and not np.all(np.isfinite(data)):
-                    raise ValueError(f"{p.name}: values must be finite")
+                    raise InputError(f"{p.name}: values must be finite")
                 try:
                     new[p.name] = CSRMatrix.from_host(v, self.device)
                 except (ValueError, IndexError) as e:
-                    raise ValueError(f"{p.name}: bad CSR arrays ({e})") from None
+                    raise InputError(f"{p.name}: bad CSR arrays ({e})") from None
                 _check_csr(new[p.name], p.name)
             else:
                 new[p.name] = self._dense_array(p, v)
@@ -384,4 +385,4 @@ def _check_csr(w: CSRMatrix, name: str) -> None:
     indptr, indices, data = w.to_arrays()
     why = csr_problem(indptr, indices, data, w.shape, w.nnz)
     if why:
-        raise ValueError(f"{name}: bad CSR arrays ({why})")
+        raise InputError(f"{name}: bad CSR arrays ({why})")

@@ -40,6 +40,7 @@ from typing import Iterable
 import numpy as np
 import pyopencl.array as cla
 
+from .errors import InputError
 from .ops import optim as kernels
 from .ops.sparse import gather
 from .runtime import Device, default_device
@@ -55,7 +56,7 @@ def _finite(name: str, value, lo: float | None = None, hi: float | None = None,
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
+        raise InputError(f"{name} must be a number, got {value!r}") from None
     bad = not math.isfinite(v)
     if lo is not None:
         bad |= v <= lo if lo_open else v < lo
@@ -65,7 +66,7 @@ def _finite(name: str, value, lo: float | None = None, hi: float | None = None,
         lo_s = "" if lo is None else ("(" if lo_open else "[") + f"{lo:g}"
         hi_s = "" if hi is None else f"{hi:g}" + (")" if hi_open else "]")
         where = f" in {lo_s or '(-inf'}, {hi_s or 'inf)'}"
-        raise ValueError(f"{name} must be a finite number{where}, got {value!r}")
+        raise InputError(f"{name} must be a finite number{where}, got {value!r}")
     return v
 
 
@@ -108,7 +109,7 @@ class Optimizer:
     def _check_l1(self, l1) -> float:
         v = _finite(f"{self.kind}: l1", l1, 0.0)
         if v and not self.has_l1:
-            raise ValueError(f"{self.kind} has no l1 term (got l1={l1!r}); use prox-{self.kind} or rda")
+            raise InputError(f"{self.kind} has no l1 term (got l1={l1!r}); use prox-{self.kind} or rda")
         return v
 
     def _check_reweight(self, eps) -> float:
@@ -117,7 +118,7 @@ class Optimizer:
             return 0.0
         v = _finite(f"{self.kind}: reweighting eps", eps, 0.0, lo_open=True)
         if not self.has_l1:
-            raise ValueError(f"{self.kind} has no l1 term, so it cannot reweight it")
+            raise InputError(f"{self.kind} has no l1 term, so it cannot reweight it")
         return v
 
     def _reweight_of(self, p, st: _State):
@@ -149,14 +150,14 @@ class Optimizer:
         if factors is None:
             return {}
         if not isinstance(factors, dict):
-            raise ValueError(f"l1_factors must be a dict {{name: factor}}, got {type(factors).__name__}")
+            raise InputError(f"l1_factors must be a dict {{name: factor}}, got {type(factors).__name__}")
         out = {}
         for k, v in factors.items():
             if not isinstance(k, str) or not k:
-                raise ValueError(f"l1_factors keys must be parameter or layer names, got {k!r}")
+                raise InputError(f"l1_factors keys must be parameter or layer names, got {k!r}")
             out[k] = _finite(f"l1 factor of {k!r}", v, 0.0)
         if out and not self.has_l1:
-            raise ValueError(f"{self.kind} has no l1 term, so l1_factors cannot apply")
+            raise InputError(f"{self.kind} has no l1 term, so l1_factors cannot apply")
         return out
 
     def factor(self, name: str) -> float:
@@ -187,13 +188,13 @@ class Optimizer:
         for p in params:
             self._check_param(p)
             if p.name in seen:
-                raise ValueError(f"parameter {p.name!r} is given twice")
+                raise InputError(f"parameter {p.name!r} is given twice")
             seen.add(p.name)
         if not self._factors_checked and params:
             unused = [k for k in self.l1_factors
                       if not any(n == k or n.startswith(k + ".") for n in seen)]
             if unused:
-                raise ValueError(f"l1_factors key {unused[0]!r} names no parameter "
+                raise InputError(f"l1_factors key {unused[0]!r} names no parameter "
                                  f"(parameters: {', '.join(sorted(seen))})")
             self._factors_checked = True
         for p in params:
@@ -205,16 +206,16 @@ class Optimizer:
     def _check_param(self, p) -> None:
         name = getattr(p, "name", None)
         if not isinstance(name, str) or not name:
-            raise ValueError(f"a parameter needs a non-empty str name, got {name!r}")
+            raise InputError(f"a parameter needs a non-empty str name, got {name!r}")
         data, grad = getattr(p, "data", None), getattr(p, "grad", None)
         if not isinstance(data, cla.Array) or data.dtype != np.float32 or data.ndim != 1:
-            raise ValueError(f"parameter {name!r}: data must be a flat float32 device array")
+            raise InputError(f"parameter {name!r}: data must be a flat float32 device array")
         if not isinstance(grad, cla.Array) or grad.dtype != np.float32 or grad.shape != data.shape:
-            raise ValueError(f"parameter {name!r}: grad must be a float32 device array "
+            raise InputError(f"parameter {name!r}: grad must be a float32 device array "
                              f"of shape {data.shape}")
         for a in (data, grad):
             if a.size and a.context.int_ptr != self.device.context.int_ptr:
-                raise ValueError(f"parameter {name!r} lives on another OpenCL context "
+                raise InputError(f"parameter {name!r} lives on another OpenCL context "
                                  f"than the optimizer's device")
 
     def _state_of(self, p) -> _State:
@@ -226,7 +227,7 @@ class Optimizer:
                 st.rw_c = self._mean_magnitude(p)
             self._state[p.name] = st
         elif st.size != n:
-            raise ValueError(f"parameter {p.name!r} has {n} values but its optimizer state has "
+            raise InputError(f"parameter {p.name!r} has {n} values but its optimizer state has "
                              f"{st.size}; call remap() when the support changes")
         return st
 
@@ -246,12 +247,12 @@ class Optimizer:
         if st is None:
             return
         if not isinstance(src, cla.Array) or src.dtype != np.int32 or src.ndim != 1:
-            raise ValueError(f"remap {name!r}: src must be a flat int32 device array")
+            raise InputError(f"remap {name!r}: src must be a flat int32 device array")
         if src.size:
             host = src.get()
             lo, hi = int(host.min()), int(host.max())
             if lo < 0 or hi >= st.size:
-                raise ValueError(f"remap {name!r}: src holds positions outside [0, {st.size})")
+                raise InputError(f"remap {name!r}: src holds positions outside [0, {st.size})")
         st.arrays = {s: gather(self.device, a, src) for s, a in st.arrays.items()}
         st.size = int(src.size)
 
@@ -291,9 +292,9 @@ class Optimizer:
         """Restore a :meth:`state_dict` (hyper-parameters included) onto this optimizer's device."""
         kind = d.get("kind")
         if not isinstance(kind, (int, np.integer)) or not 0 <= int(kind) < len(OPTIMIZERS):
-            raise ValueError("optimizer state: missing or invalid 'kind'")
+            raise InputError("optimizer state: missing or invalid 'kind'")
         if OPTIMIZERS[int(kind)] != self.kind:
-            raise ValueError(f"optimizer state is for {OPTIMIZERS[int(kind)]}, not {self.kind}")
+            raise InputError(f"optimizer state is for {OPTIMIZERS[int(kind)]}, not {self.kind}")
         hyper, factors, steps, sizes, arrays, scales = {}, {}, {}, {}, {}, {}
         for key, v in d.items():
             if key == "kind":
@@ -312,12 +313,12 @@ class Optimizer:
                 name, slot = key[6:].rsplit("/", 1)
                 arrays.setdefault(name, {})[slot] = v
             else:
-                raise ValueError(f"optimizer state: unexpected key {key!r}")
+                raise InputError(f"optimizer state: unexpected key {key!r}")
         missing = {"lr", "l1", "reweight_eps", *self._HYPER} - set(hyper)
         if missing:
-            raise ValueError(f"optimizer state: missing {sorted(missing)[0]!r}")
+            raise InputError(f"optimizer state: missing {sorted(missing)[0]!r}")
         if set(steps) != set(sizes) or set(scales) != set(steps) or not set(arrays) <= set(steps):
-            raise ValueError("optimizer state: step/, size/ and state/ keys name different parameters")
+            raise InputError("optimizer state: step/, size/ and state/ keys name different parameters")
         own = {h: self._check_hyper(h, hyper[h]) for h in self._HYPER}
         slots = set(self._slots_with(own))
         state = {}
@@ -325,17 +326,17 @@ class Optimizer:
             n = int(sizes[name])
             got = arrays.get(name, {})
             if set(got) != slots:
-                raise ValueError(f"optimizer state of {name!r} has slots {sorted(got)}, "
+                raise InputError(f"optimizer state of {name!r} has slots {sorted(got)}, "
                                  f"{self.kind} needs {sorted(slots)}")
             dev_arrays = {}
             for s, a in got.items():
                 a = np.asarray(a)
                 if a.dtype != np.float32 or a.shape != (n,):
-                    raise ValueError(f"optimizer state {name!r}/{s}: expected float32 ({n},), "
+                    raise InputError(f"optimizer state {name!r}/{s}: expected float32 ({n},), "
                                      f"got {a.dtype} {a.shape}")
                 dev_arrays[s] = self.device.to_device(a) if n else self.device.zeros((0,), np.float32)
             if int(t) < 0 or n < 0:
-                raise ValueError(f"optimizer state of {name!r}: negative step or size")
+                raise InputError(f"optimizer state of {name!r}: negative step or size")
             rw_c = _finite(f"optimizer state of {name!r}: reweighting scale", scales[name], 0.0, lo_open=True)
             state[name] = _State(int(t), n, dev_arrays, rw_c)
         # validate everything before changing anything
@@ -391,7 +392,7 @@ class ProxSGD(Optimizer):
 
     def _check_hyper(self, name, value):
         if name != "momentum":
-            raise ValueError(f"{self.kind}: unknown hyper-parameter {name!r}")
+            raise InputError(f"{self.kind}: unknown hyper-parameter {name!r}")
         return _finite(f"{self.kind}: momentum", value, 0.0, 1.0, hi_open=True)
 
     def _update(self, p, st, lam):
@@ -414,7 +415,7 @@ class ProxAdam(Optimizer):
         try:
             b1, b2 = betas
         except (TypeError, ValueError):
-            raise ValueError(f"{self.kind}: betas must be a pair (beta1, beta2), got {betas!r}") from None
+            raise InputError(f"{self.kind}: betas must be a pair (beta1, beta2), got {betas!r}") from None
         self.beta1 = self._check_hyper("beta1", b1)
         self.beta2 = self._check_hyper("beta2", b2)
         self.eps = self._check_hyper("eps", eps)
@@ -425,7 +426,7 @@ class ProxAdam(Optimizer):
             return _finite(f"{self.kind}: {name}", value, 0.0, 1.0, hi_open=True)
         if name == "eps":
             return _finite(f"{self.kind}: eps", value, 0.0, lo_open=True)
-        raise ValueError(f"{self.kind}: unknown hyper-parameter {name!r}")
+        raise InputError(f"{self.kind}: unknown hyper-parameter {name!r}")
 
     def _update(self, p, st, lam):
         b1, b2, t = self.beta1, self.beta2, st.t
@@ -457,7 +458,7 @@ class RDA(Optimizer):
 
     def _check_hyper(self, name, value):
         if name != "gamma":
-            raise ValueError(f"rda: unknown hyper-parameter {name!r}")
+            raise InputError(f"rda: unknown hyper-parameter {name!r}")
         return _finite("rda: gamma", value, 0.0, lo_open=True)
 
     def _init_slot(self, slot, p):
@@ -481,9 +482,9 @@ def make_optimizer(name: str, *, lr=None, l1=0.0, l1_factors=None, momentum=0.9,
     name or an invalid hyper-parameter."""
     key = str(name).strip().lower()
     if key not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r} (choose from {', '.join(OPTIMIZERS)})")
+        raise InputError(f"unknown optimizer {name!r} (choose from {', '.join(OPTIMIZERS)})")
     if key != "rda" and lr is None:
-        raise ValueError(f"{key} needs a learning rate")
+        raise InputError(f"{key} needs a learning rate")
     if key in ("prox-sgd", "sgd"):
         return ProxSGD(lr=lr, l1=l1, l1_factors=l1_factors, momentum=momentum,
                        plain=key == "sgd", reweight_eps=reweight_eps, device=device)

@@ -6,6 +6,8 @@ import os
 
 import numpy as np
 
+from .errors import InputError
+
 
 def read_images(path: str) -> np.ndarray:
     """Raw images from one file: a PNG (one image; needs Pillow, installed with proxcl[report]),
@@ -17,18 +19,18 @@ def read_images(path: str) -> np.ndarray:
         try:
             from PIL import Image
         except ImportError:
-            raise ValueError("reading PNG needs Pillow: pip install 'proxcl[report]'") from None
+            raise InputError("reading PNG needs Pillow: pip install 'proxcl[report]'") from None
         try:
             with Image.open(path) as im:
                 a = np.asarray(im.convert("L"), dtype=np.float32)
         except OSError as e:
-            raise ValueError(f"{path}: not a readable PNG ({e})") from None
+            raise InputError(f"{path}: not a readable PNG ({e})") from None
         return a[None, None]
     if lower.endswith(".npy"):
         try:
             a = np.load(path, allow_pickle=False)
         except (ValueError, OSError) as e:
-            raise ValueError(f"{path}: not a readable .npy array ({str(e).splitlines()[0]})") from None
+            raise InputError(f"{path}: not a readable .npy array ({str(e).splitlines()[0]})") from None
     else:
         from .data import read_idx
         a = read_idx(path)
@@ -37,9 +39,9 @@ def read_images(path: str) -> np.ndarray:
     elif a.ndim == 3:
         a = a[:, None]
     if a.ndim != 4 or a.size == 0:
-        raise ValueError(f"{path}: expected images [H, W], [N, H, W] or [N, C, H, W], got shape {a.shape}")
+        raise InputError(f"{path}: expected images [H, W], [N, H, W] or [N, C, H, W], got shape {a.shape}")
     if not np.issubdtype(a.dtype, np.number):
-        raise ValueError(f"{path}: images must be numbers, got {a.dtype}")
+        raise InputError(f"{path}: images must be numbers, got {a.dtype}")
     return a.astype(np.float32)
 
 
@@ -51,7 +53,7 @@ def predict_files(model, paths: list[str], normalisation: dict, class_names=None
     for path in paths:
         raw = read_images(path)
         if tuple(raw.shape[1:]) != want:
-            raise ValueError(f"{path}: images are {list(raw.shape[1:])}, the model takes {list(want)}")
+            raise InputError(f"{path}: images are {list(raw.shape[1:])}, the model takes {list(want)}")
         x = normalise(raw, normalisation["mean"], normalisation["std"])
         probs = model.predict_proba(x)
         for i, p in enumerate(probs):

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import InputError
+
 SCOPES = ("layer", "global")
 
 
@@ -29,7 +31,7 @@ def keep_largest(magnitudes: np.ndarray, keep: int) -> np.ndarray:
 
 def _groups(params, scope: str) -> list[list]:
     if scope not in SCOPES:
-        raise ValueError(f"prune scope must be one of {', '.join(SCOPES)}, got {scope!r}")
+        raise InputError(f"prune scope must be one of {', '.join(SCOPES)}, got {scope!r}")
     return [[p] for p in params] if scope == "layer" else [list(params)]
 
 

@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 
+from .errors import InputError
 from .fileio import atomic_write
 from .ops import HostCSR
 
@@ -23,12 +24,12 @@ def read_log(path: str) -> list[dict]:
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError:
-                raise ValueError(f"{path}:{i}: not a JSON line") from None
+                raise InputError(f"{path}:{i}: not a JSON line") from None
     if not records:
-        raise ValueError(f"{path}: the log has no records")
+        raise InputError(f"{path}: the log has no records")
     for i, r in enumerate(records, 1):
         if not _is_record(r):
-            raise ValueError(f"{path}: record {i} is not a proxcl training log record "
+            raise InputError(f"{path}: record {i} is not a proxcl training log record "
                              f"(phase, epoch, loss, density as numbers; layers with name and nnz)")
     return records
 
@@ -56,7 +57,7 @@ def _pyplot():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise ValueError("reports need matplotlib: pip install 'proxcl[report]'") from None
+        raise InputError("reports need matplotlib: pip install 'proxcl[report]'") from None
     return plt
 
 

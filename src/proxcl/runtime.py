@@ -19,6 +19,7 @@ import numpy as np
 import pyopencl as cl
 import pyopencl.array as cla
 
+from .errors import InputError
 from .tuning import FORMS, Tuning, kernel_form
 
 __all__ = ["Device", "DeviceError", "default_device", "list_devices", "ceil_to"]
@@ -201,7 +202,7 @@ class Device:
         for a in args:
             if isinstance(a, cla.Array):
                 if a.offset:
-                    raise ValueError("device arrays with a non-zero offset are not supported")
+                    raise InputError("device arrays with a non-zero offset are not supported")
                 conv.append(a.base_data)
             elif isinstance(a, (bool, np.bool_)):
                 conv.append(np.int32(a))

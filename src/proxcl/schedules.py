@@ -27,6 +27,8 @@ from __future__ import annotations
 import math
 import numbers
 
+from .errors import InputError
+
 __all__ = ["LR_SCHEDULES", "ConstantLR", "StepLR", "CosineLR", "Warmup", "L1Ramp", "CubicSparsity",
            "DensityController", "make_lr_schedule", "make_l1_schedule"]
 
@@ -37,16 +39,16 @@ def _number(name: str, v, *, positive: bool = False) -> float:
     try:
         x = float(v)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {v!r}") from None
+        raise InputError(f"{name} must be a number, got {v!r}") from None
     if not math.isfinite(x) or x < 0 or (positive and x == 0):
-        raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {v!r}")
+        raise InputError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {v!r}")
     return x
 
 
 def _count(name: str, v, *, minimum: int) -> int:
     if (isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v)
             or v != int(v) or int(v) < minimum):
-        raise ValueError(f"{name} must be a whole number >= {minimum}, got {v!r}")
+        raise InputError(f"{name} must be a whole number >= {minimum}, got {v!r}")
     return int(v)
 
 
@@ -56,7 +58,7 @@ def _progress(epoch, step_in_epoch, steps_per_epoch) -> float:
     n = _count("steps_per_epoch", steps_per_epoch, minimum=1)
     s = _count("step_in_epoch", step_in_epoch, minimum=0)
     if s >= n:
-        raise ValueError(f"step_in_epoch must be < steps_per_epoch ({n}), got {s}")
+        raise InputError(f"step_in_epoch must be < steps_per_epoch ({n}), got {s}")
     return e + s / n
 
 
@@ -80,7 +82,7 @@ class StepLR:
         self.every = _count("step schedule: every", every, minimum=1)
         self.gamma = _number("step schedule: gamma", gamma, positive=True)
         if self.gamma > 1:
-            raise ValueError(f"step schedule: gamma must be in (0, 1], got {gamma!r}")
+            raise InputError(f"step schedule: gamma must be in (0, 1], got {gamma!r}")
 
     def lr_at(self, epoch: int, step_in_epoch: int = 0, steps_per_epoch: int = 1) -> float:
         _progress(epoch, step_in_epoch, steps_per_epoch)
@@ -98,7 +100,7 @@ class CosineLR:
         self.epochs = _count("epochs", epochs, minimum=1)
         self.floor = _number("cosine schedule: floor", floor)
         if self.floor > self.base_lr:
-            raise ValueError(f"cosine schedule: floor ({floor!r}) must not exceed the learning rate "
+            raise InputError(f"cosine schedule: floor ({floor!r}) must not exceed the learning rate "
                              f"({base_lr!r})")
 
     def lr_at(self, epoch: int, step_in_epoch: int = 0, steps_per_epoch: int = 1) -> float:
@@ -153,12 +155,12 @@ def make_lr_schedule(kind: str, base_lr, epochs, **kw):
     max(1, epochs // 3); ``gamma``, default 0.1); ``cosine`` (``floor``, default 0)."""
     key = str(kind).strip().lower()
     if key not in LR_SCHEDULES:
-        raise ValueError(f"unknown learning-rate schedule {kind!r} (choose from {', '.join(LR_SCHEDULES)})")
+        raise InputError(f"unknown learning-rate schedule {kind!r} (choose from {', '.join(LR_SCHEDULES)})")
     epochs = _count("epochs", epochs, minimum=1)
     allowed = {"constant": (), "step": ("every", "gamma"), "cosine": ("floor",)}[key]
     extra = sorted(set(kw) - set(allowed))
     if extra:
-        raise ValueError(f"{key} schedule takes no option {extra[0]!r}"
+        raise InputError(f"{key} schedule takes no option {extra[0]!r}"
                          + (f" (options: {', '.join(allowed)})" if allowed else ""))
     if key == "constant":
         return ConstantLR(base_lr)
@@ -183,9 +185,9 @@ class CubicSparsity:
         self.start = _number("pruning start", start)
         self.end = _number("pruning end", end)
         if not (self.initial <= self.final < 1.0):
-            raise ValueError(f"sparsities must satisfy 0 <= initial ({initial!r}) <= final ({final!r}) < 1")
+            raise InputError(f"sparsities must satisfy 0 <= initial ({initial!r}) <= final ({final!r}) < 1")
         if self.end <= self.start:
-            raise ValueError(f"pruning must end ({end!r}) after it starts ({start!r})")
+            raise InputError(f"pruning must end ({end!r}) after it starts ({start!r})")
 
     def at(self, x: float) -> float:
         if x <= self.start:
@@ -219,7 +221,7 @@ class DensityController:
     def __init__(self, target, l1, ramp, kp=1.0, ki=0.02, l1_min=1e-8, l1_max=1.0):
         self.target = _number("target density", target, positive=True)
         if self.target > 1:
-            raise ValueError(f"target density must be in (0, 1], got {target!r}")
+            raise InputError(f"target density must be in (0, 1], got {target!r}")
         self.base = _number("l1", l1, positive=True)
         self.kp = _number("controller kp", kp)
         self.ki = _number("controller ki", ki, positive=True)

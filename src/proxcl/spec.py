@@ -22,6 +22,8 @@ import os
 
 import numpy as np
 
+from .errors import InputError
+
 __all__ = ["BUILTIN_SPECS", "normalize_spec"]
 
 
@@ -65,14 +67,14 @@ _FIELDS = {
 
 def _int(v, what: str, lo: int = 1) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or int(v) < lo:
-        raise ValueError(f"{what} must be an integer >= {lo}, got {v!r}")
+        raise InputError(f"{what} must be an integer >= {lo}, got {v!r}")
     return int(v)
 
 
 def _norm_pair(v, what: str, lo: int):
     vals = list(v) if isinstance(v, (list, tuple)) else [v, v]
     if len(vals) != 2:
-        raise ValueError(f"{what} must be an integer or a pair, got {v!r}")
+        raise InputError(f"{what} must be an integer or a pair, got {v!r}")
     a, b = (_int(x, what, lo) for x in vals)
     return a if a == b else [a, b]
 
@@ -81,7 +83,7 @@ def _load_spec(name_or_spec) -> dict:
     if isinstance(name_or_spec, dict):
         return copy.deepcopy(name_or_spec)
     if not isinstance(name_or_spec, str):
-        raise ValueError(f"a model is a built-in name, a spec dict, JSON text or a JSON file, "
+        raise InputError(f"a model is a built-in name, a spec dict, JSON text or a JSON file, "
                          f"got {type(name_or_spec).__name__}")
     s = name_or_spec.strip()
     if s in BUILTIN_SPECS:
@@ -92,18 +94,18 @@ def _load_spec(name_or_spec) -> dict:
         try:
             spec = json.loads(s)
         except json.JSONDecodeError as e:
-            raise ValueError(f"model spec is not valid JSON: {e}") from None
+            raise InputError(f"model spec is not valid JSON: {e}") from None
     elif os.path.isfile(s):
         try:
             with open(s, encoding="utf-8") as f:
                 spec = json.load(f)
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"model spec file {s}: {e}") from None
+            raise InputError(f"model spec file {s}: {e}") from None
     else:
-        raise ValueError(f"unknown model {s!r}: use one of {', '.join(BUILTIN_SPECS)}, "
+        raise InputError(f"unknown model {s!r}: use one of {', '.join(BUILTIN_SPECS)}, "
                          "a JSON spec or a JSON file")
     if not isinstance(spec, dict):
-        raise ValueError("a model spec must be a JSON object")
+        raise InputError("a model spec must be a JSON object")
     return spec
 
 
@@ -113,14 +115,14 @@ def normalize_spec(name_or_spec) -> dict:
     spec = _load_spec(name_or_spec)
     unknown = set(spec) - {"name", "input_shape", "num_classes", "layers"}
     if unknown:
-        raise ValueError(f"model spec: unknown keys {sorted(unknown)}")
+        raise InputError(f"model spec: unknown keys {sorted(unknown)}")
     shape = spec.get("input_shape")
     if not isinstance(shape, (list, tuple)) or len(shape) not in (1, 3):
-        raise ValueError("model spec: input_shape must be [features] or [C, H, W]")
+        raise InputError("model spec: input_shape must be [features] or [C, H, W]")
     shape = [_int(v, "input_shape entries") for v in shape]
     layers = spec.get("layers")
     if not isinstance(layers, list) or not layers:
-        raise ValueError("model spec: layers must be a non-empty list")
+        raise InputError("model spec: layers must be a non-empty list")
     names, counts = set(), {"linear": 0, "conv2d": 0}
     out_layers = [_norm_layer(i, l, names, counts) for i, l in enumerate(layers)]
     full = {}
@@ -131,13 +133,13 @@ def normalize_spec(name_or_spec) -> dict:
     # Check the geometry (and find the output size) without a device.
     out_shape = _shapes(full)[-1]
     if len(out_shape) != 1:
-        raise ValueError(f"model spec: the last layer's output must be flat, got shape {list(out_shape)} "
+        raise InputError(f"model spec: the last layer's output must be flat, got shape {list(out_shape)} "
                          "(add a flatten and a linear layer)")
     k = out_shape[0]
     if "num_classes" in spec and spec["num_classes"] != k:
-        raise ValueError(f"model spec: num_classes is {spec['num_classes']} but the last layer gives {k}")
+        raise InputError(f"model spec: num_classes is {spec['num_classes']} but the last layer gives {k}")
     if k < 2:
-        raise ValueError("model spec: a classifier needs at least 2 outputs")
+        raise InputError("model spec: a classifier needs at least 2 outputs")
     full["num_classes"] = k
     return {key: full[key] for key in ("name", "input_shape", "num_classes", "layers") if key in full}
 
@@ -145,24 +147,24 @@ def normalize_spec(name_or_spec) -> dict:
 def _norm_layer(i: int, l, names: set, counts: dict) -> dict:
     """Layer i of a spec with every field explicit (param layers named uniquely)."""
     if not isinstance(l, dict) or l.get("type") not in _FIELDS:
-        raise ValueError(f"model spec: layer {i} needs a type, one of {', '.join(_FIELDS)}")
+        raise InputError(f"model spec: layer {i} needs a type, one of {', '.join(_FIELDS)}")
     t = l["type"]
     extra = set(l) - _FIELDS[t]
     if extra:
-        raise ValueError(f"model spec: layer {i} ({t}) has unknown fields {sorted(extra)}")
+        raise InputError(f"model spec: layer {i} ({t}) has unknown fields {sorted(extra)}")
     n = {"type": t}
     if t in ("linear", "conv2d"):
         n.update(_norm_param_layer(i, l, t, names, counts))
     elif t == "maxpool2d":
         if "kernel" not in l:
-            raise ValueError(f"model spec: maxpool2d layer {i} needs a kernel size")
+            raise InputError(f"model spec: maxpool2d layer {i} needs a kernel size")
         n["kernel"] = _norm_pair(l["kernel"], f"maxpool2d layer {i} kernel", 1)
         n["stride"] = _norm_pair(l.get("stride", l["kernel"]), f"maxpool2d layer {i} stride", 1)
         n["padding"] = _norm_pair(l.get("padding", 0), f"maxpool2d layer {i} padding", 0)
     elif t == "dropout":
         p = l.get("p", 0.5)
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
-            raise ValueError(f"model spec: dropout layer {i} p must be in [0, 1), got {p!r}")
+            raise InputError(f"model spec: dropout layer {i} p must be in [0, 1), got {p!r}")
         n["p"] = float(p)
     return n
 
@@ -171,18 +173,18 @@ def _norm_param_layer(i: int, l: dict, t: str, names: set, counts: dict) -> dict
     counts[t] += 1
     name = l.get("name") or f"{'fc' if t == 'linear' else 'conv'}{counts[t]}"
     if not isinstance(name, str) or not name.replace("_", "a").isalnum() or name in names:
-        raise ValueError(f"model spec: layer {i} name {name!r} must be unique letters, digits, _")
+        raise InputError(f"model spec: layer {i} name {name!r} must be unique letters, digits, _")
     names.add(name)
     n = {"name": name, "out": _int(l.get("out"), f"layer {name} out")}
     if t == "conv2d":
         if "kernel" not in l:
-            raise ValueError(f"model spec: conv2d layer {name} needs a kernel size")
+            raise InputError(f"model spec: conv2d layer {name} needs a kernel size")
         n["kernel"] = _norm_pair(l["kernel"], f"layer {name} kernel", 1)
         n["stride"] = _norm_pair(l.get("stride", 1), f"layer {name} stride", 1)
         n["padding"] = _norm_pair(l.get("padding", 0), f"layer {name} padding", 0)
     b = l.get("bias", True)
     if not isinstance(b, bool):
-        raise ValueError(f"model spec: layer {name} bias must be true or false")
+        raise InputError(f"model spec: layer {name} bias must be true or false")
     n["bias"] = b
     return n
 
@@ -194,21 +196,21 @@ def _shapes(spec) -> list[tuple]:
         s, t = shapes[-1], l["type"]
         if t == "linear":
             if len(s) != 1:
-                raise ValueError(f"model spec: linear layer {l['name']} needs a flat input, got shape "
+                raise InputError(f"model spec: linear layer {l['name']} needs a flat input, got shape "
                                  f"{list(s)} (add a flatten layer)")
             s = (l["out"],)
         elif t in ("conv2d", "maxpool2d"):
             if len(s) != 3:
-                raise ValueError(f"model spec: {t} layer {i} needs a [C, H, W] input, got shape {list(s)}")
+                raise InputError(f"model spec: {t} layer {i} needs a [C, H, W] input, got shape {list(s)}")
             kh, kw = _pairs(l["kernel"])
             sh, sw = _pairs(l["stride"])
             ph, pw = _pairs(l["padding"])
             ho, wo = (s[1] + 2 * ph - kh) // sh + 1, (s[2] + 2 * pw - kw) // sw + 1
             if ho < 1 or wo < 1 or s[1] + 2 * ph < kh or s[2] + 2 * pw < kw:
-                raise ValueError(f"model spec: {t} layer {i}: a {kh}x{kw} window does not fit a "
+                raise InputError(f"model spec: {t} layer {i}: a {kh}x{kw} window does not fit a "
                                  f"{s[1]}x{s[2]} input")
             if t == "maxpool2d" and (2 * ph > kh or 2 * pw > kw):
-                raise ValueError(f"model spec: maxpool2d layer {i}: padding must be at most half the kernel")
+                raise InputError(f"model spec: maxpool2d layer {i}: padding must be at most half the kernel")
             s = (l["out"] if t == "conv2d" else s[0], ho, wo)
         elif t == "flatten":
             s = (int(np.prod(s)),)

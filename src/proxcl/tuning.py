@@ -16,6 +16,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import astuple, dataclass, fields
 
+from .errors import InputError
+
 __all__ = ["Tuning", "FORMS", "kernel_form", "ENV_VAR"]
 
 ENV_VAR = "PROXCL_TUNING"
@@ -96,5 +98,5 @@ def kernel_form(is_cpu: bool) -> str:
     other value of the variable."""
     kind = os.environ.get(ENV_VAR, "").strip().lower() or ("cpu" if is_cpu else "gpu")
     if kind not in FORMS:
-        raise ValueError(f"{ENV_VAR} must be 'cpu' or 'gpu', got {kind!r}")
+        raise InputError(f"{ENV_VAR} must be 'cpu' or 'gpu', got {kind!r}")
     return kind

@@ -21,6 +21,7 @@ import time
 
 import numpy as np
 
+from ..errors import InputError
 from ..runtime import Device
 from .timing import finish, machine_info, time_host
 
@@ -257,11 +258,11 @@ def run(args) -> int:
     from ..models import BUILTIN_SPECS
     bad = [m for m in models if m not in BUILTIN_SPECS]
     if not models or bad:
-        raise ValueError(f"--models: unknown model(s) {', '.join(bad) or '(none given)'}; "
+        raise InputError(f"--models: unknown model(s) {', '.join(bad) or '(none given)'}; "
                          f"choose from {', '.join(BUILTIN_SPECS)}")
     threads = getattr(args, "torch_threads", None)
     if threads is not None and threads < 1:
-        raise ValueError("--torch-threads must be at least 1")
+        raise InputError("--torch-threads must be at least 1")
     result = run_benchmark(args.device, models, quick=args.quick, torch_threads=threads,
                            log=lambda s: print(s, flush=True))
     print()

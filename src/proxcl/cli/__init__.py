@@ -18,12 +18,14 @@ class CLIError(Exception):
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that are the user's input, not a bug: one line, exit 2."""
     from ..data import DataError
+    from ..errors import InputError
     from ..modelfile import ModelFileError
     from ..runtime import DeviceError
     from ..training import TrainingError
     # OSError: files that cannot be read or written; MemoryError: sizes (a spec, a data set) too
-    # large for this machine.  Both are about the input, and are said in one line.
-    return (CLIError, DeviceError, ModelFileError, DataError, TrainingError, OSError, ValueError,
+    # large for this machine.  Both are about the input, and are said in one line.  Any other
+    # exception (a ValueError from deep inside numpy, say) is a bug and shows as a traceback.
+    return (CLIError, InputError, DeviceError, ModelFileError, DataError, TrainingError, OSError,
             MemoryError)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 
 from . import CLIError
+from ..errors import InputError
 
 
 def _model_module():
@@ -53,7 +54,7 @@ def run_kernels(args) -> int:
     from ..bench.timing import finish
     from ..fileio import check_writable
     if args.repeat < 1:
-        raise ValueError("--repeat must be at least 1")
+        raise InputError("--repeat must be at least 1")
     check_writable(args.json, "--json")
     result = kernels.run(args.device, repeat=args.repeat, quick=args.quick,
                          log=lambda line: print(line, flush=True))

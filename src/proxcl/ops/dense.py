@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pyopencl.array as cla
 
+from ..errors import InputError
 from ..runtime import Device
 
 _FILE = "dense.cl"
@@ -17,7 +18,7 @@ _TILE = 16          # dense.cl's TT: the transpose tile
 def _as2d(dev: Device, a, name: str) -> cla.Array:
     a = dev.to_device(a)
     if a.ndim != 2:
-        raise ValueError(f"{name} must be 2-D, got shape {a.shape}")
+        raise InputError(f"{name} must be 2-D, got shape {a.shape}")
     return a
 
 
@@ -25,7 +26,7 @@ def _out(dev: Device, out, shape) -> cla.Array:
     if out is None:
         return dev.empty(shape)
     if tuple(out.shape) != tuple(shape) or out.dtype != np.float32:
-        raise ValueError(f"out must be float32 {tuple(shape)}, got {out.dtype} {tuple(out.shape)}")
+        raise InputError(f"out must be float32 {tuple(shape)}, got {out.dtype} {tuple(out.shape)}")
     return out
 
 
@@ -52,18 +53,18 @@ def gemm(dev: Device, a, b, *, trans_a: bool = False, trans_b: bool = False,
     M, K = (a.shape[1], a.shape[0]) if trans_a else a.shape
     Kb, N = (b.shape[1], b.shape[0]) if trans_b else b.shape
     if K != Kb:
-        raise ValueError(f"gemm: inner dimensions differ ({K} vs {Kb})")
+        raise InputError(f"gemm: inner dimensions differ ({K} vs {Kb})")
     if bias is not None:
         bias = dev.to_device(bias)
         if bias.shape != (M,):
-            raise ValueError(f"bias must have shape ({M},), got {bias.shape}")
+            raise InputError(f"bias must have shape ({M},), got {bias.shape}")
     out = _out(dev, out, (M, N))
     if M == 0 or N == 0:
         return out
     if K == 0:
         out.fill(np.float32(0))
         if bias is not None or relu:
-            raise ValueError("gemm: K == 0 with an epilogue is not supported")
+            raise InputError("gemm: K == 0 with an epilogue is not supported")
         return out
     t = dev.tuning
     if trans_b and not trans_a and t.gemm_nt_rn:
@@ -134,7 +135,7 @@ def soft_threshold(dev: Device, z, tau, *, scale: float = 1.0, out=None) -> cla.
     else:
         tau_arr = dev.to_device(tau)
         if tau_arr.shape != z.shape:
-            raise ValueError(f"tau must be a scalar or have shape {z.shape}, got {tau_arr.shape}")
+            raise InputError(f"tau must be a scalar or have shape {z.shape}, got {tau_arr.shape}")
         tau_scale = scale
     if z.size:
         dev.launch(dev.kernel(_FILE, "soft_threshold"), (z.size,), (dev.tuning.ew_local,),

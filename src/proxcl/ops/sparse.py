@@ -23,6 +23,7 @@ from typing import NamedTuple
 import numpy as np
 import pyopencl.array as cla
 
+from ..errors import InputError
 from ..runtime import Device, default_device
 
 _FILE = "csr.cl"
@@ -150,7 +151,7 @@ class CSRMatrix:
 
     def __init__(self, pattern: CSRPattern, data: cla.Array):
         if data.shape != (pattern.nnz,) or data.dtype != np.float32:
-            raise ValueError(f"values must be float32 ({pattern.nnz},), got {data.dtype} {data.shape}")
+            raise InputError(f"values must be float32 ({pattern.nnz},), got {data.dtype} {data.shape}")
         self.pattern = pattern
         self.data = data
 
@@ -161,15 +162,15 @@ class CSRMatrix:
         dev = device or default_device()
         m, k = (int(shape[0]), int(shape[1]))
         if m < 0 or k < 0 or m > _I32_MAX or k > _I32_MAX:
-            raise ValueError(f"CSR shape {shape} out of range")
+            raise InputError(f"CSR shape {shape} out of range")
         indptr = np.asarray(indptr)
         indices = np.asarray(indices)
         data = np.asarray(data)
         nnz = int(indptr[-1]) if indptr.size else 0
         if indptr.shape != (m + 1,) or indices.shape != (nnz,) or data.shape != (nnz,):
-            raise ValueError("CSR arrays have inconsistent shapes")
+            raise InputError("CSR arrays have inconsistent shapes")
         if nnz > _I32_MAX:
-            raise ValueError("CSR matrix has more than 2^31-1 nonzeros")
+            raise InputError("CSR matrix has more than 2^31-1 nonzeros")
         pattern = CSRPattern(dev, (m, k), dev.to_device(indptr, np.int32),
                              dev.to_device(indices, np.int32), nnz)
         return cls(pattern, dev.to_device(data, np.float32))
@@ -196,10 +197,10 @@ class CSRMatrix:
         dev = device or default_device()
         a = dev.to_device(a)
         if a.ndim != 2:
-            raise ValueError(f"from_dense needs a 2-D array, got shape {a.shape}")
+            raise InputError(f"from_dense needs a 2-D array, got shape {a.shape}")
         m, k = a.shape
         if m * k > _I32_MAX:
-            raise ValueError("from_dense: matrix has more than 2^31-1 elements")
+            raise InputError("from_dense: matrix has more than 2^31-1 elements")
         indptr = _scan_rows(dev, m, lambda cnt: dev.launch(
             dev.kernel(_FILE, "dense_count_rows"), (m,), (dev.tuning.ew_local,),
             m, k, a, float(threshold), cnt))
@@ -300,10 +301,10 @@ class CSRMatrix:
         a, b = dev.to_device(a), dev.to_device(b)
         m, k = self.shape
         if a.ndim != 2 or b.ndim != 2 or a.shape[0] != m or b.shape[0] != k or a.shape[1] != b.shape[1]:
-            raise ValueError(f"sddmm: need A [{m}, n] and B [{k}, n], got {a.shape} and {b.shape}")
+            raise InputError(f"sddmm: need A [{m}, n] and B [{k}, n], got {a.shape} and {b.shape}")
         g = out if out is not None else dev.empty((self.nnz,), np.float32)
         if g.shape != (self.nnz,):
-            raise ValueError(f"sddmm: out must have shape ({self.nnz},)")
+            raise InputError(f"sddmm: out must have shape ({self.nnz},)")
         if self.nnz:
             n = a.shape[1]
             t = dev.tuning
@@ -369,7 +370,7 @@ def gather(dev: Device, x: cla.Array, idx: cla.Array, *, out=None) -> cla.Array:
     if out is None:
         out = dev.empty((idx.size,), np.float32)
     elif out.shape != (idx.size,) or out.dtype != np.float32:
-        raise ValueError(f"gather: out must be float32 ({idx.size},), got {out.dtype} {out.shape}")
+        raise InputError(f"gather: out must be float32 ({idx.size},), got {out.dtype} {out.shape}")
     if idx.size:
         dev.launch(dev.kernel(_FILE, "gather_f32"), (idx.size,), (dev.tuning.ew_local,),
                    idx.size, x, idx, out)
@@ -402,16 +403,16 @@ def _spmm(dev: Device, shape, ap, aj, ax, pm, x, bias, relu, out) -> cla.Array:
     m, k = shape
     x = dev.to_device(x)
     if x.ndim != 2 or x.shape[0] != k:
-        raise ValueError(f"CSR product: operand must have shape ({k}, n), got {x.shape}")
+        raise InputError(f"CSR product: operand must have shape ({k}, n), got {x.shape}")
     n = x.shape[1]
     if bias is not None:
         bias = dev.to_device(bias)
         if bias.shape != (m,):
-            raise ValueError(f"bias must have shape ({m},), got {bias.shape}")
+            raise InputError(f"bias must have shape ({m},), got {bias.shape}")
     if out is None:
         out = dev.empty((m, n), np.float32)
     elif out.shape != (m, n) or out.dtype != np.float32:
-        raise ValueError(f"out must be float32 ({m}, {n}), got {out.dtype} {out.shape}")
+        raise InputError(f"out must be float32 ({m}, {n}), got {out.dtype} {out.shape}")
     if m and n:
         t = dev.tuning
         vec, nv = t.spmm_vec, t.spmm_nv
