@@ -40,6 +40,7 @@ from typing import Iterable
 import numpy as np
 import pyopencl.array as cla
 
+from .checks import number
 from .errors import InputError
 from .ops import optim as kernels
 from .ops.sparse import gather
@@ -48,26 +49,6 @@ from .runtime import Device, default_device
 __all__ = ["OPTIMIZERS", "Optimizer", "ProxSGD", "ProxAdam", "RDA", "make_optimizer"]
 
 OPTIMIZERS = ("prox-sgd", "prox-adam", "rda", "sgd", "adam")
-
-
-def _finite(name: str, value, lo: float | None = None, hi: float | None = None,
-            lo_open: bool = False, hi_open: bool = False) -> float:
-    """value as a float, checked to be finite and inside the given bounds (one-line ValueError)."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{name} must be a number, got {value!r}") from None
-    bad = not math.isfinite(v)
-    if lo is not None:
-        bad |= v <= lo if lo_open else v < lo
-    if hi is not None:
-        bad |= v >= hi if hi_open else v > hi
-    if bad:
-        lo_s = "" if lo is None else ("(" if lo_open else "[") + f"{lo:g}"
-        hi_s = "" if hi is None else f"{hi:g}" + (")" if hi_open else "]")
-        where = f" in {lo_s or '(-inf'}, {hi_s or 'inf)'}"
-        raise InputError(f"{name} must be a finite number{where}, got {value!r}")
-    return v
 
 
 class _State:
@@ -104,10 +85,10 @@ class Optimizer:
 
     # ---- hyper-parameters ---------------------------------------------------
     def _check_lr(self, lr) -> float:
-        return _finite(f"{self.kind}: learning rate", lr, 0.0, lo_open=True)
+        return number(f"{self.kind}: learning rate", lr, 0.0, lo_open=True)
 
     def _check_l1(self, l1) -> float:
-        v = _finite(f"{self.kind}: l1", l1, 0.0)
+        v = number(f"{self.kind}: l1", l1, 0.0)
         if v and not self.has_l1:
             raise InputError(f"{self.kind} has no l1 term (got l1={l1!r}); use prox-{self.kind} or rda")
         return v
@@ -116,7 +97,7 @@ class Optimizer:
         """0.0 for plain l1, else the reweighting's eps (> 0)."""
         if eps is None or eps == 0:
             return 0.0
-        v = _finite(f"{self.kind}: reweighting eps", eps, 0.0, lo_open=True)
+        v = number(f"{self.kind}: reweighting eps", eps, 0.0, lo_open=True)
         if not self.has_l1:
             raise InputError(f"{self.kind} has no l1 term, so it cannot reweight it")
         return v
@@ -155,7 +136,7 @@ class Optimizer:
         for k, v in factors.items():
             if not isinstance(k, str) or not k:
                 raise InputError(f"l1_factors keys must be parameter or layer names, got {k!r}")
-            out[k] = _finite(f"l1 factor of {k!r}", v, 0.0)
+            out[k] = number(f"l1 factor of {k!r}", v, 0.0)
         if out and not self.has_l1:
             raise InputError(f"{self.kind} has no l1 term, so l1_factors cannot apply")
         return out
@@ -337,7 +318,7 @@ class Optimizer:
                 dev_arrays[s] = self.device.to_device(a) if n else self.device.zeros((0,), np.float32)
             if int(t) < 0 or n < 0:
                 raise InputError(f"optimizer state of {name!r}: negative step or size")
-            rw_c = _finite(f"optimizer state of {name!r}: reweighting scale", scales[name], 0.0, lo_open=True)
+            rw_c = number(f"optimizer state of {name!r}: reweighting scale", scales[name], 0.0, lo_open=True)
             state[name] = _State(int(t), n, dev_arrays, rw_c)
         # validate everything before changing anything
         lr, l1 = self._check_lr(hyper["lr"]), self._check_l1(hyper["l1"])
@@ -393,7 +374,7 @@ class ProxSGD(Optimizer):
     def _check_hyper(self, name, value):
         if name != "momentum":
             raise InputError(f"{self.kind}: unknown hyper-parameter {name!r}")
-        return _finite(f"{self.kind}: momentum", value, 0.0, 1.0, hi_open=True)
+        return number(f"{self.kind}: momentum", value, 0.0, 1.0, hi_open=True)
 
     def _update(self, p, st, lam):
         kernels.prox_sgd(self.device, p.data, p.grad, st.arrays.get("momentum"), lr=self.lr,
@@ -423,9 +404,9 @@ class ProxAdam(Optimizer):
 
     def _check_hyper(self, name, value):
         if name in ("beta1", "beta2"):
-            return _finite(f"{self.kind}: {name}", value, 0.0, 1.0, hi_open=True)
+            return number(f"{self.kind}: {name}", value, 0.0, 1.0, hi_open=True)
         if name == "eps":
-            return _finite(f"{self.kind}: eps", value, 0.0, lo_open=True)
+            return number(f"{self.kind}: eps", value, 0.0, lo_open=True)
         raise InputError(f"{self.kind}: unknown hyper-parameter {name!r}")
 
     def _update(self, p, st, lam):
@@ -454,12 +435,12 @@ class RDA(Optimizer):
 
     def _check_lr(self, lr) -> float:
         # unused by RDA, but kept (and checked) so that schedules and checkpoints stay uniform
-        return _finite("rda: learning rate", lr, 0.0, lo_open=True)
+        return number("rda: learning rate", lr, 0.0, lo_open=True)
 
     def _check_hyper(self, name, value):
         if name != "gamma":
             raise InputError(f"rda: unknown hyper-parameter {name!r}")
-        return _finite("rda: gamma", value, 0.0, lo_open=True)
+        return number("rda: gamma", value, 0.0, lo_open=True)
 
     def _init_slot(self, slot, p):
         if slot == "w0":

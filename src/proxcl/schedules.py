@@ -25,8 +25,8 @@ one-line ValueError.
 from __future__ import annotations
 
 import math
-import numbers
 
+from .checks import number, whole
 from .errors import InputError
 
 __all__ = ["LR_SCHEDULES", "ConstantLR", "StepLR", "CosineLR", "Warmup", "L1Ramp", "CubicSparsity",
@@ -36,20 +36,11 @@ LR_SCHEDULES = ("constant", "step", "cosine")
 
 
 def _number(name: str, v, *, positive: bool = False) -> float:
-    try:
-        x = float(v)
-    except (TypeError, ValueError):
-        raise InputError(f"{name} must be a number, got {v!r}") from None
-    if not math.isfinite(x) or x < 0 or (positive and x == 0):
-        raise InputError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {v!r}")
-    return x
+    return number(name, v, 0.0, lo_open=positive)
 
 
 def _count(name: str, v, *, minimum: int) -> int:
-    if (isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v)
-            or v != int(v) or int(v) < minimum):
-        raise InputError(f"{name} must be a whole number >= {minimum}, got {v!r}")
-    return int(v)
+    return whole(name, v, minimum, integral_floats=True)
 
 
 def _progress(epoch, step_in_epoch, steps_per_epoch) -> float:

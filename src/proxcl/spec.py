@@ -22,6 +22,7 @@ import os
 
 import numpy as np
 
+from .checks import whole
 from .errors import InputError
 
 __all__ = ["BUILTIN_SPECS", "normalize_spec"]
@@ -66,9 +67,7 @@ _FIELDS = {
 
 
 def _int(v, what: str, lo: int = 1) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or int(v) < lo:
-        raise InputError(f"{what} must be an integer >= {lo}, got {v!r}")
-    return int(v)
+    return whole(what, v, lo)
 
 
 def _norm_pair(v, what: str, lo: int):

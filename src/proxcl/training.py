@@ -15,6 +15,7 @@ epoch ends with a magnitude cut of whatever is left above the target, so the cou
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -25,6 +26,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import checkpoints
+from .checks import number, whole
+from .errors import InputError
 from .fileio import atomic_write, check_writable
 from .ops.optim import apply_mask
 from .pruning import magnitude_prune, nonzero_count, prune
@@ -52,8 +55,13 @@ class TrainingError(Exception):
     """A run that cannot go on (diverged, bad configuration, unusable checkpoint): one line."""
 
 
-def _positive(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+@contextlib.contextmanager
+def _as_training_error():
+    """The shared checks' InputError, said as this module's TrainingError."""
+    try:
+        yield
+    except InputError as e:
+        raise TrainingError(str(e)) from None
 
 
 @dataclass
@@ -118,38 +126,29 @@ class TrainConfig:
                 raise TrainingError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
 
     def _check_numbers(self) -> None:
-        for name in ("epochs", "debias_epochs", "l1_ramp_epochs", "seed"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 0:
-                raise TrainingError(f"{name.replace('_', '-')} must be >= 0, got {v!r}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise TrainingError("batch-size must be positive")
-        for name, what in (("lr", "the learning rate (--lr)"), ("debias_lr", "the debiasing learning rate "
-                           "(--debias-lr)"), ("gamma", "RDA's gamma (--gamma)"),
-                           ("reweight_eps", "the reweighting eps (--reweight-eps)")):
-            if not _positive(getattr(self, name)):
-                raise TrainingError(f"{what} must be a positive number, got {getattr(self, name)!r}")
-        if not (isinstance(self.lr_warmup, (int, float)) and math.isfinite(self.lr_warmup) and self.lr_warmup >= 0):
-            raise TrainingError(f"lr-warmup must be a number of epochs >= 0, got {self.lr_warmup!r}")
-        if not (math.isfinite(self.momentum) and 0.0 <= self.momentum < 1.0):
-            raise TrainingError(f"momentum must be in [0, 1), got {self.momentum!r}")
-        if self.l1 < 0 or not math.isfinite(self.l1):
-            raise TrainingError("l1 must be >= 0")
-        for name, v in (self.l1_factors or {}).items():
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-                raise TrainingError(f"l1 factor of {name} must be >= 0, got {v!r}")
+        with _as_training_error():
+            for name in ("epochs", "debias_epochs", "l1_ramp_epochs", "seed"):
+                whole(name.replace("_", "-"), getattr(self, name), 0)
+            whole("batch-size", self.batch_size, 1)
+            for name, what in (("lr", "the learning rate (--lr)"), ("debias_lr", "the debiasing learning rate "
+                               "(--debias-lr)"), ("gamma", "RDA's gamma (--gamma)"),
+                               ("reweight_eps", "the reweighting eps (--reweight-eps)")):
+                number(what, getattr(self, name), 0.0, lo_open=True)
+            number("lr-warmup", self.lr_warmup, 0.0)
+            number("momentum", self.momentum, 0.0, 1.0, hi_open=True)
+            number("l1", self.l1, 0.0)
+            for name, v in (self.l1_factors or {}).items():
+                number(f"l1 factor of {name}", v, 0.0)
 
     def _check_sparsity(self) -> None:
-        if not 0.0 <= self.switch_density <= 1.0:
-            raise TrainingError("switch-density must be in [0, 1]")
-        if self.target_density is not None and not 0.0 < self.target_density <= 1.0:
-            raise TrainingError("target-density must be in (0, 1]")
-        if not 0.0 < self.density_ramp <= 1.0:
-            raise TrainingError("density-ramp must be in (0, 1]")
-        if not (0.0 <= self.prune_start < self.prune_end <= 1.0):
-            raise TrainingError("pruning must start and end within the epochs: 0 <= prune-start < prune-end <= 1")
-        if not isinstance(self.prune_frequency, int) or self.prune_frequency < 1:
-            raise TrainingError("prune-frequency must be a whole number >= 1")
+        with _as_training_error():
+            number("switch-density", self.switch_density, 0.0, 1.0)
+            if self.target_density is not None:
+                number("target-density", self.target_density, 0.0, 1.0, lo_open=True)
+            number("density-ramp", self.density_ramp, 0.0, 1.0, lo_open=True)
+            number("prune-end", self.prune_end, 0.0, 1.0, lo_open=True)
+            number("prune-start", self.prune_start, 0.0, self.prune_end, hi_open=True)
+            whole("prune-frequency", self.prune_frequency, 1)
         if self.method == "proximal" and self.target_density is not None:
             if self.l1 <= 0:
                 raise TrainingError("--target-density adapts lambda from --l1, which must be > 0")
