@@ -316,3 +316,21 @@ def test_resume_of_gmp_and_of_the_density_controller_is_exact(dev, syn, tmp_path
         resumed = train(_cfg(checkpoint=ckpt, **kw), resume=ckpt, dataset=syn, device=dev)
         for k, v in full.model.state_dict().items():
             assert np.array_equal(v, resumed.model.state_dict()[k]), (kw["optimizer"], k)
+
+
+def test_evaluate_against_the_logits_in_float64(dev, syn):
+    """evaluate() takes its loss from the training loss's kernel and its accuracy from the
+    predictions: both against softmax cross-entropy of the logits in float64."""
+    from proxcl.training import evaluate
+    model = models.build("lenet300", device=dev, seed=5)
+    res = evaluate(model, syn, "test", batch_size=64)
+    x, y = syn.images["test"], syn.labels["test"]
+    z = model.forward(x).astype(np.float64)
+    z -= z.max(axis=1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    assert res["n"] == len(y)
+    assert res["accuracy"] == np.mean(z.argmax(axis=1) == y)
+    assert res["loss"] == pytest.approx(-logp[np.arange(len(y)), y].mean(), rel=1e-5)
+    for c, acc in enumerate(res["per_class"]):
+        if acc is not None:
+            assert acc == np.mean(z.argmax(axis=1)[y == c] == c)

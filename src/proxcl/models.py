@@ -196,7 +196,7 @@ class Model:
         for i in range(len(self._exec) - 1, self._first_param - 1, -1):
             d = self._exec[i].backward(d, need_dx=i > self._first_param)
 
-    def _loss_step(self, xb, yb, *, train: bool, grads: bool) -> tuple[float, int]:
+    def _loss_step(self, xb, yb, *, train: bool, grads: bool, predictions: bool = False) -> tuple:
         n = self._check_prepared(xb)
         if not isinstance(yb, cla.Array) or yb.shape != (n,) or yb.dtype != np.int32:
             raise InputError(f"labels must be an int32 device array of shape ({n},) from prepare_batch")
@@ -205,10 +205,12 @@ class Model:
         partial = ws.get(("loss", "partial"), nn.softmax_partial_shape(self.device, n))
         dz = ws.get(("loss", "dz"), z.shape) if grads else None
         nn.softmax_xent(self.device, z, yb, dz=dz, gscale=1.0 / n, partial=partial)
+        pred = z.get().argmax(axis=0) if predictions else None
         if grads:
             self._backward(dz)
         part = partial.get().astype(np.float64)
-        return float(part[:, 0].sum()), int(round(part[:, 1].sum()))
+        out = (float(part[:, 0].sum()), int(round(part[:, 1].sum())))
+        return out + (pred,) if predictions else out
 
     def train_batch(self, xb, yb) -> tuple[float, int]:
         """Forward (dropout on) and backward on a prepared batch: fills every ``param.grad``
@@ -216,9 +218,10 @@ class Model:
         loss_sum, correct = self._loss_step(xb, yb, train=True, grads=True)
         return loss_sum / xb.shape[1], correct
 
-    def eval_batch(self, xb, yb) -> tuple[float, int]:
-        """(summed loss, number correct) of a prepared batch in evaluation mode."""
-        return self._loss_step(xb, yb, train=False, grads=False)
+    def eval_batch(self, xb, yb, predictions: bool = False) -> tuple:
+        """(summed loss, number correct) of a prepared batch in evaluation mode; with
+        ``predictions`` also the predicted class of every image (numpy [N])."""
+        return self._loss_step(xb, yb, train=False, grads=False, predictions=predictions)
 
     def forward(self, x, train: bool = False, batch_size: int = 256):
         """Logits.  Numpy in ([N, ...]) -> numpy [N, classes] (run in chunks of batch_size);

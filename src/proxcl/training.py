@@ -211,18 +211,16 @@ def _check_fits(model, dataset) -> None:
 
 
 def evaluate(model, dataset, split: str = "test", batch_size: int = 512) -> dict:
-    """Accuracy, mean loss, count and per-class accuracy of a model on a split."""
+    """Accuracy, mean loss, count and per-class accuracy of a model on a split (the loss is the
+    training loss's kernel, the same softmax cross-entropy)."""
     _check_fits(model, dataset)
     num_classes = model.num_classes
     correct_per_class = np.zeros(num_classes, np.int64)
     count_per_class = np.zeros(num_classes, np.int64)
     loss_sum, correct, n = 0.0, 0, 0
     for x, y in dataset.batches(split, batch_size, shuffle=False):
-        logits = model.forward(x)
-        z = logits - logits.max(axis=1, keepdims=True)
-        logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-        loss_sum += float(-logp[np.arange(len(y)), y].sum())
-        pred = logits.argmax(axis=1)
+        loss, _, pred = model.eval_batch(*model.prepare_batch(x, y), predictions=True)
+        loss_sum += loss
         correct += int((pred == y).sum())
         n += len(y)
         np.add.at(count_per_class, y, 1)
