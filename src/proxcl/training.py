@@ -399,11 +399,11 @@ class _Run:
             for step, (x, y) in enumerate(batches):
                 if phase == "prune" and step % max(1, steps // cfg.prune_frequency) == 0:
                     self._gmp_prune(epoch + step / steps, opt)
+                kw = {"lr": lr_sched.lr_at(epoch, step, steps)}
+                if phase == "sparse":       # before the gradients: it may change the supports
+                    kw["l1"] = self._l1_at(l1_sched, epoch, step, steps, opt)
                 loss, ok = model.train_batch(*model.prepare_batch(x, y))
                 _check_finite(loss, cfg, phase, epoch, step)
-                kw = {"lr": lr_sched.lr_at(epoch, step, steps)}
-                if phase == "sparse":
-                    kw["l1"] = self._l1_at(l1_sched, epoch, step, steps, opt)
                 self._step(opt, kw)
                 sums["loss"] += loss * len(y)
                 sums["correct"] += ok
