@@ -16,8 +16,9 @@ DEMO = {"model": "lenet300", "target_density": 0.02, "epochs": 20, "debias_epoch
 def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="train a compressed LeNet-300-100 on Fashion-MNIST and report",
                        description="Train dense LeNet-300-100 (the reference, for as many epochs as "
-                                   "the sparse phase) and a compressed one (Prox-Adam, CSR switch, "
-                                   "debiasing) on Fashion-MNIST; write the model file, the log and the "
+                                   "the compressed run in all) and a compressed one (reweighted-l1 "
+                                   "Prox-SGD down to --target-density, CSR switch, debiasing) on "
+                                   "Fashion-MNIST; write the model file, the log and the "
                                    "report PNGs; print the info table and both accuracies.")
     p.add_argument("--out-dir", default="runs/demo", help="where the files go (default %(default)s)")
     p.add_argument("--data", default="fashion-mnist", help="data set spec (default %(default)s)")
