@@ -79,8 +79,9 @@ def load(path: str) -> Checkpoint:
         opt_state = {k[2:]: v for k, v in arrays.items() if k.startswith("o/")}
         opt_state.update(meta["opt_scalars"])
         masks = {k[2:]: v for k, v in arrays.items() if k.startswith("k/")}
-        for key in ("config", "position", "history"):
-            meta[key]
     except (KeyError, TypeError, AttributeError) as e:
         raise CheckpointError(f"checkpoint {path} is incomplete: missing {e}") from None
+    missing = [k for k in ("config", "position", "history") if k not in meta]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} is incomplete: missing {missing[0]!r}")
     return Checkpoint(meta, state, opt_state, masks)
