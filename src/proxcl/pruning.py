@@ -36,9 +36,9 @@ def _groups(params, scope: str) -> list[list]:
 
 
 def prune(model, density: float, scope: str = "global", masks: dict | None = None) -> int:
-    """Zero all but ``max(1, round(density * size))`` weights of each group (of every penalised layer, or of
-    all of them together) by magnitude.  ``masks`` ({name: 0/1 float32 device array} of dense
-    weights) are narrowed to the kept entries.  Returns the number of values zeroed."""
+    """Zero all but ``max(1, round(density * size))`` weights of each group (of every penalised
+    layer, or of all of them together) by magnitude.  ``masks`` ({name: 0/1 float32 device array}
+    of dense weights) are narrowed to the kept entries.  Returns the number of values zeroed."""
     params = [p for p in model.params if p.penalised]
     zeroed = 0
     for group in _groups(params, scope):
