@@ -473,12 +473,11 @@ class _Run:
         """CSR weights drop their new zeros; dense weights whose density fell to the switch
         threshold become CSR (their masks, if any, become their supports).  The optimizer's
         per-coordinate state follows the support."""
-        for name, src in self.model.compact().items():
-            opt.remap(name, src)
+        self._compact(opt)
         if self.cfg.switch_density > 0:
-            for s in self.model.weight_stats():
-                if s["penalised"] and s["kind"] == "dense" and s["density"] <= self.cfg.switch_density:
-                    for name, src in self.model.to_sparse(s["name"]).items():
+            for p in self.model.params:
+                if p.penalised and not p.is_sparse and p.density <= self.cfg.switch_density:
+                    for name, src in self.model.to_sparse(p.name).items():
                         opt.remap(name, src)
         self.masks = {n: m for n, m in self.masks.items() if not self.model.param(n).is_sparse}
 
@@ -490,15 +489,20 @@ class _Run:
         sched = CubicSparsity(1.0 - cfg.kept_density, cfg.prune_start * cfg.epochs, cfg.prune_end * cfg.epochs)
         density = cfg.kept_density if x >= sched.end else 1.0 - sched.at(x)
         if prune(self.model, density, cfg.prune_scope, self.masks):
-            for name, src in self.model.compact().items():
-                opt.remap(name, src)
+            self._compact(opt)
+
+    def _compact(self, opt) -> None:
+        """CSR weights drop their zero entries; the optimizer's state follows the new supports."""
+        for name, src in self.model.compact().items():
+            opt.remap(name, src)
 
     def _epoch_record(self, phase: str, epoch: int, n_epochs: int, sums: dict, t0: float) -> dict:
         from tqdm import tqdm
 
         model, ds = self.model, self.ds
         stats = model.weight_stats()
-        nnz, weights = nonzero_count(model)
+        nnz = sum(s["nnz"] for s in stats if s["penalised"])
+        weights = sum(s["size"] for s in stats if s["penalised"])
         test = evaluate(model, ds, "test")
         seen = max(sums["seen"], 1)
         record = {"phase": phase, "epoch": epoch + 1, "lr": sums["lr"], "l1": sums["l1"] if phase == "sparse" else 0.0,
