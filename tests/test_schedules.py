@@ -44,6 +44,19 @@ def test_cosine_endpoints_midpoint_and_within_epoch():
     assert make_lr_schedule("cosine", 1.0, 4).lr_at(4) == 0.0
 
 
+def test_hold_cosine_holds_then_follows_the_cosine_over_the_rest():
+    base, E, hold, spe = 0.05, 20, 15.0, 10
+    sch = make_lr_schedule("hold-cosine", base, E, hold=hold)
+    for e, s in positions(15, spe):
+        assert sch.lr_at(e, s, spe) == base
+    # 2.5 epochs into the 5 left: half way down; 1.25 in: (1 + cos(pi / 4)) / 2 of base
+    assert sch.lr_at(17, 5, spe) == pytest.approx(base / 2, rel=1e-12)
+    assert sch.lr_at(16, 2, 8) == pytest.approx(base * (1 + math.sqrt(0.5)) / 2, rel=1e-12)
+    assert sch.lr_at(E) == 0.0 and sch.lr_at(E + 4, 3, spe) == 0.0
+    assert make_lr_schedule("hold-cosine", 1.0, 8).lr_at(4) == 1.0   # default hold: half the epochs
+    assert make_lr_schedule("hold-cosine", 1.0, 8).lr_at(6) == pytest.approx(0.5)
+
+
 def test_l1_ramp_is_linear_and_reaches_l1_at_the_end_of_the_ramp():
     ramp = make_l1_schedule(1e-3, ramp_epochs=2)
     spe = 4
@@ -57,11 +70,12 @@ def test_l1_ramp_is_linear_and_reaches_l1_at_the_end_of_the_ramp():
 
 
 @settings(max_examples=40, deadline=None)
-@given(kind=st.sampled_from(["constant", "step", "cosine"]), base=st.floats(1e-6, 10.0),
+@given(kind=st.sampled_from(["constant", "step", "cosine", "hold-cosine"]), base=st.floats(1e-6, 10.0),
        epochs=st.integers(1, 50), spe=st.integers(1, 300), frac=st.floats(0.0, 1.0),
        data=st.data())
 def test_lr_stays_within_base_and_floor_and_never_rises(kind, base, epochs, spe, frac, data):
-    kw = {"cosine": {"floor": base * frac}, "step": {"every": data.draw(st.integers(1, 10)),
+    kw = {"cosine": {"floor": base * frac}, "hold-cosine": {"floor": base * frac, "hold": epochs * frac * 0.99},
+          "step": {"every": data.draw(st.integers(1, 10)),
                                                       "gamma": max(frac, 1e-3)}}.get(kind, {})
     sch = make_lr_schedule(kind, base, epochs, **kw)
     e1 = data.draw(st.integers(0, epochs + 2))
@@ -81,6 +95,9 @@ def test_lr_stays_within_base_and_floor_and_never_rises(kind, base, epochs, spe,
     (lambda: make_lr_schedule("cosine", 0.1, 2.5), "epochs"),
     (lambda: make_lr_schedule("cosine", 0.1, 5, floor=0.2), "floor"),
     (lambda: make_lr_schedule("cosine", 0.1, 5, every=2), "no option 'every'"),
+    (lambda: make_lr_schedule("cosine", 0.1, 5, hold=2), "no option 'hold'"),
+    (lambda: make_lr_schedule("hold-cosine", 0.1, 5, hold=5), "hold"),
+    (lambda: make_lr_schedule("hold-cosine", 0.1, 5, hold=-1), "hold"),
     (lambda: make_lr_schedule("constant", 0.1, 5, gamma=0.5), "no option 'gamma'"),
     (lambda: make_lr_schedule("step", 0.1, 5, every=0), "every"),
     (lambda: make_lr_schedule("step", 0.1, 5, gamma=1.5), "gamma"),

@@ -193,6 +193,8 @@ def test_magnitude_prune_keeps_the_largest(dev, scope):
     (dict(debias_lr=float("inf")), "debiasing learning rate"),
     (dict(momentum=1.5), "momentum"),
     (dict(seed=-1), "seed"),
+    (dict(lr_hold=1.0), "lr-hold"),
+    (dict(lr_schedule="linear"), "lr-schedule"),
     (dict(l1_factors={"fc1": -1.0}), "factor of fc1"),
     (dict(method="dense", optimizer="rda"), "sgd or adam"),
     (dict(out="/tmp/a.proxcl", log="/tmp/a.proxcl"), "same file"),
@@ -334,3 +336,17 @@ def test_evaluate_against_the_logits_in_float64(dev, syn):
     for c, acc in enumerate(res["per_class"]):
         if acc is not None:
             assert acc == np.mean(z.argmax(axis=1)[y == c] == c)
+
+
+def test_hold_cosine_keeps_lr_while_the_density_ramps_then_decays(dev, syn):
+    """hold-cosine with a target density: the learning rate stays at --lr for the ramp's share of
+    the sparse epochs (the threshold lr * lambda keeps working), then falls along the cosine."""
+    res = train(_cfg(optimizer="prox-sgd", lr=0.05, penalty="reweighted", target_density=0.05, epochs=4,
+                     debias_epochs=1, l1=1e-4, lr_schedule="hold-cosine", density_ramp=0.5, lr_warmup=0),
+                dataset=syn, device=dev)
+    lrs = [r["lr"] for r in res.history if r["phase"] == "sparse"]
+    assert lrs[:2] == [0.05, 0.05]
+    assert 0.05 > lrs[2] > lrs[3] >= 0.0 and lrs[3] < 0.01
+    assert TrainConfig(lr_schedule="hold-cosine").hold_share == 0.5
+    assert TrainConfig(target_density=0.01, density_ramp=0.3).hold_share == 0.3
+    assert TrainConfig(target_density=0.01, lr_hold=0.2).hold_share == 0.2

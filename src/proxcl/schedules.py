@@ -5,8 +5,9 @@ steps_per_epoch), epochs counted from 0:
 
 * ``ConstantLR(base_lr)``                         lr = base_lr
 * ``StepLR(base_lr, every, gamma)``               lr = base_lr * gamma ** (epoch // every)
-* ``CosineLR(base_lr, epochs, floor)``            from base_lr down to floor over ``epochs``,
-  following half a cosine, smoothly inside each epoch; it stays at floor afterwards
+* ``CosineLR(base_lr, epochs, floor, hold)``      base_lr for the first ``hold`` epochs (default 0),
+  then down to floor by the end of ``epochs`` following half a cosine, smoothly inside each
+  epoch; it stays at floor afterwards
 * ``Warmup(schedule, epochs)``                     the schedule's lr times a linear ramp from
   1/steps to 1 over the first ``epochs`` (step by step); 0 epochs leaves it unchanged
 * ``L1Ramp(l1, ramp_epochs)``                     lambda rises linearly over the first
@@ -32,7 +33,7 @@ from .errors import InputError
 __all__ = ["LR_SCHEDULES", "ConstantLR", "StepLR", "CosineLR", "Warmup", "L1Ramp", "CubicSparsity",
            "DensityController", "make_lr_schedule", "make_l1_schedule"]
 
-LR_SCHEDULES = ("constant", "step", "cosine")
+LR_SCHEDULES = ("constant", "step", "cosine", "hold-cosine")
 
 
 def _number(name: str, v, *, positive: bool = False) -> float:
@@ -84,22 +85,27 @@ class StepLR:
 
 
 class CosineLR:
-    """lr = floor + (base_lr - floor) (1 + cos(pi x)) / 2 with x = min(1, progress / epochs)."""
+    """lr = floor + (base_lr - floor) (1 + cos(pi x)) / 2 with
+    x = clip((progress - hold) / (epochs - hold), 0, 1): constant for ``hold`` epochs, then half a
+    cosine down to floor at ``epochs``."""
 
-    def __init__(self, base_lr, epochs, floor=0.0):
+    def __init__(self, base_lr, epochs, floor=0.0, hold=0.0):
         self.base_lr = _number("learning rate", base_lr, positive=True)
         self.epochs = _count("epochs", epochs, minimum=1)
         self.floor = _number("cosine schedule: floor", floor)
+        self.hold = number("cosine schedule: hold", hold, 0.0, float(self.epochs), hi_open=True)
         if self.floor > self.base_lr:
             raise InputError(f"cosine schedule: floor ({floor!r}) must not exceed the learning rate "
                              f"({base_lr!r})")
 
     def lr_at(self, epoch: int, step_in_epoch: int = 0, steps_per_epoch: int = 1) -> float:
-        x = min(1.0, _progress(epoch, step_in_epoch, steps_per_epoch) / self.epochs)
+        done = _progress(epoch, step_in_epoch, steps_per_epoch)
+        x = min(1.0, max(0.0, done - self.hold) / (self.epochs - self.hold))
         return self.floor + (self.base_lr - self.floor) * 0.5 * (1.0 + math.cos(math.pi * x))
 
     def __repr__(self) -> str:
-        return f"CosineLR({self.base_lr:g}, epochs={self.epochs}, floor={self.floor:g})"
+        hold = f", hold={self.hold:g}" if self.hold else ""
+        return f"CosineLR({self.base_lr:g}, epochs={self.epochs}, floor={self.floor:g}{hold})"
 
 
 class Warmup:
@@ -143,12 +149,14 @@ class L1Ramp:
 
 def make_lr_schedule(kind: str, base_lr, epochs, **kw):
     """A learning-rate schedule by name: ``constant``; ``step`` (``every`` epochs, default
-    max(1, epochs // 3); ``gamma``, default 0.1); ``cosine`` (``floor``, default 0)."""
+    max(1, epochs // 3); ``gamma``, default 0.1); ``cosine`` (``floor``, default 0);
+    ``hold-cosine`` (constant for ``hold`` epochs, default half of them, then cosine to ``floor``)."""
     key = str(kind).strip().lower()
     if key not in LR_SCHEDULES:
         raise InputError(f"unknown learning-rate schedule {kind!r} (choose from {', '.join(LR_SCHEDULES)})")
     epochs = _count("epochs", epochs, minimum=1)
-    allowed = {"constant": (), "step": ("every", "gamma"), "cosine": ("floor",)}[key]
+    allowed = {"constant": (), "step": ("every", "gamma"), "cosine": ("floor",),
+               "hold-cosine": ("floor", "hold")}[key]
     extra = sorted(set(kw) - set(allowed))
     if extra:
         raise InputError(f"{key} schedule takes no option {extra[0]!r}"
@@ -157,7 +165,9 @@ def make_lr_schedule(kind: str, base_lr, epochs, **kw):
         return ConstantLR(base_lr)
     if key == "step":
         return StepLR(base_lr, kw.get("every", max(1, epochs // 3)), kw.get("gamma", 0.1))
-    return CosineLR(base_lr, epochs, kw.get("floor", 0.0))
+    if key == "cosine":
+        return CosineLR(base_lr, epochs, kw.get("floor", 0.0))
+    return CosineLR(base_lr, epochs, kw.get("floor", 0.0), kw.get("hold", epochs / 2))
 
 
 def make_l1_schedule(l1, ramp_epochs=0) -> L1Ramp:

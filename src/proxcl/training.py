@@ -81,7 +81,9 @@ class TrainConfig:
     debias_epochs: int = 10
     batch_size: int = 128
     lr: float = 0.05
-    lr_schedule: str | None = None     # constant | step | cosine; None: constant (proximal), cosine
+    lr_schedule: str | None = None     # constant | step | cosine | hold-cosine; None: constant (proximal), cosine
+    lr_hold: float | None = None       # hold-cosine: share of the epochs at constant lr; None: the
+                                       # density ramp (proximal with a target), else 0.5
     lr_warmup: float = 1.0             # epochs of linear warm-up at the start of the first phase
     momentum: float = 0.9
     gamma: float = 1.0                 # l1-RDA's constant
@@ -146,6 +148,8 @@ class TrainConfig:
             if self.target_density is not None:
                 number("target-density", self.target_density, 0.0, 1.0, lo_open=True)
             number("density-ramp", self.density_ramp, 0.0, 1.0, lo_open=True)
+            if self.lr_hold is not None:
+                number("lr-hold", self.lr_hold, 0.0, 1.0, hi_open=True)
             number("prune-end", self.prune_end, 0.0, 1.0, lo_open=True)
             number("prune-start", self.prune_start, 0.0, self.prune_end, hi_open=True)
             whole("prune-frequency", self.prune_frequency, 1)
@@ -175,6 +179,13 @@ class TrainConfig:
         if self.method in ("magnitude", "gmp"):
             return self.target_density if self.target_density is not None else 0.05
         return self.target_density if self.method == "proximal" else None
+
+    @property
+    def hold_share(self) -> float:
+        """hold-cosine: the share of the first phase's epochs at constant lr before the decay."""
+        if self.lr_hold is not None:
+            return self.lr_hold
+        return self.density_ramp if self.method == "proximal" and self.target_density is not None else 0.5
 
     @property
     def train_lr_schedule(self) -> str:
@@ -371,7 +382,10 @@ class _Run:
     def _lr_schedule(self, phase: str):
         cfg = self.cfg
         if phase in ("sparse", "dense", "prune"):
-            return Warmup(make_lr_schedule(cfg.train_lr_schedule, cfg.lr, cfg.epochs), cfg.lr_warmup)
+            kw = {}
+            if cfg.train_lr_schedule == "hold-cosine":
+                kw["hold"] = cfg.hold_share * cfg.epochs
+            return Warmup(make_lr_schedule(cfg.train_lr_schedule, cfg.lr, cfg.epochs, **kw), cfg.lr_warmup)
         return make_lr_schedule(cfg.debias_lr_schedule, cfg.debias_lr, cfg.debias_epochs)
 
     def _controller(self, phase: str) -> DensityController | None:

@@ -98,7 +98,11 @@ def _add_schedule(g, d) -> None:
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="(default %(default)s)")
     g.add_argument("--lr", type=float, default=d.lr, help="learning rate (default %(default)s)")
     g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=d.lr_schedule,
-                   help=f"(default {_schedule_default(d)})")
+                   help=f"hold-cosine: constant, then half a cosine to 0 from --lr-hold on "
+                        f"(default {_schedule_default(d)})")
+    g.add_argument("--lr-hold", type=float, default=d.lr_hold, metavar="F",
+                   help="hold-cosine: share of the epochs at constant lr (default: --density-ramp with "
+                        "--target-density, else 0.5)")
     g.add_argument("--lr-warmup", type=float, default=d.lr_warmup, metavar="EPOCHS",
                    help="linear learning-rate warm-up over the first EPOCHS of the sparse (or dense) "
                         "phase; at lr 0.05 without it LeNet-5 diverges on some seeds (default %(default)s)")
