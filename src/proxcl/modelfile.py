@@ -47,6 +47,28 @@ def index_dtype(n_cols: int) -> str:
     return "U16" if n_cols <= U16_MAX_COLS else "I32"
 
 
+def csr_nbytes(shape, nnz: int, half: bool = False) -> int:
+    """The bytes of a CSR matrix's three arrays in a model file: int32 row pointers, column
+    indices of index_dtype, values of float16 (half) or float32."""
+    rows, cols = (int(s) for s in shape)
+    values = DTYPES["F16" if half else "F32"].itemsize
+    return 4 * (rows + 1) + (DTYPES[index_dtype(cols)].itemsize + values) * int(nnz)
+
+
+def dense_nbytes(shape, half: bool = False) -> int:
+    """The bytes of a dense array in a model file."""
+    return math.prod(int(s) for s in shape) * DTYPES["F16" if half else "F32"].itemsize
+
+
+def smaller_form(t, shape, half: bool = False):
+    """``t`` as the model file stores it best: a HostCSR stays CSR only when its arrays take fewer
+    bytes than the dense array would, else it becomes the dense array of ``shape`` (the
+    parameter's PyTorch shape).  Dense arrays are returned as they are."""
+    if isinstance(t, HostCSR) and csr_nbytes(t.shape, t.nnz, half) >= dense_nbytes(t.shape, half):
+        return np.asarray(t.to_dense(), np.float32).reshape(shape)
+    return t
+
+
 # ---- writing ------------------------------------------------------------------------------------
 
 def _value_array(a, half: bool, what: str) -> np.ndarray:
@@ -471,8 +493,11 @@ def file_report(path) -> dict:
 # ---- models -------------------------------------------------------------------------------------
 
 def save(model, path, half: bool = False, metadata: dict | None = None) -> None:
-    """Write ``model`` (its spec and sparse_state()) to ``path`` atomically."""
-    write_model_file(path, model.spec, model.sparse_state(), metadata=metadata, half=half)
+    """Write ``model`` (its spec and sparse_state()) to ``path`` atomically; each CSR weight is
+    stored as CSR only when that takes fewer bytes than dense (smaller_form)."""
+    shapes = {p.name: p.shape for p in model.params}
+    tensors = {name: smaller_form(t, shapes[name], half) for name, t in model.sparse_state().items()}
+    write_model_file(path, model.spec, tensors, metadata=metadata, half=half)
 
 
 def load(path, device=None, *, with_metadata: bool = False):
@@ -490,4 +515,5 @@ def load(path, device=None, *, with_metadata: bool = False):
 
 
 __all__ = ["ModelFileError", "write_model_file", "read_model_file", "model_file_bytes",
-           "parse_model_bytes", "file_report", "save", "load", "index_dtype", "FORMAT_VERSION"]
+           "parse_model_bytes", "file_report", "save", "load", "index_dtype", "csr_nbytes", "dense_nbytes",
+           "smaller_form", "FORMAT_VERSION"]
