@@ -128,7 +128,7 @@ def test_resume_refuses_another_configuration(dev, syn, tmp_path):
         train(_cfg(epochs=1, debias_epochs=0, l1=5e-3), resume=ckpt, dataset=syn, device=dev)
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(TrainingError, match="cannot read checkpoint"):
+    with pytest.raises(TrainingError, match="not a proxcl checkpoint: it looks like text"):
         train(_cfg(), resume=str(bad), dataset=syn, device=dev)
 
 

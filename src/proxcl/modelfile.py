@@ -20,6 +20,7 @@ import numpy as np
 from .errors import InputError
 from .fileio import atomic_write_bytes
 from .ops import HostCSR, csr_problem
+from .sniff import looks_like
 
 FORMAT_NAME = "proxcl"
 FORMAT_VERSION = 1
@@ -238,6 +239,7 @@ def parse_model_bytes(blob: bytes, name: str = "model file") -> ParsedFile:
 
 
 def _parse(blob: bytes, name: str) -> ParsedFile:
+    _check_kind(blob, name)
     header, meta, hlen = _read_header(blob, name)
     _check_format(meta, name)
     entries = _check_entries(header, len(blob) - 8 - hlen, name)
@@ -245,6 +247,17 @@ def _parse(blob: bytes, name: str) -> ParsedFile:
     _match_declarations(_expected_entries(decls, name), entries, decls, name)
     tensors, tensor_bytes = _decode_tensors(blob, 8 + hlen, entries, decls, meta, name)
     return ParsedFile(spec, metadata, tensors, decls, tensor_bytes, 8 + hlen, len(blob))
+
+
+def _check_kind(blob: bytes, name: str) -> None:
+    """A file whose ninth byte does not open a JSON header is not safetensors at all: say what it
+    looks like (text, an image, a PyTorch archive) rather than what its first eight bytes would
+    mean as a header length."""
+    if len(blob) >= 9 and blob[8:9] == b"{":
+        return
+    what = looks_like(blob) if blob else None
+    if what:
+        raise _fail(name, f"not a proxcl model file: it looks like {what}")
 
 
 def _read_header(blob: bytes, name: str) -> tuple[dict, dict, int]:
