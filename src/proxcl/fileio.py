@@ -42,7 +42,7 @@ def atomic_write_bytes(path, data: bytes) -> None:
 
 
 def check_writable(path, what: str = "output") -> None:
-    """Raise a one-line ValueError now, before long work, when ``path`` cannot be written: a
+    """Raise a one-line InputError now, before long work, when ``path`` cannot be written: a
     folder, or a place where no file can be created (makes the folder and removes a probe file)."""
     if not path:
         return
@@ -56,3 +56,16 @@ def check_writable(path, what: str = "output") -> None:
     except OSError as e:
         raise InputError(f"{what} {path}: cannot write in {folder} ({e.strerror or e})") from None
 
+
+
+def check_writable_dir(path, what: str = "output folder") -> None:
+    """Raise a one-line InputError now when files cannot be written in the folder ``path``: a
+    file of that name, or a place where it cannot be made or written (makes it if missing)."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise InputError(f"{what} {path} is a file, not a folder")
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise InputError(f"{what} {path}: cannot write in {path} ({e.strerror or e})") from None
