@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .fileio import atomic_write_bytes
+from .fileio import atomic_write_bytes, unreadable
 from .ops import HostCSR, csr_problem
 from .sniff import looks_like
 
@@ -463,12 +463,8 @@ def _read_bytes(path) -> bytes:
         if p.exists() and not p.is_dir() and not p.is_file():
             raise ModelFileError(f"{path}: not a regular file")
         return p.read_bytes()
-    except FileNotFoundError:
-        raise ModelFileError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ModelFileError(f"{path}: is a directory, not a model file") from None
     except OSError as e:
-        raise ModelFileError(f"{path}: cannot read ({e.strerror or e})") from None
+        raise ModelFileError(unreadable(path, e, "model file")) from None
 
 
 def read_model_file(path) -> tuple[dict, dict, dict]:

@@ -9,7 +9,7 @@ import os
 import numpy as np
 
 from .errors import InputError
-from .fileio import atomic_write
+from .fileio import atomic_write, unreadable
 from .ops import HostCSR
 
 
@@ -26,14 +26,10 @@ def read_log(path: str) -> list[dict]:
                     records.append(json.loads(line))
                 except json.JSONDecodeError:
                     raise InputError(f"{path}:{i}: not a JSON line") from None
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a directory, not a training log") from None
     except UnicodeDecodeError:
         raise InputError(f"{path}: not a training log (not text)") from None
     except OSError as e:
-        raise InputError(f"{path}: cannot read ({e.strerror or e})") from None
+        raise InputError(unreadable(path, e, "training log")) from None
     if not records:
         raise InputError(f"{path}: the log has no records")
     for i, r in enumerate(records, 1):
