@@ -15,8 +15,11 @@ $(VENV)/.runtime: pyproject.toml | $(BIN)/python
 	$(PIP) install -e '.[pocl,report]'
 	touch $@
 
+# PyTorch (a test extra) from this index too when set: https://download.pytorch.org/whl/cpu gives
+# its CPU build, all the tests need, where pip's default is the larger CUDA build (Linux)
+TORCH_INDEX ?=
 $(VENV)/.test: pyproject.toml $(VENV)/.runtime
-	$(PIP) install -e '.[pocl,report,test]'
+	$(PIP) install $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) -e '.[pocl,report,test]'
 	touch $@
 
 venv: $(VENV)/.runtime

@@ -90,10 +90,12 @@ def _bad_files(path):
             "newer": (blob[:8] + newer + blob[8 + n:], "format version 2 is newer"),
             "nan": (bytes(nan), "checksum mismatch|not finite"),
             "empty": (b"", "too short"),
-            "text": (b"hello, this is not a model file\n", "header length")}
+            "text": (b"hello, this is not a model file\n", "not a proxcl model file: it looks like text$"),
+            "binary": (bytes(range(200, 256)) * 4, "header length .* is over the 104857600-byte limit")}
 
 
-@pytest.mark.parametrize("case", ["truncated", "flipped", "newer", "nan", "empty", "text", "missing", "dir"])
+@pytest.mark.parametrize("case", ["truncated", "flipped", "newer", "nan", "empty", "text", "binary", "missing",
+                                  "dir"])
 def test_info_bad_file_exits_2(model_file, tmp_path, case):
     path, _ = model_file
     if case == "missing":

@@ -10,12 +10,15 @@ version, config, spec, parameter kinds, optimizer scalars, position and history.
 from __future__ import annotations
 
 import json
+import os
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
 
 from .fileio import atomic_write
 from .ops import HostCSR
+from .sniff import looks_like
 
 VERSION = 2
 
@@ -58,13 +61,30 @@ def save(path: str, *, config: dict, model, opt, masks: dict, position: dict, hi
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
+def _unreadable(path: str, e: Exception) -> CheckpointError:
+    """Why a checkpoint could not be read, in words about the file rather than numpy's."""
+    if os.path.isdir(path):
+        return CheckpointError(f"checkpoint {path} is a directory, not a checkpoint file")
+    if isinstance(e, FileNotFoundError):
+        return CheckpointError(f"checkpoint {path}: no such file")
+    try:
+        with open(path, "rb") as f:
+            what = looks_like(f.read(4096), path)
+    except OSError as err:
+        return CheckpointError(f"cannot read checkpoint {path} ({err.strerror or err})")
+    if what and what != "a proxcl training checkpoint":
+        return CheckpointError(f"{path}: not a proxcl checkpoint: it looks like {what}")
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return CheckpointError(f"cannot read checkpoint {path}: {first}")
+
+
 def load(path: str) -> Checkpoint:
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
         meta = json.loads(arrays.pop("__meta__").tobytes().decode())
-    except (OSError, ValueError, KeyError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from None
+    except (OSError, ValueError, KeyError, UnicodeDecodeError, EOFError, zipfile.BadZipFile) as e:
+        raise _unreadable(path, e) from None
     if not isinstance(meta, dict) or meta.get("version") != VERSION:
         got = meta.get("version") if isinstance(meta, dict) else None
         raise CheckpointError(f"checkpoint {path} has version {got}, expected {VERSION}")

@@ -551,6 +551,15 @@ def parse_spec(spec: str | None) -> tuple[str, str | None]:
     return name, (os.path.expanduser(arg) if sep and name != "synthetic" else arg or None)
 
 
+def same_source(a: str | None, b: str | None) -> bool:
+    """Whether two data set specs name the same data set (fashion-mnist and fashion-mnist:DIR do;
+    synthetic sets of any size do).  A spec that cannot be parsed names no known set."""
+    try:
+        return parse_spec(a)[0] == parse_spec(b)[0]
+    except DataError:
+        return False
+
+
 def load_dataset(spec: str | None = "fashion-mnist", *, val_split: float = 0.0, seed: int = 0,
                  download: bool = True, normalisation: dict | None = None) -> Dataset:
     """Load a data set by spec: ``fashion-mnist`` (default), ``mnist``, ``fashion-mnist:DIR``,
@@ -568,7 +577,7 @@ def load_dataset(spec: str | None = "fashion-mnist", *, val_split: float = 0.0, 
                             normalisation=normalisation)
 
 
-__all__ = ["DataError", "Dataset", "load_dataset", "parse_spec", "normalise", "check_normalisation",
+__all__ = ["DataError", "Dataset", "load_dataset", "parse_spec", "same_source", "normalise", "check_normalisation",
            "epoch_order",
            "read_idx", "parse_idx", "write_idx", "idx_bytes", "download", "find_files", "search_dirs",
            "cache_dir", "from_arrays", "synthetic_arrays", "SOURCES", "IDX_TYPES"]

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .fileio import atomic_write_bytes
+from .fileio import atomic_write_bytes, unreadable
 from .ops import HostCSR, csr_problem
+from .sniff import looks_like
 
 FORMAT_NAME = "proxcl"
 FORMAT_VERSION = 1
@@ -45,6 +46,28 @@ def _fail(name: str, msg: str) -> ModelFileError:
 def index_dtype(n_cols: int) -> str:
     """The column index dtype of a CSR matrix with n_cols columns: U16 when they fit, else I32."""
     return "U16" if n_cols <= U16_MAX_COLS else "I32"
+
+
+def csr_nbytes(shape, nnz: int, half: bool = False) -> int:
+    """The bytes of a CSR matrix's three arrays in a model file: int32 row pointers, column
+    indices of index_dtype, values of float16 (half) or float32."""
+    rows, cols = (int(s) for s in shape)
+    values = DTYPES["F16" if half else "F32"].itemsize
+    return 4 * (rows + 1) + (DTYPES[index_dtype(cols)].itemsize + values) * int(nnz)
+
+
+def dense_nbytes(shape, half: bool = False) -> int:
+    """The bytes of a dense array in a model file."""
+    return math.prod(int(s) for s in shape) * DTYPES["F16" if half else "F32"].itemsize
+
+
+def smaller_form(t, shape, half: bool = False):
+    """``t`` as the model file stores it best: a HostCSR stays CSR only when its arrays take fewer
+    bytes than the dense array would, else it becomes the dense array of ``shape`` (the
+    parameter's PyTorch shape).  Dense arrays are returned as they are."""
+    if isinstance(t, HostCSR) and csr_nbytes(t.shape, t.nnz, half) >= dense_nbytes(t.shape, half):
+        return np.asarray(t.to_dense(), np.float32).reshape(shape)
+    return t
 
 
 # ---- writing ------------------------------------------------------------------------------------
@@ -216,6 +239,7 @@ def parse_model_bytes(blob: bytes, name: str = "model file") -> ParsedFile:
 
 
 def _parse(blob: bytes, name: str) -> ParsedFile:
+    _check_kind(blob, name)
     header, meta, hlen = _read_header(blob, name)
     _check_format(meta, name)
     entries = _check_entries(header, len(blob) - 8 - hlen, name)
@@ -223,6 +247,17 @@ def _parse(blob: bytes, name: str) -> ParsedFile:
     _match_declarations(_expected_entries(decls, name), entries, decls, name)
     tensors, tensor_bytes = _decode_tensors(blob, 8 + hlen, entries, decls, meta, name)
     return ParsedFile(spec, metadata, tensors, decls, tensor_bytes, 8 + hlen, len(blob))
+
+
+def _check_kind(blob: bytes, name: str) -> None:
+    """A file whose ninth byte does not open a JSON header is not safetensors at all: say what it
+    looks like (text, an image, a PyTorch archive) rather than what its first eight bytes would
+    mean as a header length."""
+    if len(blob) >= 9 and blob[8:9] == b"{":
+        return
+    what = looks_like(blob) if blob else None
+    if what:
+        raise _fail(name, f"not a proxcl model file: it looks like {what}")
 
 
 def _read_header(blob: bytes, name: str) -> tuple[dict, dict, int]:
@@ -428,12 +463,8 @@ def _read_bytes(path) -> bytes:
         if p.exists() and not p.is_dir() and not p.is_file():
             raise ModelFileError(f"{path}: not a regular file")
         return p.read_bytes()
-    except FileNotFoundError:
-        raise ModelFileError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ModelFileError(f"{path}: is a directory, not a model file") from None
     except OSError as e:
-        raise ModelFileError(f"{path}: cannot read ({e.strerror or e})") from None
+        raise ModelFileError(unreadable(path, e, "model file")) from None
 
 
 def read_model_file(path) -> tuple[dict, dict, dict]:
@@ -471,8 +502,11 @@ def file_report(path) -> dict:
 # ---- models -------------------------------------------------------------------------------------
 
 def save(model, path, half: bool = False, metadata: dict | None = None) -> None:
-    """Write ``model`` (its spec and sparse_state()) to ``path`` atomically."""
-    write_model_file(path, model.spec, model.sparse_state(), metadata=metadata, half=half)
+    """Write ``model`` (its spec and sparse_state()) to ``path`` atomically; each CSR weight is
+    stored as CSR only when that takes fewer bytes than dense (smaller_form)."""
+    shapes = {p.name: p.shape for p in model.params}
+    tensors = {name: smaller_form(t, shapes[name], half) for name, t in model.sparse_state().items()}
+    write_model_file(path, model.spec, tensors, metadata=metadata, half=half)
 
 
 def load(path, device=None, *, with_metadata: bool = False):
@@ -490,4 +524,5 @@ def load(path, device=None, *, with_metadata: bool = False):
 
 
 __all__ = ["ModelFileError", "write_model_file", "read_model_file", "model_file_bytes",
-           "parse_model_bytes", "file_report", "save", "load", "index_dtype", "FORMAT_VERSION"]
+           "parse_model_bytes", "file_report", "save", "load", "index_dtype", "csr_nbytes", "dense_nbytes",
+           "smaller_form", "FORMAT_VERSION"]

@@ -12,10 +12,12 @@ from .errors import InputError
 def read_images(path: str) -> np.ndarray:
     """Raw images from one file: a PNG (one image; needs Pillow, installed with proxcl[report]),
     a .npy array ([H, W], [N, H, W] or [N, C, H, W]) or an IDX image file (raw or .gz)."""
+    if os.path.isdir(path):
+        raise InputError(f"{path}: is a directory, not an image file")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such file")
-    lower = path.lower()
-    if lower.endswith(".png"):
+    kind = _kind(path)
+    if kind == "png":
         try:
             from PIL import Image
         except ImportError:
@@ -26,7 +28,7 @@ def read_images(path: str) -> np.ndarray:
         except OSError as e:
             raise InputError(f"{path}: not a readable PNG ({e})") from None
         return a[None, None]
-    if lower.endswith(".npy"):
+    if kind == "npy":
         try:
             a = np.load(path, allow_pickle=False)
         except (ValueError, OSError) as e:
@@ -43,6 +45,22 @@ def read_images(path: str) -> np.ndarray:
     if not np.issubdtype(a.dtype, np.number):
         raise InputError(f"{path}: images must be numbers, got {a.dtype}")
     return a.astype(np.float32)
+
+
+def _kind(path: str) -> str:
+    """png, npy or idx: by the name's ending, else by the first bytes; a file that is plainly
+    none of them says what it looks like."""
+    from .sniff import looks_like
+    lower = path.lower()
+    if lower.endswith((".png", ".npy")):
+        return lower[-3:]
+    with open(path, "rb") as f:
+        what = looks_like(f.read(4096), path)
+    kinds = {"a PNG image": "png", "a numpy .npy array": "npy", "an IDX data file": "idx",
+             "gzip-compressed data": "idx", None: "idx"}
+    if what not in kinds:
+        raise InputError(f"{path}: not a PNG, .npy or IDX image file: it looks like {what}")
+    return kinds[what]
 
 
 def predict_files(model, paths: list[str], normalisation: dict, class_names=None) -> list[dict]:

@@ -4,7 +4,9 @@ magnitude pruning with retraining and gradual magnitude pruning (GMP), in the sa
 
 ``train(config) -> TrainResult``.  Each epoch writes one JSON line to the log, an atomic checkpoint
 (model values and support, optimizer state, masks, position) from which ``resume`` continues
-bit-for-bit, and a progress bar shows loss, accuracy and density.
+bit-for-bit; ``progress`` shows a bar with loss, accuracy and density, ``verbose`` one line per
+epoch (both off by default: the command line turns them on).  Ctrl-C raises
+:class:`TrainingInterrupted`, which names the last checkpoint to resume from.
 
 With ``target_density`` the proximal phase finds lambda itself: a controller
 (:class:`proxcl.schedules.DensityController`) measures the share of nonzero weights every
@@ -34,17 +36,18 @@ from .pruning import magnitude_prune, nonzero_count, prune
 from .schedules import (LR_SCHEDULES, CubicSparsity, DensityController, Warmup, make_l1_schedule,
                         make_lr_schedule)
 
-__all__ = ["METHODS", "PROX_OPTIMIZERS", "PENALTIES", "TrainConfig", "TrainResult", "TrainingError",
-           "train", "evaluate", "magnitude_prune"]
+__all__ = ["METHODS", "PROX_OPTIMIZERS", "PENALTIES", "OPTION_SCOPES", "TrainConfig", "TrainResult",
+           "TrainingError", "TrainingInterrupted", "train", "evaluate", "magnitude_prune"]
 
 METHODS = ("proximal", "dense", "magnitude", "gmp")
 PROX_OPTIMIZERS = ("prox-sgd", "prox-adam", "rda")
 PLAIN_OPTIMIZERS = ("sgd", "adam")
 PENALTIES = ("l1", "reweighted")
-# the plain form a proximal optimizer's name stands for in the dense phases of the baselines
+# the plain form of a proximal optimizer: what checkpoints written before the baselines refused
+# proximal optimizers ran in a baseline's dense phase
 _PLAIN = {"prox-sgd": "sgd", "prox-adam": "adam", "sgd": "sgd", "adam": "adam"}
 # settings a resumed run may change; every other one must match the checkpoint's
-RESUME_MAY_CHANGE = ("out", "log", "checkpoint", "progress", "device", "half")
+RESUME_MAY_CHANGE = ("out", "log", "checkpoint", "progress", "verbose", "device", "half")
 DENSITY_CHECK_STEPS = 10
 _PHASES = {"proximal": ("sparse", "debias"), "dense": ("dense",), "magnitude": ("dense", "retrain"),
            "gmp": ("prune", "retrain")}
@@ -53,6 +56,15 @@ _STREAM = {"sparse": 0, "dense": 0, "prune": 0, "debias": 1, "retrain": 1}
 
 class TrainingError(Exception):
     """A run that cannot go on (diverged, bad configuration, unusable checkpoint): one line."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during the epochs.  ``checkpoint``: the checkpoint a resumed run continues from (the
+    last one this run wrote, else the one it resumed from), or None when there is none."""
+
+    def __init__(self, checkpoint: str | None):
+        super().__init__(checkpoint)
+        self.checkpoint = checkpoint
 
 
 @contextlib.contextmanager
@@ -69,7 +81,8 @@ class TrainConfig:
     model: str = "lenet300"
     data: str = "fashion-mnist"
     method: str = "proximal"           # proximal | dense | magnitude | gmp
-    optimizer: str = "prox-sgd"        # prox-sgd | prox-adam | rda (proximal); sgd | adam otherwise
+    optimizer: str | None = None       # prox-sgd | prox-adam | rda (proximal); sgd | adam otherwise;
+                                       # None: prox-sgd for proximal, sgd for the baselines
     penalty: str = "reweighted"        # l1 | reweighted (l1 with thresholds c / (|w| + eps c))
     reweight_eps: float = 0.03
     l1: float = 1e-3                   # lambda; with target_density the controller's start
@@ -102,22 +115,31 @@ class TrainConfig:
     log: str | None = None             # JSON-lines log
     checkpoint: str | None = None      # default: OUT + ".ckpt"
     half: bool = False
-    progress: bool = True
+    progress: bool = False             # a progress bar per epoch (on stderr)
+    verbose: bool = False              # one line per epoch (on stdout)
 
     def validate(self) -> None:
-        """Raise TrainingError (one line) for an invalid or contradictory configuration."""
+        """Raise TrainingError (one line) for an invalid or contradictory configuration: every
+        check of a configuration is here, run before anything is loaded."""
         self._check_method()
         self._check_numbers()
+        self._check_phases()
         self._check_sparsity()
+        self._check_scopes()
         self._check_paths()
+
+    @property
+    def first_optimizer(self) -> str:
+        """The optimizer of the first phase: the proximal one, or the baseline's plain one."""
+        return self.optimizer or ("prox-sgd" if self.method == "proximal" else "sgd")
 
     def _check_method(self) -> None:
         if self.method not in METHODS:
             raise TrainingError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
-        if self.method == "proximal" and self.optimizer not in PROX_OPTIMIZERS:
+        if self.method == "proximal" and self.first_optimizer not in PROX_OPTIMIZERS:
             raise TrainingError(f"method proximal needs a proximal optimizer ({', '.join(PROX_OPTIMIZERS)}), "
                                 f"got {self.optimizer!r}")
-        if self.method != "proximal" and self.optimizer not in _PLAIN:
+        if self.method != "proximal" and self.first_optimizer not in PLAIN_OPTIMIZERS:
             raise TrainingError(f"method {self.method} trains dense with sgd or adam, not {self.optimizer!r}")
         for name, value, allowed in (("penalty", self.penalty, PENALTIES),
                                      ("debias-optimizer", self.debias_optimizer, PLAIN_OPTIMIZERS),
@@ -142,6 +164,24 @@ class TrainConfig:
             for name, v in (self.l1_factors or {}).items():
                 number(f"l1 factor of {name}", v, 0.0)
 
+    def _check_phases(self) -> None:
+        """A run that would train nothing, or skip the phase its method is about, is refused."""
+        if self.epochs == 0:
+            why = {"proximal": "there would be no sparse phase (and nothing to debias)",
+                   "dense": "the model would not be trained",
+                   "magnitude": "magnitude pruning cuts a trained model",
+                   "gmp": "gmp prunes during those epochs"}[self.method]
+            raise TrainingError(f"--epochs must be at least 1: {why}")
+
+    def _check_scopes(self) -> None:
+        """An option given (set to other than its default) for a run that does not use it is an
+        error, not silently ignored: see OPTION_SCOPES."""
+        defaults = _defaults()
+        for scope in _SCOPES:
+            if getattr(self, scope.field) != defaults[scope.field] and not scope.applies(self):
+                raise TrainingError(f"{scope.option} applies only to {scope.where}; this run is "
+                                    f"--method {self.method} with {self.first_optimizer}")
+
     def _check_sparsity(self) -> None:
         with _as_training_error():
             number("switch-density", self.switch_density, 0.0, 1.0)
@@ -153,11 +193,8 @@ class TrainConfig:
             number("prune-end", self.prune_end, 0.0, 1.0, lo_open=True)
             number("prune-start", self.prune_start, 0.0, self.prune_end, hi_open=True)
             whole("prune-frequency", self.prune_frequency, 1)
-        if self.method == "proximal" and self.target_density is not None:
-            if self.l1 <= 0:
-                raise TrainingError("--target-density adapts lambda from --l1, which must be > 0")
-            if self.l1_ramp_epochs:
-                raise TrainingError("--l1-ramp does not apply with --target-density (lambda is adapted)")
+        if self.method == "proximal" and self.target_density is not None and self.l1 <= 0:
+            raise TrainingError("--target-density adapts lambda from --l1, which must be > 0")
 
     def _check_paths(self) -> None:
         paths = {}
@@ -192,6 +229,66 @@ class TrainConfig:
         """The learning-rate schedule of the first phase: constant for proximal learning (the
         threshold lr * lambda must not fade), cosine for the dense baselines."""
         return self.lr_schedule or ("constant" if self.method == "proximal" else "cosine")
+
+
+@dataclass(frozen=True)
+class _Scope:
+    """An option that only some runs use: ``applies(config)`` says whether this one does."""
+    option: str
+    field: str
+    where: str
+    applies: object
+
+
+def _proximal(c: TrainConfig) -> bool:
+    return c.method == "proximal"
+
+
+def _not_rda(c: TrainConfig) -> bool:
+    return c.first_optimizer != "rda"
+
+
+def _not_dense(c: TrainConfig) -> bool:
+    return c.method != "dense"
+
+
+def _gmp(c: TrainConfig) -> bool:
+    return c.method == "gmp"
+
+
+_SCOPES = (
+    _Scope("--penalty", "penalty", "--method proximal", _proximal),
+    _Scope("--reweight-eps", "reweight_eps", "--method proximal with --penalty reweighted",
+           lambda c: _proximal(c) and c.penalty == "reweighted"),
+    _Scope("--l1", "l1", "--method proximal", _proximal),
+    _Scope("--l1-factor", "l1_factors", "--method proximal", _proximal),
+    _Scope("--l1-ramp", "l1_ramp_epochs", "--method proximal without --target-density (lambda is adapted)",
+           lambda c: _proximal(c) and c.target_density is None),
+    _Scope("--density-ramp", "density_ramp", "--method proximal with --target-density",
+           lambda c: _proximal(c) and c.target_density is not None),
+    _Scope("--gamma", "gamma", "--optimizer rda", lambda c: c.first_optimizer == "rda"),
+    _Scope("--lr", "lr", "every optimizer but rda (whose steps are sqrt(t)/gamma)", _not_rda),
+    _Scope("--lr-schedule", "lr_schedule", "every optimizer but rda", _not_rda),
+    _Scope("--lr-warmup", "lr_warmup", "every optimizer but rda", _not_rda),
+    _Scope("--momentum", "momentum", "sgd and prox-sgd, also as --debias-optimizer",
+           lambda c: c.first_optimizer in ("sgd", "prox-sgd") or (_not_dense(c) and c.debias_optimizer == "sgd")),
+    _Scope("--target-density", "target_density", "--method proximal, magnitude or gmp", _not_dense),
+    _Scope("--switch-density", "switch_density", "--method proximal or gmp", lambda c: c.method in ("proximal", "gmp")),
+    _Scope("--debias-epochs", "debias_epochs", "--method proximal, magnitude or gmp", _not_dense),
+    _Scope("--debias-optimizer", "debias_optimizer", "--method proximal, magnitude or gmp", _not_dense),
+    _Scope("--debias-lr", "debias_lr", "--method proximal, magnitude or gmp", _not_dense),
+    _Scope("--debias-lr-schedule", "debias_lr_schedule", "--method proximal, magnitude or gmp", _not_dense),
+    _Scope("--prune-scope", "prune_scope", "--method magnitude or gmp", lambda c: c.method in ("magnitude", "gmp")),
+    _Scope("--prune-start", "prune_start", "--method gmp", _gmp),
+    _Scope("--prune-end", "prune_end", "--method gmp", _gmp),
+    _Scope("--prune-frequency", "prune_frequency", "--method gmp", _gmp),
+)
+# option -> the runs it applies to, for --help
+OPTION_SCOPES = {s.option: s.where for s in _SCOPES}
+
+
+def _defaults() -> dict:
+    return {f.name: getattr(TrainConfig(), f.name) for f in dataclasses.fields(TrainConfig)}
 
 
 @dataclass
@@ -264,7 +361,10 @@ def train(cfg: TrainConfig, *, resume: str | None = None, dataset=None, device=N
     run = _Run(cfg, model, ds, dev, t_start, on_epoch_end)
     if resume:
         run.restore(resume)
-    run.run_phases()
+    try:
+        run.run_phases()
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(run.last_checkpoint or resume) from None
     final = evaluate(model, ds, "test")
     nnz, weights = nonzero_count(model)
     result = TrainResult(model, run.history, final["accuracy"], nnz, weights, time.perf_counter() - t_start)
@@ -274,8 +374,19 @@ def train(cfg: TrainConfig, *, resume: str | None = None, dataset=None, device=N
     return result
 
 
+def _run_optimizer(config: dict) -> str | None:
+    """The first phase's optimizer of a saved or current configuration (None: the method's default;
+    a proximal name in a baseline: its plain form, as older checkpoints have it)."""
+    name = config.get("optimizer")
+    if config.get("method") == "proximal":
+        return name or "prox-sgd"
+    return _PLAIN.get(name or "sgd", name)
+
+
 def _check_same_config(saved: dict, cfg: TrainConfig, path: str) -> None:
     mine = dataclasses.asdict(cfg)
+    saved = dict(saved, optimizer=_run_optimizer(saved))
+    mine["optimizer"] = _run_optimizer(mine)
     for key in sorted(set(saved) | set(mine)):
         if key not in RESUME_MAY_CHANGE and saved.get(key) != mine.get(key):
             raise TrainingError(f"checkpoint {path} was written with {key}={saved.get(key)!r}, "
@@ -294,6 +405,7 @@ class _Run:
         self.masks: dict = {}      # {param name: 0/1 device mask} of dense weights (gmp, controller)
         self.controller: DensityController | None = None
         self.density: float | None = None   # the controller's last measurement
+        self.last_checkpoint: str | None = None   # written by this run
 
     def restore(self, path: str) -> None:
         try:
@@ -348,6 +460,7 @@ class _Run:
                 position["controller"] = self.controller.state()
             checkpoints.save(self.cfg.checkpoint_path, config=dataclasses.asdict(self.cfg), model=self.model,
                              opt=opt, masks=self.masks, position=position, history=self.history)
+            self.last_checkpoint = self.cfg.checkpoint_path
         if self.on_epoch_end:
             self.on_epoch_end(record)
 
@@ -372,11 +485,11 @@ class _Run:
         from .optim import make_optimizer
         cfg, dev = self.cfg, self.dev
         if phase == "sparse":
-            return make_optimizer(cfg.optimizer, lr=cfg.lr, l1=cfg.l1, l1_factors=cfg.l1_factors or None,
+            return make_optimizer(cfg.first_optimizer, lr=cfg.lr, l1=cfg.l1, l1_factors=cfg.l1_factors or None,
                                   momentum=cfg.momentum, gamma=cfg.gamma, device=dev,
                                   reweight_eps=cfg.reweight_eps if cfg.penalty == "reweighted" else None)
         if phase in ("dense", "prune"):
-            return make_optimizer(_PLAIN[cfg.optimizer], lr=cfg.lr, momentum=cfg.momentum, device=dev)
+            return make_optimizer(cfg.first_optimizer, lr=cfg.lr, momentum=cfg.momentum, device=dev)
         return make_optimizer(cfg.debias_optimizer, lr=cfg.debias_lr, momentum=cfg.momentum, device=dev)
 
     def _lr_schedule(self, phase: str):
@@ -528,7 +641,7 @@ class _Run:
                   "seconds": round(time.perf_counter() - t0, 3)}
         if ds.has_split("val"):
             record["val_accuracy"] = evaluate(model, ds, "val")["accuracy"]
-        if self.cfg.progress:
+        if self.cfg.verbose:
             tqdm.write(f"{phase:>7} {epoch + 1:>3}/{n_epochs}  loss {record['loss']:.4f}  "
                        f"train {record['train_accuracy']:.4f}  test {record['test_accuracy']:.4f}  "
                        f"nonzero {record['density'] * 100:6.2f} %  {record['seconds']:.1f} s")
@@ -536,7 +649,7 @@ class _Run:
 
 
 def _hint(cfg: TrainConfig, phase: str) -> str:
-    if phase == "sparse" and cfg.optimizer == "rda":
+    if phase == "sparse" and cfg.first_optimizer == "rda":
         return "a larger --gamma (RDA's steps are sqrt(t)/gamma)"
     return "a smaller learning rate (--debias-lr)" if phase in ("debias", "retrain") else \
         "a smaller learning rate (--lr)"
@@ -572,5 +685,7 @@ def _config_summary(cfg: TrainConfig) -> dict:
     differs from the defaults (the full configuration is in the checkpoint)."""
     defaults = dataclasses.asdict(TrainConfig())
     keep = ("model", "data", "method", "optimizer", "l1", "epochs", "debias_epochs", "seed")
-    return {k: v for k, v in dataclasses.asdict(cfg).items()
-            if k not in RESUME_MAY_CHANGE and (k in keep or v != defaults[k])}
+    summary = {k: v for k, v in dataclasses.asdict(cfg).items()
+               if k not in RESUME_MAY_CHANGE and (k in keep or v != defaults[k])}
+    summary["optimizer"] = cfg.first_optimizer
+    return summary

@@ -135,6 +135,8 @@ def run(device: str | None = None, *, repeat: int = 30, quick: bool = False,
                 row = _csr_case(b, random_csr_arrays(rng, m, k, d), (m, k), d, x, xd, y, dense)
                 result["rows"].append(row)
                 log(format_row(row, b.basis))
+    log("")
+    log(legend(b.basis))
     result["elapsed_s"] = time.perf_counter() - t_start
     result["host_after"] = machine_info()
     return result
@@ -250,6 +252,27 @@ def header(basis: str) -> str:
     cols += [label for _, label in peers]
     cols += [f"vs {label}" for _, label in peers] + ["x floor"]
     return "| " + " | ".join(cols) + " |\n|" + "|".join("---" for _ in cols) + "|"
+
+
+def legend(basis: str | None = None) -> str:
+    """What the table's columns are, in its units: the lines under it and, for no basis (either
+    device kind), in --help."""
+    if basis is None:
+        peers = "numpy, scipy, torch, torch csr (CPU device) or cuBLAS, cuSPARSE (GPU device)"
+        vs = "wall times on a CPU, device times on a GPU"
+    else:
+        peers = ", ".join(label for _, label in _peers_of(basis))
+        vs = "wall times" if basis == "wall" else "device times (OpenCL against CUDA events)"
+    return "\n".join([
+        "Y = W X with W [m x k] at density dens (nnz entries) and X [k x n]; times in ms, medians after warm-up.",
+        "  csr dev   proxcl's CSR product, summed OpenCL profiling events",
+        "  csr wall  the same, host clock around one call and its wait",
+        "  csr pipe  host clock per call with 20 calls queued back to back (as a training step runs it)",
+        "  gemm      proxcl's dense product of the same W",
+        f"  {peers}: the peers' times",
+        f"  vs X      X's time / proxcl CSR's time (> 1: proxcl is faster), {vs}",
+        "  x floor   csr dev / the time the bytes a CSR product must move take at the copy bandwidth",
+        "  bold      W 500x800, n 256 at 5 % and 1 %: the cases the targets in docs/PERFORMANCE.md are set on"])
 
 
 def format_row(row: dict, basis: str) -> str:

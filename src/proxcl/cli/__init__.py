@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # Subcommand modules, in the order `proxcl --help` lists them.
@@ -29,9 +30,40 @@ def _user_errors() -> tuple[type[BaseException], ...]:
             MemoryError)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors in one line, as every other error of the command (subcommands'
+    parsers are of this class too)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _negative_number(tok: str) -> bool:
+    if not tok.startswith("-"):
+        return False
+    try:
+        float(tok)
+    except ValueError:
+        return False
+    return True
+
+
+def join_negative_values(argv: list[str]) -> list[str]:
+    """``--l1 -1e-4`` as ``--l1=-1e-4``: argparse reads a value such as -1e-4 as an option and
+    would say the option lacks its argument; the value's own check then says what is wrong."""
+    out: list[str] = []
+    for tok in argv:
+        if out and _negative_number(tok) and out[-1].startswith("--") and "=" not in out[-1] \
+                and out[-1] != "--":
+            out[-1] = f"{out[-1]}={tok}"
+        else:
+            out.append(tok)
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="proxcl",
         description="Train sparse neural networks from scratch with proximal l1 methods and run "
                     "them, training included, as CSR matrices on any OpenCL device.")
@@ -43,13 +75,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command; its exit status.  Output cut short by its reader (``proxcl predict ... |
+    head -1``) ends the command quietly."""
+    try:
+        try:
+            code = _main(argv)
+        except SystemExit as e:       # argparse's --help and errors
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # the reader is gone: send what is left in the buffer nowhere, so that the flush at exit
+        # does not fail again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+
+
+def _main(argv: list[str] | None) -> int:
+    argv = join_negative_values(list(sys.argv[1:] if argv is None else map(str, argv)))
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = argv
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:
+        raise
     except KeyboardInterrupt:
         print("proxcl: interrupted", file=sys.stderr)
         return 130

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib
 
 from . import CLIError
@@ -22,12 +23,14 @@ def add_parser(sub) -> None:
                        description="Benchmarks that compare proxcl with its peers in one run.")
     bsub = p.add_subparsers(dest="bench", metavar="WHAT")
 
+    from ..bench.kernels import legend
     k = bsub.add_parser("kernels", help="CSR product and dense GEMM against numpy, scipy, torch",
-                        description="Y = W X for W of several shapes and densities and X of 64, "
-                                    "256 and 1024 columns: proxcl's CSR SpMM and dense GEMM against "
-                                    "numpy dense, scipy CSR, torch dense and CSR (CPU device) or torch "
-                                    "CUDA dense and CSR (GPU device). Prints one table of median "
-                                    "milliseconds and ratios.")
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        description="Y = W X for W of several shapes and densities and X of 64, 256 and "
+                                    "1024 columns:\nproxcl's CSR SpMM and dense GEMM against numpy dense, "
+                                    "scipy CSR, torch dense and CSR (CPU device)\nor torch CUDA dense and "
+                                    "CSR (GPU device). Prints one markdown table, explained under it:\n\n"
+                                    + legend())
     k.add_argument("--device", default=None, help="OpenCL device spec (default: $PROXCL_DEVICE)")
     k.add_argument("--json", metavar="PATH", default=None, help="also write the results as JSON")
     k.add_argument("--repeat", type=int, default=30,
@@ -35,9 +38,12 @@ def add_parser(sub) -> None:
     k.add_argument("--quick", action="store_true", help="two shapes, one batch width, two densities")
     k.set_defaults(func=run_kernels)
 
-    m = bsub.add_parser("model", help="train/inference speed of whole models",
-                        description="Model-level benchmark.")
     mod = _model_module()
+    m = bsub.add_parser("model", help="train/inference speed of whole models",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        description="Whole networks (LeNet-300-100, LeNet-5 by default), dense and CSR, "
+                                    "against PyTorch: one\nmarkdown table, one row per model and weight "
+                                    "form, explained under it:\n\n" + (mod.LEGEND if mod else ""))
     if mod is not None:
         mod.add_arguments(m)
     m.set_defaults(func=run_model)

@@ -20,7 +20,8 @@ def add_parser(sub) -> None:
                                    "Prox-SGD down to --target-density, CSR switch, debiasing) on "
                                    "Fashion-MNIST; write the model file, the log and the "
                                    "report PNGs; print the info table and both accuracies.")
-    p.add_argument("--out-dir", default="runs/demo", help="where the files go (default %(default)s)")
+    p.add_argument("--out-dir", default="runs/demo",
+                   help="where the files go; created if missing (default %(default)s)")
     p.add_argument("--data", default="fashion-mnist", help="data set spec (default %(default)s)")
     p.add_argument("--device", default=None, help="OpenCL device (default $PROXCL_DEVICE or the first GPU)")
     p.add_argument("--epochs", type=int, default=DEMO["epochs"], help="(default %(default)s)")
@@ -28,33 +29,37 @@ def add_parser(sub) -> None:
     p.add_argument("--target-density", type=float, default=DEMO["target_density"],
                    help="share of the weights left nonzero (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
+    from .train import add_output_arguments
+    add_output_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from ..data import load_dataset
-    from ..modelfile import file_report
+    from ..fileio import check_writable_dir
+    from ..modelfile import file_report, read_model_file
     from ..report import read_log, write_report
     from ..runtime import Device
     from ..training import TrainConfig, train
-    from ..modelfile import read_model_file
     from .info import format_report
+    from .train import output_settings
 
-    os.makedirs(args.out_dir, exist_ok=True)
-    dev = Device(args.device)
-    print(f"device: {dev.platform_name} | {dev.name}")
-    ds = load_dataset(args.data, seed=args.seed)
-    print(f"data: {ds.name}, {ds.size('train')} training and {ds.size('test')} test images")
-    common = dict(model=DEMO["model"], data=args.data, seed=args.seed)
+    common = dict(model=DEMO["model"], data=args.data, seed=args.seed, **output_settings(args))
     sparse_cfg = TrainConfig(target_density=args.target_density, epochs=args.epochs,
                              debias_epochs=args.debias_epochs, out=os.path.join(args.out_dir, "model.proxcl"),
                              log=os.path.join(args.out_dir, "train.jsonl"), **common)
     sparse_cfg.validate()
+    check_writable_dir(args.out_dir, "--out-dir")
+    dev = Device(args.device)
+    print(f"device: {dev.platform_name} | {dev.name}")
+    ds = load_dataset(args.data, seed=args.seed)
+    print(f"data: {ds.name}, {ds.size('train')} training and {ds.size('test')} test images")
     total = args.epochs + args.debias_epochs
     out, log = sparse_cfg.out, sparse_cfg.log
 
     print(f"\n[1/2] dense reference: {DEMO['model']}, SGD with momentum, cosine schedule, {total} epochs")
-    dense = train(TrainConfig(method="dense", epochs=total, **common), dataset=ds, device=dev)
+    dense_log = os.path.join(args.out_dir, "dense.jsonl")
+    dense = train(TrainConfig(method="dense", epochs=total, log=dense_log, **common), dataset=ds, device=dev)
 
     print(f"\n[2/2] compressed: reweighted-l1 Prox-SGD down to {args.target_density * 100:g} % of the "
           f"weights, {args.epochs} sparse + {args.debias_epochs} debiasing epochs")
@@ -63,7 +68,7 @@ def run(args) -> int:
 
     report_dir = os.path.join(args.out_dir, "report")
     _, tensors, _ = read_model_file(out)
-    pngs = write_report(tensors, read_log(log), report_dir)
+    pngs = write_report(tensors, read_log(log), report_dir, reference=dense.history)
 
     print("\n" + format_report(file_report(out)))
     print(f"\ndense reference     test accuracy {dense.test_accuracy * 100:.2f} %  (100 % nonzero weights)")
@@ -72,6 +77,7 @@ def run(args) -> int:
     print(f"compressed          test accuracy {sparse.test_accuracy * 100:.2f} %  "
           f"({sparse.density * 100:.2f} % nonzero weights: {sparse.nnz:,} of {sparse.weights:,})")
     print(f"difference          {100 * (sparse.test_accuracy - dense.test_accuracy):+.2f} points")
-    print(f"\nmodel file  {out}\nlog         {log}\nreport      {report_dir}/ ({len(pngs)} PNG files)")
+    print(f"\nmodel file  {out}\nlog         {log} (dense reference: {dense_log})\n"
+          f"report      {report_dir}/ ({len(pngs)} PNG files)")
     print(f"time        {dense.seconds + sparse.seconds:.0f} s of training")
     return 0

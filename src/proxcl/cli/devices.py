@@ -20,10 +20,11 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(devs, indent=2))
         return 0
-    print(f"{'index':<6} {'platform':<30} {'device':<34} {'type':<5} {'OpenCL C':<16} "
+    cw = max([len("OpenCL C")] + [len(d["opencl_c"]) for d in devs])    # versions are never cut
+    print(f"{'index':<6} {'platform':<30} {'device':<34} {'type':<5} {'OpenCL C':<{cw}} "
           f"{'CUs':>4} {'global MiB':>11} {'local KiB':>10}")
     for d in devs:
         print(f"{d['index']:<6} {d['platform'][:30]:<30} {d['name'][:34]:<34} {d['type'][:5]:<5} "
-              f"{d['opencl_c'][:16]:<16} {d['compute_units']:>4} {d['global_mem_bytes'] >> 20:>11} "
+              f"{d['opencl_c']:<{cw}} {d['compute_units']:>4} {d['global_mem_bytes'] >> 20:>11} "
               f"{d['local_mem_bytes'] >> 10:>10}")
     return 0

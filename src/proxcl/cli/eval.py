@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import sys
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a model file on a test set",
-                       description="Accuracy, mean loss and per-class accuracy on the test split.")
+                       description="Accuracy, mean loss and per-class accuracy on the test split. "
+                                   "Warns when the model file records training on another data set.")
     p.add_argument("model", help="model file written by proxcl train")
     p.add_argument("--data", default="fashion-mnist", help="data set spec (default %(default)s)")
     p.add_argument("--device", default=None, help="OpenCL device (default $PROXCL_DEVICE or the first GPU)")
@@ -17,12 +19,16 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..data import load_dataset
+    from ..data import load_dataset, same_source
     from ..modelfile import load
     from ..runtime import Device
     from ..training import evaluate
     model, meta = load(args.model, device=Device(args.device), with_metadata=True)
     ds = load_dataset(args.data, normalisation=meta.get("normalisation"))
+    config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    trained_on = config.get("data")
+    if isinstance(trained_on, str) and not same_source(trained_on, args.data):
+        print(f"proxcl: warning: {args.model} was trained on {trained_on}, evaluating it on {ds.name}", file=sys.stderr)
     res = evaluate(model, ds, "test", batch_size=args.batch_size)
     if args.json:
         print(json.dumps(res))

@@ -44,8 +44,13 @@ def format_report(report: dict) -> str:
               f"nonzeros     {t['nnz']:,} ({t['density'] * 100:.2f} %), {ratio} fewer than dense",
               f"file         {t['file_bytes']:,} bytes ({_bytes(t['file_bytes'])}, header included)",
               f"dense fp32   {t['dense_bytes']:,} bytes ({_bytes(t['dense_bytes'])})",
-              f"compression  {t['bytes_ratio']:.1f}x smaller than dense float32"]
+              f"compression  {_ratio(t['bytes_ratio'])} than dense float32"]
     return "\n".join(lines)
+
+
+def _ratio(r: float) -> str:
+    """dense bytes / file bytes as a reader says it: '28.0x smaller', or '1.5x larger' below 1."""
+    return f"{r:.1f}x smaller" if r >= 1 else f"{1 / r:.1f}x larger"
 
 
 def run(args) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 
 
@@ -37,14 +38,27 @@ def _schedule_default(d) -> str:
 
 
 def add_training_arguments(p: argparse.ArgumentParser) -> None:
-    """The options of `proxcl train`."""
+    """The options of `proxcl train`; each option that only some runs use says which in its help
+    (the same table that TrainConfig.validate checks)."""
     from ..training import TrainConfig
     d = TrainConfig()
     _add_what(p.add_argument_group("what to train"), d)
     _add_method(p.add_argument_group("method"), d)
+    _add_proximal(p.add_argument_group("proximal l1 (--method proximal only)"), d)
     _add_schedule(p.add_argument_group("schedule"), d)
-    _add_pruning(p.add_argument_group("pruning baselines"), d)
+    _add_debias(p.add_argument_group("debiasing (proximal), retraining (magnitude), fine-tuning (gmp): "
+                                     "not with --method dense"), d)
+    _add_pruning(p.add_argument_group("pruning baselines (--method magnitude and gmp only)"), d)
     _add_run(p.add_argument_group("run"), d)
+    _mark_scopes(p)
+
+
+def _mark_scopes(p: argparse.ArgumentParser) -> None:
+    from ..training import OPTION_SCOPES
+    for action in p._actions:
+        where = next((OPTION_SCOPES[o] for o in action.option_strings if o in OPTION_SCOPES), None)
+        if where and action.help:
+            action.help += f" [only {where}]"
 
 
 def _add_what(g, d) -> None:
@@ -56,7 +70,7 @@ def _add_what(g, d) -> None:
 
 
 def _add_method(g, d) -> None:
-    from ..training import METHODS, PENALTIES, PLAIN_OPTIMIZERS, PROX_OPTIMIZERS
+    from ..training import METHODS, PLAIN_OPTIMIZERS, PROX_OPTIMIZERS
     g.add_argument("--method", choices=METHODS, default=d.method,
                    help="proximal l1 learning + debiasing (default); or the baselines: dense training "
                         "(lambda = 0), one-shot magnitude pruning with retraining (Han et al. 2015), "
@@ -69,8 +83,12 @@ def _add_method(g, d) -> None:
                         "what is left above R by magnitude (without it, --l1 is used as it is). "
                         "magnitude, gmp: the share kept (default 0.05)")
     g.add_argument("--optimizer", choices=PROX_OPTIMIZERS + PLAIN_OPTIMIZERS, default=d.optimizer,
-                   help="sparse phase optimizer (default %(default)s); the baselines take its plain form "
-                        "(prox-sgd -> sgd)")
+                   help="the first phase's optimizer: prox-sgd (default), prox-adam or rda for --method "
+                        "proximal; sgd (default) or adam for the baselines")
+
+
+def _add_proximal(g, d) -> None:
+    from ..training import PENALTIES
     g.add_argument("--penalty", choices=PENALTIES, default=d.penalty,
                    help="l1, or reweighted l1 (default %(default)s): each weight's threshold is "
                         "scaled by c / (|w| + eps c), c the layer's mean nonzero magnitude, so small "
@@ -90,11 +108,8 @@ def _add_method(g, d) -> None:
 
 def _add_schedule(g, d) -> None:
     from ..schedules import LR_SCHEDULES
-    from ..training import PLAIN_OPTIMIZERS
-    g.add_argument("--epochs", type=int, default=d.epochs, help="sparse (or dense) epochs (default %(default)s)")
-    g.add_argument("--debias-epochs", type=int, default=d.debias_epochs,
-                   help="epochs on the frozen support without l1; retraining epochs for magnitude, "
-                        "fine-tuning epochs for gmp (default %(default)s)")
+    g.add_argument("--epochs", type=int, default=d.epochs,
+                   help="sparse (or dense) epochs, at least 1 (default %(default)s)")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="(default %(default)s)")
     g.add_argument("--lr", type=float, default=d.lr, help="learning rate (default %(default)s)")
     g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=d.lr_schedule,
@@ -108,14 +123,22 @@ def _add_schedule(g, d) -> None:
                         "phase; at lr 0.05 without it LeNet-5 diverges on some seeds (default %(default)s)")
     g.add_argument("--momentum", type=float, default=d.momentum, help="prox-sgd/sgd momentum (default %(default)s)")
     g.add_argument("--gamma", type=float, default=d.gamma, help="l1-RDA's constant gamma (default %(default)s)")
+    g.add_argument("--switch-density", type=_switch_density, default=d.switch_density, metavar="R",
+                   help="a layer turns CSR when its density falls to R; 'never' or 'start' "
+                        "(default %(default)s)")
+
+
+def _add_debias(g, d) -> None:
+    from ..schedules import LR_SCHEDULES
+    from ..training import PLAIN_OPTIMIZERS
+    g.add_argument("--debias-epochs", type=int, default=d.debias_epochs,
+                   help="epochs on the frozen support without l1; retraining epochs for magnitude, "
+                        "fine-tuning epochs for gmp (default %(default)s)")
     g.add_argument("--debias-optimizer", choices=PLAIN_OPTIMIZERS, default=d.debias_optimizer,
                    help="(default %(default)s)")
     g.add_argument("--debias-lr", type=float, default=d.debias_lr, help="(default %(default)s)")
     g.add_argument("--debias-lr-schedule", choices=LR_SCHEDULES, default=d.debias_lr_schedule,
                    help="(default %(default)s)")
-    g.add_argument("--switch-density", type=_switch_density, default=d.switch_density, metavar="R",
-                   help="a layer turns CSR when its density falls to R; 'never' or 'start' "
-                        "(default %(default)s)")
 
 
 def _add_pruning(g, d) -> None:
@@ -133,12 +156,36 @@ def _add_run(g, d) -> None:
     g.add_argument("--device", default=None, help="OpenCL device: cpu, gpu, pocl, nvidia, P:D "
                                                   "(default $PROXCL_DEVICE or the first GPU)")
     g.add_argument("--seed", type=int, default=d.seed)
-    g.add_argument("--out", default="model.proxcl", help="model file to write (default %(default)s)")
+    g.add_argument("--out", default="model.proxcl",
+                   help="model file to write; a missing folder is created (default %(default)s)")
     g.add_argument("--half", action="store_true", help="store values as float16")
-    g.add_argument("--log", default=None, help="JSON-lines log, one line per epoch")
+    g.add_argument("--log", default=None, help="JSON-lines log, one line per epoch (a missing folder is created)")
     g.add_argument("--checkpoint", default=None, help="checkpoint written each epoch (default OUT.ckpt)")
-    g.add_argument("--resume", default=None, metavar="CKPT", help="continue from a checkpoint")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar or per-epoch lines")
+    g.add_argument("--resume", default=None, metavar="CKPT",
+                   help="continue from a checkpoint, with the same settings (Ctrl-C prints the command)")
+    add_output_arguments(g)
+
+
+def add_output_arguments(g) -> None:
+    """--progress, --no-progress, --quiet: what a run prints while it trains."""
+    x = g.add_mutually_exclusive_group()
+    x.add_argument("--progress", dest="progress", action="store_true", default=None,
+                   help="progress bars even when stderr is not a terminal (by default they are shown "
+                        "only on a terminal)")
+    x.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bars (the per-epoch lines stay)")
+    x.add_argument("-q", "--quiet", action="store_true",
+                   help="neither progress bars nor per-epoch lines")
+
+
+def output_settings(args) -> dict:
+    """TrainConfig's progress and verbose from --progress/--no-progress/--quiet: bars on a terminal
+    (stderr) only, per-epoch lines unless --quiet."""
+    quiet = getattr(args, "quiet", False)
+    progress = getattr(args, "progress", None)
+    if progress is None:
+        progress = sys.stderr.isatty()
+    return {"progress": bool(progress) and not quiet, "verbose": not quiet}
 
 
 # option name -> TrainConfig field, where they differ
@@ -154,7 +201,7 @@ def config_from_args(args):
         if name in fields:
             kw[name] = v
     kw["l1_factors"] = dict(kw.get("l1_factors", []))
-    kw["progress"] = not getattr(args, "no_progress", False)
+    kw.update(output_settings(args))
     return TrainConfig(**kw)
 
 
@@ -172,10 +219,34 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+def resume_command(argv: list[str], checkpoint: str) -> str:
+    """The command line that continues an interrupted run: the same arguments (``argv`` from the
+    subcommand on), any --resume replaced by ``checkpoint``."""
+    kept, skip = [], False
+    for tok in argv:
+        if skip:
+            skip = False
+            continue
+        name = tok.split("=", 1)[0]
+        if len(name) > 4 and "--resume".startswith(name):     # --resume or an abbreviation of it
+            skip = "=" not in tok
+            continue
+        kept.append(tok)
+    return shlex.join(["proxcl", *kept, "--resume", checkpoint])
+
+
 def run(args) -> int:
-    from ..training import train
+    from ..training import TrainingInterrupted, train
     cfg = config_from_args(args)
-    res = train(cfg, resume=args.resume)
+    try:
+        res = train(cfg, resume=args.resume)
+    except TrainingInterrupted as e:
+        if e.checkpoint:
+            print(f"proxcl: interrupted; continue with: {resume_command(args.argv, e.checkpoint)}",
+                  file=sys.stderr)
+        else:
+            print("proxcl: interrupted before the first checkpoint; nothing to resume", file=sys.stderr)
+        return 130
     summary = {"out": cfg.out, "test_accuracy": res.test_accuracy, "nnz": res.nnz, "weights": res.weights,
                "density": res.density, "seconds": round(res.seconds, 1)}
     if args.json:
