@@ -103,6 +103,8 @@ def test_negative_values_reach_their_own_check(capsys, args, line, tmp_path):
                                                  "proximal with prox-sgd"),
     (("--density-ramp", 0.5), "--density-ramp applies only to --method proximal with --target-density; this "
                               "run is --method proximal with prox-sgd"),
+    (("--lr-hold", 0.5), "--lr-hold applies only to --lr-schedule hold-cosine; this run is --method proximal "
+                         "with prox-sgd"),
     (("--method", "magnitude", "--switch-density", "start"), "--switch-density applies only to --method "
                                                              "proximal or gmp; this run is --method magnitude "
                                                              "with sgd"),

@@ -270,6 +270,8 @@ _SCOPES = (
     _Scope("--lr", "lr", "every optimizer but rda (whose steps are sqrt(t)/gamma)", _not_rda),
     _Scope("--lr-schedule", "lr_schedule", "every optimizer but rda", _not_rda),
     _Scope("--lr-warmup", "lr_warmup", "every optimizer but rda", _not_rda),
+    _Scope("--lr-hold", "lr_hold", "--lr-schedule hold-cosine",
+           lambda c: _not_rda(c) and c.train_lr_schedule == "hold-cosine"),
     _Scope("--momentum", "momentum", "sgd and prox-sgd, also as --debias-optimizer",
            lambda c: c.first_optimizer in ("sgd", "prox-sgd") or (_not_dense(c) and c.debias_optimizer == "sgd")),
     _Scope("--target-density", "target_density", "--method proximal, magnitude or gmp", _not_dense),
