@@ -26,7 +26,7 @@ proxcl_status proxcl_check_file(const char *path, proxcl_error *err)
     if (s != PROXCL_OK && err) {                           /* say which file */
         char msg[sizeof err->message];
         snprintf(msg, sizeof msg, "%s", err->message);
-        if (s == PROXCL_ERR_MODEL) px_fail(err, s, "%s: %s", path, msg);
+        if (s == PROXCL_ERR_MODEL) px_fail(err, s, "%s: its model cannot be built: %s", path, msg);
     }
     px_net_free(&net);
     px_file_free(&f);
@@ -49,7 +49,7 @@ proxcl_status proxcl_load(const char *path, const char *device, proxcl_model **o
     if (s == PROXCL_ERR_MODEL && err) {
         char msg[sizeof err->message];
         snprintf(msg, sizeof msg, "%s", err->message);
-        px_fail(err, s, "%s: %s", path, msg);
+        px_fail(err, s, "%s: its model cannot be built: %s", path, msg);
     }
     m->spec_text = f.spec_text;
     m->metadata_text = f.metadata_text;

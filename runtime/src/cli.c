@@ -42,6 +42,14 @@ static int usage_error(const char *fmt, const char *arg)
     return 2;
 }
 
+static int input_error(const char *fmt, const char *arg)
+{
+    fprintf(stderr, "proxcl-run: error: ");
+    fprintf(stderr, fmt, arg);
+    fprintf(stderr, "\n");
+    return 2;
+}
+
 static int parse_int(const char *s, long lo, long hi, long *out)
 {
     char *end;
@@ -325,6 +333,8 @@ static int finetune(const ft_args *a, proxcl_model *m, proxcl_error *err)
 {
     split tr, te;
     inputs in = {0};
+    memset(&tr, 0, sizeof tr);
+    memset(&te, 0, sizeof te);
     int32_t *ytr = NULL, *yte = NULL;
     int64_t *order = NULL;
     float *x = NULL;
@@ -449,8 +459,8 @@ static int cmd_finetune(int argc, char **argv)
     if (strcmp(a.optimizer, "sgd") && strcmp(a.optimizer, "adam")) return usage_error("--optimizer must be sgd or adam, got %s", a.optimizer);
     if (strcmp(a.schedule, "cosine") && strcmp(a.schedule, "constant")) return usage_error("--schedule must be cosine or constant, got %s", a.schedule);
     struct stat sb;
-    if (stat(a.out, &sb) == 0 && S_ISDIR(sb.st_mode)) return usage_error("--out %s is a folder, not a file name", a.out);
-    if (stat(a.data, &sb) != 0 || !S_ISDIR(sb.st_mode)) return usage_error("--data %s is not a folder", a.data);
+    if (stat(a.out, &sb) == 0 && S_ISDIR(sb.st_mode)) return input_error("--out %s is a folder, not a file name", a.out);
+    if (stat(a.data, &sb) != 0 || !S_ISDIR(sb.st_mode)) return input_error("--data %s is not a folder", a.data);
     proxcl_error err = {0};
     proxcl_model *m;
     if (proxcl_load(a.model, a.device, &m, &err) != PROXCL_OK) return report(&err);

@@ -18,7 +18,7 @@ struct px_program {
     struct px_program *next;
 };
 
-#define PX_MAX_ARGS 16
+#define PX_MAX_ARGS 20
 struct px_kernel {
     char *file, *name, *options;
     cl_kernel kernel;
@@ -242,7 +242,7 @@ static int cmp_define(const void *a, const void *b)
 static void build_options(const px_define *defs, int ndefs, char *out, size_t size)
 {
     px_define sorted[PX_MAX_DEFINES];
-    memcpy(sorted, defs, (size_t)ndefs * sizeof *defs);
+    if (ndefs) memcpy(sorted, defs, (size_t)ndefs * sizeof *defs);
     qsort(sorted, (size_t)ndefs, sizeof *sorted, cmp_define);
     size_t at = 0;
     out[0] = 0;

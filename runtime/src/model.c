@@ -190,10 +190,10 @@ static proxcl_status take_tensor(px_param *p, const px_tensor *t, proxcl_error *
     int mshape[2] = {p->rows, p->cols};
     p->half = t->half;
     if (t->csr) {
-        if (!p->penalised) return px_fail(err, PROXCL_ERR_MODEL, "its model cannot be built: %s is a bias; it cannot be "
+        if (!p->penalised) return px_fail(err, PROXCL_ERR_MODEL, "%s is a bias; it cannot be "
                                           "CSR", p->name);
         if (!same_shape(t, 2, mshape))
-            return px_fail(err, PROXCL_ERR_MODEL, "its model cannot be built: %s: CSR shape [%lld, %lld] != [%d, %d]",
+            return px_fail(err, PROXCL_ERR_MODEL, "%s: CSR shape [%lld, %lld] != [%d, %d]",
                            p->name, (long long)t->shape[0], (long long)t->shape[1], p->rows, p->cols);
         p->csr = 1;
         p->nnz = (int)t->nnz;
@@ -208,7 +208,7 @@ static proxcl_status take_tensor(px_param *p, const px_tensor *t, proxcl_error *
     }
     int bias_shape = p->rank == 1;
     if (!same_shape(t, p->rank, p->shape) && !(!bias_shape && same_shape(t, 2, mshape)))
-        return px_fail(err, PROXCL_ERR_MODEL, "its model cannot be built: %s: the file's shape differs from the spec's",
+        return px_fail(err, PROXCL_ERR_MODEL, "%s: the file's shape differs from the spec's",
                        p->name);
     if (!(p->values = px_alloc((size_t)p->size * sizeof(float), err))) return PROXCL_ERR_MEMORY;
     memcpy(p->values, t->values, (size_t)p->size * sizeof(float));
@@ -221,14 +221,14 @@ static proxcl_status match_tensors(px_net *net, const px_file *file, proxcl_erro
         const px_tensor *t = NULL;
         for (int j = 0; j < file->ntensors && !t; ++j)
             if (!strcmp(file->tensors[j].name, net->params[i]->name)) t = &file->tensors[j];
-        if (!t) return px_fail(err, PROXCL_ERR_MODEL, "its model cannot be built: the file has no tensor %s",
+        if (!t) return px_fail(err, PROXCL_ERR_MODEL, "the file has no tensor %s",
                                net->params[i]->name);
         PX_TRY(take_tensor(net->params[i], t, err));
     }
     for (int j = 0; j < file->ntensors; ++j) {
         int found = 0;
         for (int i = 0; i < net->nparams && !found; ++i) found = !strcmp(file->tensors[j].name, net->params[i]->name);
-        if (!found) return px_fail(err, PROXCL_ERR_MODEL, "its model cannot be built: the file has a tensor %s that the "
+        if (!found) return px_fail(err, PROXCL_ERR_MODEL, "the file has a tensor %s that the "
                                    "spec has no parameter for", file->tensors[j].name);
     }
     return PROXCL_OK;
