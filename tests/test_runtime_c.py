@@ -417,6 +417,28 @@ def test_library_error_contract(crt, files):
     assert not any(s in r.stderr for s in SANITIZERS), r.stderr
 
 
+def test_the_deploy_docs_c_example_builds_and_classifies(crt, dev, files, tmp_path):
+    """docs/DEPLOY.md's C API example, compiled against the library, gives Python's classes."""
+    code = (ROOT / "docs" / "DEPLOY.md").read_text().split("```c\n")[1].split("```")[0]
+    x = files["x"][:5]
+    main = (code + "\nint main(void)\n{\n    static float px[5 * 784];\n"
+            + "".join(f"    px[{i}] = {v}.0f;\n" for i, v in enumerate(x.ravel()) if v)
+            + "    int classes[5];\n    if (classify(\"%s\", px, 5, classes)) return 1;\n"
+            % files[("lenet5", "csr", False)]
+            + "    for (int i = 0; i < 5; ++i) printf(\"%d\\n\", classes[i]);\n    return 0;\n}\n")
+    (tmp_path / "example.c").write_text(main)
+    flags = ["-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"]
+    r = subprocess.run(["cc", "-std=c99", "-Wall", "-Werror", *flags, f"-I{RUNTIME / 'include'}",
+                        str(tmp_path / "example.c"), str(crt / "libproxcl.a"), "-lcjson", "-ldl", "-lm",
+                        "-o", str(tmp_path / "example")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([str(tmp_path / "example")], capture_output=True, text=True, env={
+        **os.environ, "LSAN_OPTIONS": f"suppressions={RUNTIME / 'tests' / 'lsan.supp'}:print_suppressions=0"})
+    assert r.returncode == 0 and not any(s in r.stderr for s in SANITIZERS), r.stderr
+    ref = mf.load(files[("lenet5", "csr", False)], device=dev).forward(normalise(x, NORM["mean"], NORM["std"]))
+    assert [int(v) for v in r.stdout.split()] == list(ref.argmax(1))
+
+
 def test_kernels_and_launch_settings_come_from_the_package(crt):
     """The embedded kernel files are the package's bytes, and the launch-settings table is
     proxcl.tuning's (generated at build time, never copied)."""

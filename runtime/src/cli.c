@@ -3,10 +3,12 @@
  *   proxcl-run predict MODEL FILE...          classes of the images of IDX or .npy files
  *   proxcl-run finetune MODEL --data DIR --out NEW [--epochs N]   debiasing on the device
  *   proxcl-run check MODEL...                 validate model files (no OpenCL needed)
+ *   proxcl-run bench MODEL [--batch-size N]   median wall time of one forward pass
  *   proxcl-run devices [--open DEVICE]        list OpenCL devices (or open one)
  *
  * Bad input: one line on stderr and exit status 2 (1 when the device or OpenCL fails). */
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +27,7 @@ static const char *const USAGE =
     "                  [--momentum M] [--batch-size N] [--schedule cosine|constant] [--seed S]\n"
     "                  [--max-steps K] [--no-shuffle] [--device D] [--quiet]\n"
     "       proxcl-run check MODEL...\n"
+    "       proxcl-run bench MODEL [--batch-size N] [--repeat R] [--budget S] [--device D]\n"
     "       proxcl-run devices [--open DEVICE]\n"
     "       proxcl-run --version\n";
 
@@ -469,6 +472,83 @@ static int cmd_finetune(int argc, char **argv)
     return ok ? 0 : report(&err);
 }
 
+/* ---- bench: the wall time of proxcl_forward, as proxcl.bench.timing.time_host measures ---- */
+
+static double now_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return 1e3 * (double)t.tv_sec + 1e-6 * (double)t.tv_nsec;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static int cmd_bench(int argc, char **argv)
+{
+    const char *model = NULL, *device = NULL;
+    long batch = 1, repeat = 50;
+    double budget = 0.5;
+    for (int i = 0; i < argc; ++i) {
+        if (!strcmp(argv[i], "--device") && i + 1 < argc) device = argv[++i];
+        else if (!strcmp(argv[i], "--batch-size")) {
+            if (!parse_int(i + 1 < argc ? argv[++i] : NULL, 1, 1 << 16, &batch)) return usage_error("--batch-size needs a whole number >= 1%s", "");
+        } else if (!strcmp(argv[i], "--repeat")) {
+            if (!parse_int(i + 1 < argc ? argv[++i] : NULL, 3, 100000, &repeat)) return usage_error("--repeat needs a whole number >= 3%s", "");
+        } else if (!strcmp(argv[i], "--budget")) {
+            if (!parse_real(i + 1 < argc ? argv[++i] : NULL, &budget) || !(budget > 0)) return usage_error("--budget needs seconds > 0%s", "");
+        } else if (argv[i][0] == '-' && argv[i][1]) return usage_error("unknown option %s", argv[i]);
+        else if (!model) model = argv[i];
+        else return usage_error("unexpected argument %s", argv[i]);
+    }
+    if (!model) return usage_error("bench needs a model%s", "");
+    proxcl_error err = {0};
+    proxcl_model *m;
+    if (proxcl_load(model, device, &m, &err) != PROXCL_OK) return report(&err);
+    const int per = proxcl_input_size(m), k = proxcl_num_classes(m);
+    float *x = malloc((size_t)batch * per * sizeof(float)), *out = malloc((size_t)batch * k * sizeof(float));
+    double *walls = malloc((size_t)repeat * sizeof(double));
+    int ok = x && out && walls;
+    uint64_t state = 1;
+    for (long i = 0; ok && i < batch * per; ++i) x[i] = (float)((double)(splitmix(&state) >> 11) / 9007199254740992.0 * 2 - 1);
+    struct timespec settle = {0, 100000000};
+    nanosleep(&settle, NULL);
+    for (int w = 0; ok && w < 2; ++w) ok = proxcl_forward(m, x, (int)batch, out, &err) == PROXCL_OK;
+    double t0 = now_ms();
+    ok = ok && proxcl_forward(m, x, (int)batch, out, &err) == PROXCL_OK;
+    double first = now_ms() - t0;
+    long n = first > 0 ? (long)(budget * 1e3 / first) : repeat;
+    n = n < 3 ? 3 : n > repeat ? repeat : n;
+    for (long r = 0; ok && r < n; ++r) {
+        t0 = now_ms();
+        ok = proxcl_forward(m, x, (int)batch, out, &err) == PROXCL_OK;
+        walls[r] = now_ms() - t0;
+    }
+    if (ok) {
+        qsort(walls, (size_t)n, sizeof *walls, cmp_double);
+        double med = n % 2 ? walls[n / 2] : 0.5 * (walls[n / 2 - 1] + walls[n / 2]);
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "model", model);
+        cJSON_AddStringToObject(o, "device", proxcl_device_name(m));
+        cJSON_AddNumberToObject(o, "batch", (double)batch);
+        cJSON_AddNumberToObject(o, "repeats", (double)n);
+        cJSON_AddNumberToObject(o, "median_ms", med);
+        cJSON_AddNumberToObject(o, "images_per_s", (double)batch / (med * 1e-3));
+        char *text = cJSON_PrintUnformatted(o);
+        if (text) puts(text);
+        cJSON_free(text);
+        cJSON_Delete(o);
+    }
+    free(x);
+    free(out);
+    free(walls);
+    proxcl_free(m);
+    return ok ? 0 : report(&err);
+}
+
 /* ---- check, devices ---- */
 
 static int cmd_check(int argc, char **argv)
@@ -516,6 +596,7 @@ int main(int argc, char **argv)
     if (!strcmp(argv[1], "predict")) return cmd_predict(argc - 2, argv + 2);
     if (!strcmp(argv[1], "finetune")) return cmd_finetune(argc - 2, argv + 2);
     if (!strcmp(argv[1], "check")) return cmd_check(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "bench")) return cmd_bench(argc - 2, argv + 2);
     if (!strcmp(argv[1], "devices")) return cmd_devices(argc - 2, argv + 2);
     return usage_error("unknown command %s", argv[1]);
 }
