@@ -126,12 +126,15 @@ def memory(binary, model_path, data: Path, device_name: str, env, work: Path) ->
     one = work / "one.npy"
     np.save(one, read_idx(data / "t10k-images-idx3-ubyte")[:1])
     stripped = work / "proxcl-run"
-    shutil.copy(binary, stripped)
-    subprocess.run(["strip", str(stripped)], check=True)
+    try:
+        subprocess.run(["strip", "-o", str(stripped), binary], check=True)
+        size = stripped.stat().st_size
+    except FileNotFoundError:          # no binutils there: scripts/deploy_bench.sh prepare measured it
+        size = None
     base = peak_rss_mib([binary, "devices", "--open", device_name], env)
     run1 = peak_rss_mib([binary, "predict", model_path, str(one)], env)
     run10k = peak_rss_mib([binary, "predict", model_path, str(data / "t10k-images-idx3-ubyte")], env)
-    return {"stripped_bytes": stripped.stat().st_size, "rss_open_device_mib": base, "rss_predict_1_mib": run1,
+    return {"stripped_bytes": size, "rss_open_device_mib": base, "rss_predict_1_mib": run1,
             "rss_predict_10000_mib": run10k, "rss_beyond_driver_1_mib": run1 - base,
             "rss_beyond_driver_10000_mib": run10k - base}
 

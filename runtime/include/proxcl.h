@@ -111,6 +111,9 @@ proxcl_status proxcl_train_begin(proxcl_model *model, const proxcl_optimizer *op
  * loss and the number of correct predictions of the batch (before the update). */
 proxcl_status proxcl_train_step(proxcl_model *model, const float *x, const int32_t *labels, int n,
                                 double lr, double *loss_sum, int *correct, proxcl_error *err);
+/* Seed the dropout masks (and restart their step counters), as Model.set_seed: `proxcl train`
+ * seeds each debiasing epoch with seed * 1000003 + 100000 + epoch, and so does proxcl-run. */
+void proxcl_set_seed(proxcl_model *model, uint64_t seed);
 /* Summed loss and number correct of a batch in evaluation mode (no update). */
 proxcl_status proxcl_evaluate(proxcl_model *model, const float *x, const int32_t *labels, int n,
                               double *loss_sum, int *correct, proxcl_error *err);

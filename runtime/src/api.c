@@ -200,6 +200,11 @@ proxcl_status proxcl_train_step(proxcl_model *model, const float *x, const int32
     return px_net_loss_step(&model->net, x, labels, n, 1, lr, loss_sum, correct, err);
 }
 
+void proxcl_set_seed(proxcl_model *model, uint64_t seed)
+{
+    if (model) px_net_set_seed(&model->net, seed);
+}
+
 proxcl_status proxcl_evaluate(proxcl_model *model, const float *x, const int32_t *labels, int n, double *loss_sum,
                               int *correct, proxcl_error *err)
 {

@@ -374,6 +374,7 @@ static int finetune(const ft_args *a, proxcl_model *m, proxcl_error *err)
         double loss_sum = 0;
         int64_t correct = 0, seen = 0;
         if (a->shuffle) epoch_order(order, n, (uint64_t)a->seed, (uint64_t)epoch);
+        proxcl_set_seed(m, (uint64_t)a->seed * 1000003u + 100000u + (uint64_t)epoch);   /* dropout */
         for (long step = 0; ok && step < steps && (!a->max_steps || done < a->max_steps); ++step, ++done) {
             int64_t s = (int64_t)step * a->batch;
             int b = n - s < a->batch ? (int)(n - s) : (int)a->batch, c;
