@@ -64,14 +64,12 @@ def raw_data(src: str | None, dest: Path) -> Path:
 
 
 def peak_rss_mib(cmd: list[str], env: dict) -> float:
-    """Peak resident memory of a child process (its own rusage, from wait4)."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    _, status, usage = os.wait4(proc.pid, 0)
-    err = proc.stderr.read().decode()
-    proc.stderr.close()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed: {err}")
-    return usage.ru_maxrss / 1024.0
+    """Peak resident memory of a proxcl-run process, as it reports it ($PROXCL_REPORT_MEMORY: its
+    VmHWM; a child's rusage would count the memory of this Python process it was forked from)."""
+    r = subprocess.run(cmd, capture_output=True, text=True, env={**env, "PROXCL_REPORT_MEMORY": "1"})
+    if r.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed: {r.stderr}")
+    return int(r.stderr.rsplit("peak resident memory ", 1)[1].split()[0]) / 1024.0
 
 
 def c_bench(binary: str, model: str, batch: int, env: dict) -> dict:

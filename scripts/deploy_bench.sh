@@ -4,7 +4,7 @@
 #   scripts/deploy_bench.sh prepare [LENET5.proxcl DEMO.proxcl]   (here, on Debian: gathers .deploy/)
 #   scripts/deploy_bench.sh run                                    (there, with .deploy/ carried)
 #
-# prepare builds proxcl-run (runtime/, release), and puts into .deploy/ (git-ignored): the binary and
+# prepare builds proxcl-run (runtime/, release) and puts into .deploy/ (git-ignored; carry it): the binary and
 # its stripped size, libcjson.so.1 (the one library it links that such a machine lacks), the
 # Fashion-MNIST files, pyopencl's wheels for Python 3.12 (for the Python runtime's side) and the two
 # model files when given.  run installs the wheels, trains the model files if .deploy/ has none
@@ -15,7 +15,6 @@ cd "$(dirname "$0")/.."
 D=.deploy
 
 prepare() {
-    grep -qx '/.deploy/' .git/info/exclude 2>/dev/null || echo '/.deploy/' >> "$(git rev-parse --git-path info/exclude)"
     make -s -C runtime deps
     make -s -C runtime
     rm -rf "$D" && mkdir -p "$D"/bin "$D"/lib "$D"/data/fashion-mnist "$D"/models "$D"/whl

@@ -584,8 +584,20 @@ static int cmd_devices(int argc, char **argv)
     return 0;
 }
 
+/* $PROXCL_REPORT_MEMORY: the peak resident memory of this process (Linux's VmHWM, which counts
+ * only the memory of this program, not of whatever started it) on stderr at exit */
+static void report_memory(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, "VmHWM:", 6)) fprintf(stderr, "proxcl-run: peak resident memory %ld KiB\n", atol(line + 6));
+    if (f) fclose(f);
+}
+
 int main(int argc, char **argv)
 {
+    if (getenv("PROXCL_REPORT_MEMORY")) atexit(report_memory);
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         fputs(USAGE, argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
