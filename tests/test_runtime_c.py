@@ -430,8 +430,7 @@ def test_the_deploy_docs_c_example_builds_and_classifies(crt, dev, files, tmp_pa
     """docs/DEPLOY.md's C API example, compiled against the library, gives Python's classes."""
     code = (ROOT / "docs" / "DEPLOY.md").read_text().split("```c\n")[1].split("```")[0]
     x = files["x"][:5]
-    main = (code + "\nint main(void)\n{\n    static float px[5 * 784];\n"
-            + "".join(f"    px[{i}] = {v}.0f;\n" for i, v in enumerate(x.ravel()) if v)
+    main = (code + "\nint main(void)\n{\n    static float px[5 * 784] = {" + ",".join(map(str, x.ravel())) + "};\n"
             + "    int classes[5];\n    if (classify(\"%s\", px, 5, classes)) return 1;\n"
             % files[("lenet5", "csr", False)]
             + "    for (int i = 0; i < 5; ++i) printf(\"%d\\n\", classes[i]);\n    return 0;\n}\n")

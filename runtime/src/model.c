@@ -69,7 +69,7 @@ static px_param *new_param(const char *name, int rank, const int *shape, int row
     return p;
 }
 
-static proxcl_status add_params(px_layer *L, int in_features, proxcl_error *err)
+static proxcl_status add_params(px_layer *L, int in_features, int has_bias, proxcl_error *err)
 {
     char nm[80];
     int shape[4] = {L->out, L->in_shape[0], L->kh, L->kw};
@@ -81,7 +81,7 @@ static proxcl_status add_params(px_layer *L, int in_features, proxcl_error *err)
         L->weight = new_param(nm, 4, shape, L->out, L->in_shape[0] * L->kh * L->kw, 1, err);
     }
     if (!L->weight) return PROXCL_ERR_MEMORY;
-    if (L->bias) {
+    if (has_bias) {
         snprintf(nm, sizeof nm, "%.63s.bias", L->name);
         if (!(L->bias = new_param(nm, 1, &L->out, L->out, 1, 0, err))) return PROXCL_ERR_MEMORY;
     }
@@ -108,6 +108,7 @@ static proxcl_status layer_from_spec(px_layer *L, int i, const cJSON *l, int *ra
                        "relu, flatten, dropout", i);
     if (!allowed_keys(l, keys[L->kind]))
         return px_fail(err, PROXCL_ERR_MODEL, "model spec: layer %d (%s) has unknown fields", i, t);
+    int has_bias = 1;
     L->in_rank = *rank;
     memcpy(L->in_shape, shape, sizeof L->in_shape);
     L->out_rank = *rank;
@@ -126,13 +127,13 @@ static proxcl_status layer_from_spec(px_layer *L, int i, const cJSON *l, int *ra
         if (!spec_int(cJSON_GetObjectItemCaseSensitive(l, "out"), 1, &L->out))
             return px_fail(err, PROXCL_ERR_MODEL, "model spec: layer %s needs out >= 1", L->name);
         if (b && !cJSON_IsBool(b)) return px_fail(err, PROXCL_ERR_MODEL, "model spec: layer %s bias must be true or false", L->name);
-        L->bias = (b && cJSON_IsFalse(b)) ? NULL : (px_param *)1;     /* made by add_params */
+        has_bias = !(b && cJSON_IsFalse(b));
     }
     if (L->kind == L_LINEAR) {
         if (*rank != 1)
             return px_fail(err, PROXCL_ERR_MODEL, "model spec: linear layer %s needs a flat input (add a flatten layer)",
                            L->name);
-        PX_TRY(add_params(L, shape[0], err));
+        PX_TRY(add_params(L, shape[0], has_bias, err));
         shape[0] = L->out;
     } else if (L->kind == L_CONV || L->kind == L_POOL) {
         int k[2], s[2], p[2], one[2] = {1, 1}, zero[2] = {0, 0};
@@ -152,7 +153,7 @@ static proxcl_status layer_from_spec(px_layer *L, int i, const cJSON *l, int *ra
             return px_fail(err, PROXCL_ERR_MODEL, "model spec: maxpool2d layer %d: padding must be at most half the "
                            "kernel", i);
         if (L->kind == L_CONV) {
-            PX_TRY(add_params(L, 0, err));
+            PX_TRY(add_params(L, 0, has_bias, err));
             L->pointwise = L->kh == 1 && L->kw == 1 && L->sh == 1 && L->sw == 1 && L->ph == 0 && L->pw == 0;
             shape[0] = L->out;
         }
@@ -400,18 +401,17 @@ static void free_ws(px_net *net, px_ws *w)
 void px_net_free(px_net *net)
 {
     for (int i = 0; i < PX_WORKSPACES; ++i) free_ws(net, &net->ws[i]);
-    for (int i = 0; i < net->nparams; ++i) {
-        release_param(net->params[i]);
-        free(net->params[i]->indptr);
-        free(net->params[i]->indices);
-        free(net->params[i]->values);
-        free(net->params[i]);
-    }
-    for (int i = 0; net->layers && i < net->nlayers; ++i)        /* params not yet collected */
-        if (!net->params) {
-            if (net->layers[i].weight) free(net->layers[i].weight);
-            if (net->layers[i].bias && net->layers[i].bias != (px_param *)1) free(net->layers[i].bias);
+    for (int i = 0; net->layers && i < net->nlayers; ++i) {      /* the layers own their params */
+        px_param *ps[2] = {net->layers[i].weight, net->layers[i].bias};
+        for (int j = 0; j < 2; ++j) {
+            if (!ps[j]) continue;
+            release_param(ps[j]);
+            free(ps[j]->indptr);
+            free(ps[j]->indices);
+            free(ps[j]->values);
+            free(ps[j]);
         }
+    }
     free(net->params);
     free(net->exec);
     free(net->layers);
