@@ -166,7 +166,8 @@ def _python_debias_steps(dev, path, data_dir, steps, batch, optimizer):
         xb, yb = x[s * batch:(s + 1) * batch], y[s * batch:(s + 1) * batch]
         model.train_batch(*model.prepare_batch(xb, yb))
         opt.step(model.params, lr=sched.lr_at(0, s, per_epoch))
-    return model.sparse_state()
+    shapes = {p.name: p.shape for p in model.params}       # as proxcl.save writes it
+    return {k: mf.smaller_form(t, shapes[k]) for k, t in model.sparse_state().items()}
 
 
 @pytest.mark.parametrize("name, kind, optimizer, steps", [
@@ -183,7 +184,7 @@ def test_finetune_steps_equal_the_python_debias_steps(crt, dev, files, data_dir,
     assert list(got) == list(ref)
     for k, v in ref.items():
         g = got[k]
-        assert isinstance(g, HostCSR) == isinstance(v, HostCSR) == k.endswith("weight")
+        assert isinstance(g, HostCSR) == isinstance(v, HostCSR)
         if isinstance(v, HostCSR):                # the support is the one Python froze
             np.testing.assert_array_equal(g.indptr, v.indptr)
             np.testing.assert_array_equal(g.indices, v.indices)

@@ -221,13 +221,13 @@ proxcl_status proxcl_save(proxcl_model *model, const char *path, const char *met
     int ok = cJSON_IsObject(check);
     cJSON_Delete(check);
     if (!ok) return px_fail(err, PROXCL_ERR_INPUT, "metadata must be a JSON object");
-    px_tensor *t;
-    int count;
-    PX_TRY(px_net_tensors(&model->net, &t, &count, err));
+    px_tensor *t = NULL;
+    int count = 0;
     unsigned char *blob = NULL;
     size_t size = 0;
-    proxcl_status s = px_file_bytes(model->spec_text, md, t, count, model->half, &blob, &size, err);
-    free(t);
+    proxcl_status s = px_net_tensors(&model->net, model->half, &t, &count, err);
+    if (s == PROXCL_OK) s = px_file_bytes(model->spec_text, md, t, count, model->half, &blob, &size, err);
+    px_net_tensors_free(t, count);
     px_file back;
     if (s == PROXCL_OK && (s = px_file_parse(blob, size, path, &back, err)) == PROXCL_OK)   /* never write a file */
         px_file_free(&back);                                                              /* that cannot be read */

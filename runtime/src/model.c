@@ -895,31 +895,54 @@ void px_net_set_seed(px_net *net, uint64_t seed)
         }
 }
 
-proxcl_status px_net_tensors(px_net *net, px_tensor **out, int *count, proxcl_error *err)
+/* The bytes of a weight's CSR arrays and of its dense array in a model file: the writer keeps CSR
+ * only when that is smaller (proxcl.modelfile.smaller_form). */
+static int csr_is_smaller(const px_param *p, int half)
+{
+    long long v = half ? 2 : 4, i = p->cols <= 65536 ? 2 : 4;
+    return 4LL * (p->rows + 1) + (i + v) * p->nnz < v * p->rows * p->cols;
+}
+
+proxcl_status px_net_tensors(px_net *net, int half, px_tensor **out, int *count, proxcl_error *err)
 {
     px_tensor *t = px_alloc((size_t)net->nparams * sizeof *t, err);
     if (!t) return PROXCL_ERR_MEMORY;
+    *out = t;
+    *count = net->nparams;
     for (int i = 0; i < net->nparams; ++i) {
         px_param *p = net->params[i];
         PX_TRY(px_download(&net->dev, p->data, p->values, (size_t)p->stored * 4, err));
         t[i].name = p->name;
-        t[i].csr = p->csr;
         t[i].half = p->half;
         t[i].values = p->values;
         t[i].count = p->stored;
-        if (p->csr) {
-            t[i].rank = 2;
-            t[i].shape[0] = p->rows;
-            t[i].shape[1] = p->cols;
-            t[i].nnz = p->nnz;
-            t[i].indptr = p->indptr;
-            t[i].indices = p->indices;
-        } else {
-            t[i].rank = p->rank;
-            for (int d = 0; d < p->rank; ++d) t[i].shape[d] = p->shape[d];
+        t[i].rank = p->rank;
+        for (int d = 0; d < p->rank; ++d) t[i].shape[d] = p->shape[d];
+        if (!p->csr) continue;
+        if (!csr_is_smaller(p, half)) {           /* dense, in the PyTorch shape */
+            float *dense = px_alloc((size_t)p->size * sizeof(float), err);
+            if (!dense) return PROXCL_ERR_MEMORY;
+            for (int r = 0; r < p->rows; ++r)
+                for (int q = p->indptr[r]; q < p->indptr[r + 1]; ++q) dense[(size_t)r * p->cols + p->indices[q]] = p->values[q];
+            t[i].values = dense;
+            t[i].owned = 1;
+            t[i].count = p->size;
+            continue;
         }
+        t[i].csr = 1;
+        t[i].rank = 2;
+        t[i].shape[0] = p->rows;
+        t[i].shape[1] = p->cols;
+        t[i].nnz = p->nnz;
+        t[i].indptr = p->indptr;
+        t[i].indices = p->indices;
     }
-    *out = t;
-    *count = net->nparams;
     return PROXCL_OK;
+}
+
+void px_net_tensors_free(px_tensor *t, int count)
+{
+    for (int i = 0; t && i < count; ++i)
+        if (t[i].owned) free(t[i].values);
+    free(t);
 }

@@ -83,7 +83,10 @@ proxcl_status px_net_loss_step(px_net *net, const float *x, const int32_t *label
                                double *loss_sum, int *correct, proxcl_error *err);
 proxcl_status px_net_train_begin(px_net *net, proxcl_error *err);
 void px_net_set_seed(px_net *net, uint64_t seed);
-/* The parameters as tensors for the writer (values read back from the device). */
-proxcl_status px_net_tensors(px_net *net, px_tensor **out, int *count, proxcl_error *err);
+/* The parameters as tensors for the writer (values read back from the device), each CSR weight in
+ * the smaller of its two forms for values of float16 (half) or float32; free with
+ * px_net_tensors_free (also after an error, when *out is set). */
+proxcl_status px_net_tensors(px_net *net, int half, px_tensor **out, int *count, proxcl_error *err);
+void px_net_tensors_free(px_tensor *t, int count);
 
 #endif

@@ -674,7 +674,7 @@ static cJSON *shape_json(const int64_t *shape, int rank)
     return a;
 }
 
-typedef struct { const char *key; int dtype; const void *src; int src_kind; int64_t count; } out_array;
+typedef struct { const char *key; int dtype; const void *src; int src_kind; int64_t count; int rank; const int64_t *shape; } out_array;
 /* src_kind: 0 float values, 1 int32 indices */
 
 static void store(unsigned char *p, const out_array *a, int *ok)
@@ -716,8 +716,8 @@ proxcl_status px_file_bytes(const char *spec_text, const char *metadata_text, co
             cJSON_AddNumberToObject(d, "nnz", (double)x->nnz);
             cJSON_AddStringToObject(d, "index_dtype", DTYPE_NAMES[idt]);
             static const char *const parts[3] = {"indptr", "indices", "data"};
-            const out_array a[3] = {{NULL, I32, x->indptr, 1, x->shape[0] + 1}, {NULL, idt, x->indices, 1, x->nnz},
-                                    {NULL, vdt, x->values, 0, x->nnz}};
+            const out_array a[3] = {{NULL, I32, x->indptr, 1, x->shape[0] + 1, 1, NULL},
+                                    {NULL, idt, x->indices, 1, x->nnz, 1, NULL}, {NULL, vdt, x->values, 0, x->nnz, 1, NULL}};
             for (int p = 0; p < 3 && s == PROXCL_OK; ++p) {
                 size_t len = strlen(x->name) + strlen(parts[p]) + 2;
                 if (!(keys[na] = malloc(len))) { s = px_fail(err, PROXCL_ERR_MEMORY, "out of memory"); break; }
@@ -727,7 +727,7 @@ proxcl_status px_file_bytes(const char *spec_text, const char *metadata_text, co
                 ++na;
             }
         } else {
-            arrays[na++] = (out_array){x->name, vdt, x->values, 0, x->count};
+            arrays[na++] = (out_array){x->name, vdt, x->values, 0, x->count, x->rank, x->shape};
         }
         cJSON_AddStringToObject(d, "dtype", DTYPE_NAMES[vdt]);
     }
@@ -757,7 +757,7 @@ proxcl_status px_file_bytes(const char *spec_text, const char *metadata_text, co
             cJSON *e = cJSON_CreateObject();
             cJSON_AddStringToObject(e, "dtype", DTYPE_NAMES[a->dtype]);
             int64_t sh[1] = {a->count};
-            cJSON_AddItemToObject(e, "shape", shape_json(sh, 1));
+            cJSON_AddItemToObject(e, "shape", a->shape ? shape_json(a->shape, a->rank) : shape_json(sh, 1));
             cJSON *offs = cJSON_CreateArray();
             cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)data_len));
             cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)(data_len + nbytes)));

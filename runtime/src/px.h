@@ -160,6 +160,7 @@ typedef struct {
     int32_t *indptr, *indices;   /* csr, int32 whatever their storage */
     float *values;               /* float32 whatever their storage; dense: product(shape) */
     int64_t count;               /* number of values */
+    int owned;                   /* values were allocated for the writer */
 } px_tensor;
 
 typedef struct {
