@@ -370,7 +370,7 @@ proxcl_status px_launch(px_device *dev, px_kernel *k, int dims, const size_t *gs
         if (k->nlast == nargs && same_arg(&k->last[i], &args[i])) continue;
         const px_arg *a = &args[i];
         cl_int rc;
-        if (a->kind == 'm') rc = px_cl.SetKernelArg(k->kernel, (cl_uint)i, sizeof(cl_mem), a->v.m ? &a->v.m : NULL);
+        if (a->kind == 'm') rc = px_cl.SetKernelArg(k->kernel, (cl_uint)i, sizeof(cl_mem), &a->v.m);   /* NULL: a NULL buffer */
         else rc = px_cl.SetKernelArg(k->kernel, (cl_uint)i, 4, &a->v);
         if (rc != CL_SUCCESS) {
             k->nlast = -1;
