@@ -1,10 +1,6 @@
-/* The model file (docs/FORMAT.md): every check of section 3 in its order, so that nothing is
- * allocated from an unchecked size, then the tensors as float32 values and int32 indices; and
- * the writer of section 5.  The messages follow proxcl.modelfile's.
- *
- * cJSON builds the JSON trees; a strict lexical pass first holds each JSON text to what Python's
- * json module accepts (RFC 8259 numbers, escapes and whitespace, UTF-8, no NaN), which cJSON
- * alone is lenient about, and tells whether the text has a number that is not an integer. */
+/* Reading the model file (docs/FORMAT.md): every check of section 3 in its order, so that nothing
+ * is allocated from an unchecked size, then the tensors as float32 values and int32 indices.  The
+ * messages follow proxcl.modelfile's.  json.c checks the JSON texts; modelfile_write.c writes. */
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
@@ -15,6 +11,9 @@
 #include <cjson/cJSON.h>
 
 #include "px.h"
+#include "json.h"
+
+#define PX_DIGIT(c) ((c) >= '0' && (c) <= '9')
 
 #define MAX_HEADER 104857600ULL
 #define MAX_DIM 2147483647LL
@@ -22,161 +21,14 @@
 
 static const char *const META_KEYS[6] = {"format", "format_version", "spec", "metadata", "tensors", "checksum"};
 
-/* ---- strict JSON lexing ---- */
-
-static int utf8_ok(const unsigned char *s, size_t n)
-{
-    size_t i = 0;
-    while (i < n) {
-        unsigned c = s[i];
-        size_t len;
-        uint32_t cp;
-        if (c < 0x80) { ++i; continue; }
-        if (c >= 0xc2 && c <= 0xdf) { len = 2; cp = c & 0x1f; }
-        else if (c >= 0xe0 && c <= 0xef) { len = 3; cp = c & 0x0f; }
-        else if (c >= 0xf0 && c <= 0xf4) { len = 4; cp = c & 0x07; }
-        else return 0;
-        if (i + len > n) return 0;
-        for (size_t k = 1; k < len; ++k) {
-            if ((s[i + k] & 0xc0) != 0x80) return 0;
-            cp = cp << 6 | (s[i + k] & 0x3f);
-        }
-        if ((len == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff)))
-            return 0;
-        i += len;
-    }
-    return 1;
-}
-
-static int is_ws(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
-static int is_digit(char c) { return c >= '0' && c <= '9'; }
-static int is_hex(char c) { return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'); }
-
-/* NULL when `s` (length n) lexes as JSON the way Python's json module reads it, else why not.
- * *fraction is set when a number has a fraction or an exponent (Python reads it as a float). */
-static const char *json_lex(const char *s, size_t n, int *fraction)
-{
-    *fraction = 0;
-    if (!utf8_ok((const unsigned char *)s, n)) return "not UTF-8";
-    size_t i = 0;
-    while (i < n) {
-        char c = s[i];
-        if (is_ws(c) || c == '{' || c == '}' || c == '[' || c == ']' || c == ':' || c == ',') { ++i; continue; }
-        if (c == '"') {
-            for (++i;; ++i) {
-                if (i >= n) return "unterminated string";
-                c = s[i];
-                if (c == '"') break;
-                if ((unsigned char)c < 0x20) return "control character in a string";
-                if (c != '\\') continue;
-                if (++i >= n) return "unterminated string";
-                c = s[i];
-                if (c == 'u') {
-                    if (i + 4 >= n || !is_hex(s[i + 1]) || !is_hex(s[i + 2]) || !is_hex(s[i + 3]) || !is_hex(s[i + 4]))
-                        return "bad \\u escape";
-                    if (!strncmp(s + i + 1, "0000", 4)) return "NUL character in a string";
-                    i += 4;
-                } else if (!strchr("\"\\/bfnrt", c)) {
-                    return "bad escape in a string";
-                }
-            }
-            ++i;
-            continue;
-        }
-        if (c == '-' || is_digit(c)) {
-            if (c == '-') ++i;
-            if (i >= n || !is_digit(s[i])) return "bad number";
-            if (s[i] == '0') ++i;
-            else while (i < n && is_digit(s[i])) ++i;
-            if (i < n && s[i] == '.') {
-                *fraction = 1;
-                if (++i >= n || !is_digit(s[i])) return "bad number";
-                while (i < n && is_digit(s[i])) ++i;
-            }
-            if (i < n && (s[i] == 'e' || s[i] == 'E')) {
-                *fraction = 1;
-                ++i;
-                if (i < n && (s[i] == '+' || s[i] == '-')) ++i;
-                if (i >= n || !is_digit(s[i])) return "bad number";
-                while (i < n && is_digit(s[i])) ++i;
-            }
-            continue;
-        }
-        if (n - i >= 4 && (!strncmp(s + i, "true", 4) || !strncmp(s + i, "null", 4))) { i += 4; continue; }
-        if (n - i >= 5 && !strncmp(s + i, "false", 5)) { i += 5; continue; }
-        if (!strncmp(s + i, "NaN", n - i < 3 ? n - i : 3) || c == 'I' || (c == '-' && i + 1 < n && s[i + 1] == 'I'))
-            return "NaN and Infinity are not allowed";
-        return "unexpected character";
-    }
-    return NULL;
-}
-
-static int has_duplicate_keys(const cJSON *node)
-{
-    for (const cJSON *c = node ? node->child : NULL; c; c = c->next) {
-        if (cJSON_IsObject(node))
-            for (const cJSON *d = c->next; d; d = d->next)
-                if (!strcmp(c->string, d->string)) return 1;
-        if (has_duplicate_keys(c)) return 1;
-    }
-    return 0;
-}
-
-/* Parse a JSON text of length n: lexically strict, one value, then only whitespace. */
-static proxcl_status json_parse(const char *text, size_t n, const char *name, const char *what, cJSON **out,
-                                int *fraction, proxcl_error *err)
-{
-    *out = NULL;
-    const char *why = json_lex(text, n, fraction);
-    if (why) return px_fail(err, PROXCL_ERR_FORMAT, "%s: %s is not valid JSON (%s)", name, what, why);
-    const char *end = NULL;
-    cJSON *j = cJSON_ParseWithLengthOpts(text, n, &end, 0);
-    if (!j) return px_fail(err, PROXCL_ERR_FORMAT, "%s: %s is not valid JSON", name, what);
-    while (end && (size_t)(end - text) < n && is_ws(*end)) ++end;
-    if (!end || (size_t)(end - text) != n) {
-        cJSON_Delete(j);
-        return px_fail(err, PROXCL_ERR_FORMAT, "%s: %s is not valid JSON (extra data)", name, what);
-    }
-    if (has_duplicate_keys(j)) {
-        cJSON_Delete(j);
-        return px_fail(err, PROXCL_ERR_FORMAT, "%s: %s is not valid JSON (duplicate key)", name, what);
-    }
-    *out = j;
-    return PROXCL_OK;
-}
-
-/* A JSON number that Python reads as an int in [lo, hi] (the text had no float anywhere). */
-static int json_int(const cJSON *v, int floats, double lo, double hi, int64_t *out)
-{
-    if (!cJSON_IsNumber(v) || floats || cJSON_IsBool(v)) return 0;
-    double d = v->valuedouble;
-    if (!(d >= lo && d <= hi) || d != floor(d)) return 0;
-    *out = (int64_t)d;
-    return 1;
-}
-
-static int key_count(const cJSON *obj)
-{
-    int n = 0;
-    for (const cJSON *c = obj->child; c; c = c->next) ++n;
-    return n;
-}
-
-/* obj is an object with exactly these keys */
-static int exact_keys(const cJSON *obj, const char *const *keys, int nkeys)
-{
-    if (!cJSON_IsObject(obj) || key_count(obj) != nkeys) return 0;
-    for (int i = 0; i < nkeys; ++i)
-        if (!cJSON_GetObjectItemCaseSensitive(obj, keys[i])) return 0;
-    return 1;
-}
-
 /* ---- the safetensors entries ---- */
 
 typedef struct { const char *key; int dtype; int rank; int64_t shape[8]; uint64_t begin, end; } entry;
-enum { F32, F16, I32, U16, NDTYPES };
-static const char *const DTYPE_NAMES[NDTYPES] = {"F32", "F16", "I32", "U16"};
-static const int DTYPE_SIZE[NDTYPES] = {4, 2, 4, 2};
+const char *const px_dtype_names[PX_NDTYPES] = {"F32", "F16", "I32", "U16"};
+const int px_dtype_size[PX_NDTYPES] = {4, 2, 4, 2};
+#define DTYPE_NAMES px_dtype_names
+#define DTYPE_SIZE px_dtype_size
+enum { F32 = PX_F32, F16 = PX_F16, I32 = PX_I32, U16 = PX_U16, NDTYPES = PX_NDTYPES };
 
 static int dtype_of(const char *s)
 {
@@ -192,7 +44,7 @@ static int parse_shape(const cJSON *v, int floats, int max_rank, int64_t *shape,
     if (n > max_rank) return 0;
     int i = 0;
     for (const cJSON *c = v->child; c; c = c->next, ++i)
-        if (!json_int(c, floats, 0, (double)MAX_DIM, &shape[i])) return 0;
+        if (!px_json_int(c, floats, 0, (double)MAX_DIM, &shape[i])) return 0;
     *rank = n;
     return 1;
 }
@@ -213,7 +65,7 @@ static proxcl_status check_entry(const cJSON *e, int floats, uint64_t data_len, 
 {
     static const char *const keys[3] = {"dtype", "shape", "data_offsets"};
     const char *key = e->string;
-    if (!exact_keys(e, keys, 3)) return px_fail(err, PROXCL_ERR_FORMAT, "%s: tensor entry '%s' is malformed", name, key);
+    if (!px_json_exact_keys(e, keys, 3)) return px_fail(err, PROXCL_ERR_FORMAT, "%s: tensor entry '%s' is malformed", name, key);
     const cJSON *dt = cJSON_GetObjectItemCaseSensitive(e, "dtype");
     const cJSON *offs = cJSON_GetObjectItemCaseSensitive(e, "data_offsets");
     out->key = key;
@@ -222,8 +74,8 @@ static proxcl_status check_entry(const cJSON *e, int floats, uint64_t data_len, 
     if (!parse_shape(cJSON_GetObjectItemCaseSensitive(e, "shape"), floats, 8, out->shape, &out->rank))
         return px_fail(err, PROXCL_ERR_FORMAT, "%s: tensor '%s' has a bad shape", name, key);
     int64_t b, en;
-    if (!cJSON_IsArray(offs) || cJSON_GetArraySize(offs) != 2 || !json_int(offs->child, floats, 0, 1e300, &b)
-        || !json_int(offs->child->next, floats, 0, 1e300, &en) || b > en)
+    if (!cJSON_IsArray(offs) || cJSON_GetArraySize(offs) != 2 || !px_json_int(offs->child, floats, 0, 1e300, &b)
+        || !px_json_int(offs->child->next, floats, 0, 1e300, &en) || b > en)
         return px_fail(err, PROXCL_ERR_FORMAT, "%s: tensor '%s' has bad data_offsets", name, key);
     int over;
     uint64_t count = elements(out->shape, out->rank, &over);
@@ -279,7 +131,7 @@ static proxcl_status decl_entries(const cJSON *decls, int floats, const char *na
         const cJSON *kind = cJSON_GetObjectItemCaseSensitive(d, "kind");
         const char *k = cJSON_IsString(kind) ? kind->valuestring : "";
         if (!strcmp(k, "dense")) {
-            if (!exact_keys(d, dense_keys, 4))
+            if (!px_json_exact_keys(d, dense_keys, 4))
                 return px_fail(err, PROXCL_ERR_FORMAT, "%s: dense tensor '%s': unexpected declaration keys", name, tn);
             expected *e = &exp[(*nexp)++];
             e->key = x->name;
@@ -287,14 +139,14 @@ static proxcl_status decl_entries(const cJSON *decls, int floats, const char *na
             e->rank = x->rank;
             memcpy(e->shape, x->shape, sizeof e->shape);
         } else if (!strcmp(k, "csr")) {
-            if (!exact_keys(d, csr_keys, 6))
+            if (!px_json_exact_keys(d, csr_keys, 6))
                 return px_fail(err, PROXCL_ERR_FORMAT, "%s: CSR tensor '%s': unexpected declaration keys", name, tn);
             if (x->rank != 2 || x->shape[0] >= MAX_DIM)
                 return px_fail(err, PROXCL_ERR_FORMAT, "%s: CSR tensor '%s' declares a shape that is not [rows, cols]",
                                name, tn);
             int64_t m = x->shape[0], n = x->shape[1], nnz;
             double cap = (double)m * (double)n < (double)MAX_DIM ? (double)m * (double)n : (double)MAX_DIM;
-            if (!json_int(cJSON_GetObjectItemCaseSensitive(d, "nnz"), floats, 0, cap, &nnz))
+            if (!px_json_int(cJSON_GetObjectItemCaseSensitive(d, "nnz"), floats, 0, cap, &nnz))
                 return px_fail(err, PROXCL_ERR_FORMAT, "%s: CSR tensor '%s' declares a bad nnz for shape %lldx%lld",
                                name, tn, (long long)m, (long long)n);
             const cJSON *idt = cJSON_GetObjectItemCaseSensitive(d, "index_dtype");
@@ -421,12 +273,12 @@ static proxcl_status read_header(const unsigned char *blob, size_t size, const c
         return px_fail(err, PROXCL_ERR_FORMAT, "%s: header length %llu runs past the end of the file (%zu bytes): "
                        "truncated?", name, (unsigned long long)hlen, size);
     const char *text = (const char *)blob + 8;
-    if (!utf8_ok((const unsigned char *)text, (size_t)hlen))
+    if (!px_utf8_ok((const unsigned char *)text, (size_t)hlen))
         return px_fail(err, PROXCL_ERR_FORMAT, "%s: header is not UTF-8", name);
     if (!hlen || text[0] != '{')
         return px_fail(err, PROXCL_ERR_FORMAT, "%s: not a safetensors file (header does not start with '{')", name);
     int floats;
-    PX_TRY(json_parse(text, (size_t)hlen, name, "header", &st->header, &floats, err));
+    PX_TRY(px_json_parse(text, (size_t)hlen, name, "header", &st->header, &floats, err));
     if (!cJSON_IsObject(st->header)) return px_fail(err, PROXCL_ERR_FORMAT, "%s: header is not a JSON object", name);
     const cJSON *meta = cJSON_GetObjectItemCaseSensitive(st->header, "__metadata__");
     int strings = cJSON_IsObject(meta);
@@ -451,7 +303,7 @@ static proxcl_status check_format(const cJSON *meta, const char *name, proxcl_er
         return px_fail(err, PROXCL_ERR_FORMAT, "%s: format is not 'proxcl': not a proxcl model file", name);
     size_t n = ver ? strlen(ver) : 0;
     int digits = n > 0 && n < 10;
-    for (size_t i = 0; i < n; ++i) digits &= is_digit(ver[i]);
+    for (size_t i = 0; i < n; ++i) digits &= PX_DIGIT(ver[i]);
     if (!digits) return px_fail(err, PROXCL_ERR_FORMAT, "%s: bad format_version", name);
     long v = strtol(ver, NULL, 10);
     if (v > 1)
@@ -459,7 +311,7 @@ static proxcl_status check_format(const cJSON *meta, const char *name, proxcl_er
                        "upgrade proxcl", name, v);
     if (v != 1) return px_fail(err, PROXCL_ERR_FORMAT, "%s: format version %ld is not the version 1 this proxcl reads",
                                name, v);
-    if (!exact_keys(meta, META_KEYS, 6))
+    if (!px_json_exact_keys(meta, META_KEYS, 6))
         return px_fail(err, PROXCL_ERR_FORMAT, "%s: __metadata__ keys are not exactly format, format_version, spec, "
                        "metadata, tensors, checksum", name);
     return PROXCL_OK;
@@ -467,7 +319,7 @@ static proxcl_status check_format(const cJSON *meta, const char *name, proxcl_er
 
 static proxcl_status check_entries(parse_state *st, uint64_t data_len, const char *name, proxcl_error *err)
 {
-    int n = key_count(st->header) - 1;
+    int n = px_json_keys(st->header) - 1;
     st->entries = px_alloc((size_t)(n > 0 ? n : 1) * sizeof *st->entries, err);
     if (!st->entries) return PROXCL_ERR_MEMORY;
     for (const cJSON *c = st->header->child; c; c = c->next) {
@@ -500,9 +352,9 @@ static proxcl_status read_declarations(parse_state *st, const cJSON *meta, const
 {
     const char *spec = meta_str(meta, "spec"), *md = meta_str(meta, "metadata"), *tens = meta_str(meta, "tensors");
     int floats;
-    PX_TRY(json_parse(spec, strlen(spec), name, "__metadata__ spec", &st->spec, &floats, err));
-    PX_TRY(json_parse(md, strlen(md), name, "__metadata__ metadata", &st->metadata, &floats, err));
-    PX_TRY(json_parse(tens, strlen(tens), name, "__metadata__ tensors", &st->decls, decl_floats, err));
+    PX_TRY(px_json_parse(spec, strlen(spec), name, "__metadata__ spec", &st->spec, &floats, err));
+    PX_TRY(px_json_parse(md, strlen(md), name, "__metadata__ metadata", &st->metadata, &floats, err));
+    PX_TRY(px_json_parse(tens, strlen(tens), name, "__metadata__ tensors", &st->decls, decl_floats, err));
     if (!cJSON_IsObject(st->spec)) return px_fail(err, PROXCL_ERR_FORMAT, "%s: spec is not a JSON object", name);
     if (!cJSON_IsObject(st->metadata)) return px_fail(err, PROXCL_ERR_FORMAT, "%s: metadata is not a JSON object", name);
     if (!cJSON_IsArray(st->decls)) return px_fail(err, PROXCL_ERR_FORMAT, "%s: tensors is not a JSON list", name);
@@ -665,186 +517,3 @@ proxcl_status px_file_read(const char *path, px_file *f, proxcl_error *err)
     return s;
 }
 
-/* ---- writing ---- */
-
-static cJSON *shape_json(const int64_t *shape, int rank)
-{
-    cJSON *a = cJSON_CreateArray();
-    for (int i = 0; a && i < rank; ++i) cJSON_AddItemToArray(a, cJSON_CreateNumber((double)shape[i]));
-    return a;
-}
-
-typedef struct { const char *key; int dtype; const void *src; int src_kind; int64_t count; int rank; const int64_t *shape; } out_array;
-/* src_kind: 0 float values, 1 int32 indices */
-
-static void store(unsigned char *p, const out_array *a, int *ok)
-{
-    for (int64_t i = 0; i < a->count; ++i) {
-        uint32_t b;
-        if (a->src_kind == 1) {
-            b = (uint32_t)((const int32_t *)a->src)[i];
-        } else if (a->dtype == F16) {
-            uint16_t h;
-            *ok &= px_float_to_half(((const float *)a->src)[i], &h);
-            b = h;
-        } else {
-            memcpy(&b, &((const float *)a->src)[i], 4);
-        }
-        for (int k = 0; k < DTYPE_SIZE[a->dtype]; ++k) p[DTYPE_SIZE[a->dtype] * i + k] = (unsigned char)(b >> (8 * k));
-    }
-}
-
-proxcl_status px_file_bytes(const char *spec_text, const char *metadata_text, const px_tensor *tensors,
-                            int ntensors, int half, unsigned char **blob, size_t *size, proxcl_error *err)
-{
-    *blob = NULL;
-    int vdt = half ? F16 : F32, na = 0;
-    out_array *arrays = px_alloc((size_t)(3 * ntensors + 1) * sizeof *arrays, err);
-    char **keys = px_alloc((size_t)(3 * ntensors + 1) * sizeof *keys, err);
-    cJSON *decls = cJSON_CreateArray(), *header = cJSON_CreateObject(), *meta = cJSON_CreateObject();
-    char *decl_text = NULL, *text = NULL;
-    proxcl_status s = arrays && keys && decls && header && meta ? PROXCL_OK : px_fail(err, PROXCL_ERR_MEMORY, "out of memory");
-    for (int t = 0; t < ntensors && s == PROXCL_OK; ++t) {
-        const px_tensor *x = &tensors[t];
-        cJSON *d = cJSON_CreateObject();
-        cJSON_AddItemToArray(decls, d);
-        cJSON_AddStringToObject(d, "name", x->name);
-        cJSON_AddStringToObject(d, "kind", x->csr ? "csr" : "dense");
-        cJSON_AddItemToObject(d, "shape", shape_json(x->shape, x->rank));
-        if (x->csr) {
-            int idt = x->shape[1] <= U16_MAX_COLS ? U16 : I32;
-            cJSON_AddNumberToObject(d, "nnz", (double)x->nnz);
-            cJSON_AddStringToObject(d, "index_dtype", DTYPE_NAMES[idt]);
-            static const char *const parts[3] = {"indptr", "indices", "data"};
-            const out_array a[3] = {{NULL, I32, x->indptr, 1, x->shape[0] + 1, 1, NULL},
-                                    {NULL, idt, x->indices, 1, x->nnz, 1, NULL}, {NULL, vdt, x->values, 0, x->nnz, 1, NULL}};
-            for (int p = 0; p < 3 && s == PROXCL_OK; ++p) {
-                size_t len = strlen(x->name) + strlen(parts[p]) + 2;
-                if (!(keys[na] = malloc(len))) { s = px_fail(err, PROXCL_ERR_MEMORY, "out of memory"); break; }
-                snprintf(keys[na], len, "%s.%s", x->name, parts[p]);
-                arrays[na] = a[p];
-                arrays[na].key = keys[na];
-                ++na;
-            }
-        } else {
-            arrays[na++] = (out_array){x->name, vdt, x->values, 0, x->count, x->rank, x->shape};
-        }
-        cJSON_AddStringToObject(d, "dtype", DTYPE_NAMES[vdt]);
-    }
-    if (s == PROXCL_OK && !(decl_text = cJSON_PrintUnformatted(decls))) s = px_fail(err, PROXCL_ERR_MEMORY, "out of memory");
-    /* the data: 4-byte arrays first, then 2-byte ones, each group in declaration order */
-    size_t data_len = 0;
-    int order[3 * 64 + 1], *ord = na <= 3 * 64 ? order : malloc((size_t)na * sizeof *ord), no = 0;
-    if (!ord && s == PROXCL_OK) s = px_fail(err, PROXCL_ERR_MEMORY, "out of memory");
-    for (int pass = 4; pass >= 2 && s == PROXCL_OK; pass -= 2)
-        for (int i = 0; i < na; ++i)
-            if (DTYPE_SIZE[arrays[i].dtype] == pass) ord[no++] = i;
-    px_sha256 h;
-    px_sha256_init(&h);
-    if (s == PROXCL_OK) {
-        cJSON_AddStringToObject(meta, "format", "proxcl");
-        cJSON_AddStringToObject(meta, "format_version", "1");
-        cJSON_AddStringToObject(meta, "spec", spec_text);
-        cJSON_AddStringToObject(meta, "metadata", metadata_text);
-        cJSON_AddStringToObject(meta, "tensors", decl_text);
-        const char *parts[4] = {"1", spec_text, metadata_text, decl_text};
-        for (int i = 0; i < 4; ++i) px_sha256_update(&h, parts[i], strlen(parts[i]) + 1);
-        cJSON_AddItemToObject(header, "__metadata__", meta);
-        meta = NULL;
-        for (int i = 0; i < no; ++i) {
-            const out_array *a = &arrays[ord[i]];
-            size_t nbytes = (size_t)a->count * (size_t)DTYPE_SIZE[a->dtype];
-            cJSON *e = cJSON_CreateObject();
-            cJSON_AddStringToObject(e, "dtype", DTYPE_NAMES[a->dtype]);
-            int64_t sh[1] = {a->count};
-            cJSON_AddItemToObject(e, "shape", a->shape ? shape_json(a->shape, a->rank) : shape_json(sh, 1));
-            cJSON *offs = cJSON_CreateArray();
-            cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)data_len));
-            cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)(data_len + nbytes)));
-            cJSON_AddItemToObject(e, "data_offsets", offs);
-            cJSON_AddItemToObject(header, a->key, e);
-            data_len += nbytes;
-        }
-    }
-    /* the checksum covers the arrays in declaration order: write them there first */
-    unsigned char *data = s == PROXCL_OK ? px_alloc(data_len, err) : NULL;
-    if (s == PROXCL_OK && !data) s = PROXCL_ERR_MEMORY;
-    if (s == PROXCL_OK) {
-        size_t at = 0;
-        int ok = 1;
-        for (int i = 0; i < no; ++i) {
-            const out_array *a = &arrays[ord[i]];
-            store(data + at, a, &ok);
-            at += (size_t)a->count * (size_t)DTYPE_SIZE[a->dtype];
-        }
-        if (!ok) s = px_fail(err, PROXCL_ERR_INPUT, "values too large for float16 (|x| > 65504)");
-        for (int i = 0; i < na && s == PROXCL_OK; ++i) {
-            size_t off = 0;
-            for (int j = 0; j < no && ord[j] != i; ++j) off += (size_t)arrays[ord[j]].count * (size_t)DTYPE_SIZE[arrays[ord[j]].dtype];
-            px_sha256_update(&h, data + off, (size_t)arrays[i].count * (size_t)DTYPE_SIZE[arrays[i].dtype]);
-        }
-    }
-    if (s == PROXCL_OK) {
-        char hex[65], sum[72];
-        px_sha256_hex(&h, hex);
-        snprintf(sum, sizeof sum, "sha256:%s", hex);
-        cJSON_AddStringToObject(cJSON_GetObjectItemCaseSensitive(header, "__metadata__"), "checksum", sum);
-        if (!(text = cJSON_PrintUnformatted(header))) s = px_fail(err, PROXCL_ERR_MEMORY, "out of memory");
-    }
-    if (s == PROXCL_OK) {
-        size_t hlen = strlen(text), padded = (hlen + 7) / 8 * 8;
-        *size = 8 + padded + data_len;
-        if (!(*blob = px_alloc(*size, err))) s = PROXCL_ERR_MEMORY;
-        else {
-            for (int i = 0; i < 8; ++i) (*blob)[i] = (unsigned char)((uint64_t)padded >> (8 * i));
-            memcpy(*blob + 8, text, hlen);
-            memset(*blob + 8 + hlen, ' ', padded - hlen);
-            memcpy(*blob + 8 + padded, data, data_len);
-        }
-    }
-    if (ord != order) free(ord);
-    for (int i = 0; keys && i < 3 * ntensors + 1; ++i) free(keys[i]);
-    free(keys);
-    free(arrays);
-    free(data);
-    cJSON_free(decl_text);
-    cJSON_free(text);
-    cJSON_Delete(decls);
-    cJSON_Delete(header);
-    cJSON_Delete(meta);
-    return s;
-}
-
-proxcl_status px_write_atomic(const char *path, const unsigned char *blob, size_t size, proxcl_error *err)
-{
-    const char *slash = strrchr(path, '/');
-    size_t dirlen = slash ? (size_t)(slash - path) + 1 : 0;
-    size_t len = strlen(path) + 32;
-    char *tmp = malloc(len);
-    if (!tmp) return px_fail(err, PROXCL_ERR_MEMORY, "out of memory");
-    snprintf(tmp, len, "%.*s.%s.XXXXXX", (int)dirlen, path, path + dirlen);
-    int fd = mkstemp(tmp);
-    if (fd < 0) {
-        proxcl_status s = px_fail(err, PROXCL_ERR_IO, "%s: cannot write (%s)", path, strerror(errno));
-        free(tmp);
-        return s;
-    }
-    size_t done = 0;
-    while (done < size) {
-        ssize_t w = write(fd, blob + done, size - done);
-        if (w <= 0) break;
-        done += (size_t)w;
-    }
-    mode_t mask = umask(0);
-    umask(mask);
-    int ok = done == size && fsync(fd) == 0 && fchmod(fd, 0666 & ~mask) == 0;
-    ok = close(fd) == 0 && ok;
-    if (!ok || rename(tmp, path) != 0) {
-        proxcl_status s = px_fail(err, PROXCL_ERR_IO, "%s: cannot write (%s)", path, strerror(errno));
-        unlink(tmp);
-        free(tmp);
-        return s;
-    }
-    free(tmp);
-    return PROXCL_OK;
-}

@@ -3,8 +3,9 @@
  *   cl.c          the OpenCL library, opened at run time (function table `px_cl`)
  *   device.c      device choice, context and queue, program builds, kernel launches, buffers
  *   ops_*.c       one host module per kernel file, as the Python ops modules: the launches
- *   sha256.c, half.c, modelfile.c     the model file: checks, reading, writing
- *   model.c       spec -> layers; forward, backward, training step on the device
+ *   sha256.c, half.c, json.c, modelfile.c, modelfile_write.c     the model file
+ *   spec.c        spec -> layers, matched with the file's tensors (no device)
+ *   model.c       forward, backward, training step on the device
  *   api.c         the public functions of proxcl.h
  *
  * Data flows one way: cl -> device -> ops -> model -> api, as in the Python package. */
@@ -149,7 +150,10 @@ float px_half_to_float(uint16_t h);
 /* Round to nearest even; returns 0 when |f| is too large for float16 (the result is then inf). */
 int px_float_to_half(float f, uint16_t *out);
 
-/* ---- modelfile.c: a checked model file in host memory ---- */
+/* ---- modelfile.c (reading), modelfile_write.c: a checked model file in host memory ---- */
+enum { PX_F32, PX_F16, PX_I32, PX_U16, PX_NDTYPES };   /* the file's dtypes */
+extern const char *const px_dtype_names[PX_NDTYPES];
+extern const int px_dtype_size[PX_NDTYPES];
 typedef struct {
     char *name;
     int csr;                     /* kind: 0 dense, 1 csr */
