@@ -1,6 +1,6 @@
 /* The network of a model file on a device: what src/proxcl/spec.py, layers.py and models.py do
  * for the Python package, for the launches that inference and training on a frozen support
- * need.  model.c builds it from the spec and the tensors; api.c holds it. */
+ * need.  spec.c builds it from the spec and the tensors, model.c runs it, api.c holds it. */
 #ifndef PX_MODEL_H
 #define PX_MODEL_H
 
