@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip -q --disable-pip-version-check
 
-.PHONY: demo test data venv venv-test clean
+.PHONY: demo test data runtime-deps venv venv-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,11 +38,16 @@ data:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
+# The C runtime's packages (runtime/Makefile: OpenCL headers, cJSON, the aarch64 cross compiler);
+# its tests build it.
+runtime-deps:
+	@$(MAKE) -s -C runtime deps
+
 demo: venv data
 	$(BIN)/proxcl demo
 
-test: venv-test data
+test: venv-test data runtime-deps
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) build runtime/build src/*.egg-info .pytest_cache .hypothesis
