@@ -46,9 +46,51 @@ from .ops import optim as kernels
 from .ops.sparse import gather
 from .runtime import Device, default_device
 
-__all__ = ["OPTIMIZERS", "Optimizer", "ProxSGD", "ProxAdam", "RDA", "make_optimizer"]
+__all__ = ["OPTIMIZERS", "Optimizer", "ProxSGD", "ProxAdam", "RDA", "make_optimizer", "mean_magnitude",
+           "check_l1_factors", "l1_factor", "check_factor_keys"]
 
 OPTIMIZERS = ("prox-sgd", "prox-adam", "rda", "sgd", "adam")
+
+
+def mean_magnitude(values: np.ndarray) -> float:
+    """Reweighted l1's c: the mean |w| of the nonzero values (float64 sum), 1.0 when none is."""
+    a = np.abs(np.asarray(values))
+    nz = a[a != 0]
+    return float(nz.astype(np.float64).mean()) if nz.size else 1.0
+
+
+def check_l1_factors(factors) -> dict[str, float]:
+    """Per-layer l1 factors checked: {parameter or layer name: factor >= 0} (None: none)."""
+    if factors is None:
+        return {}
+    if not isinstance(factors, dict):
+        raise InputError(f"l1_factors must be a dict {{name: factor}}, got {type(factors).__name__}")
+    out = {}
+    for k, v in factors.items():
+        if not isinstance(k, str) or not k:
+            raise InputError(f"l1_factors keys must be parameter or layer names, got {k!r}")
+        out[k] = number(f"l1 factor of {k!r}", v, 0.0)
+    return out
+
+
+def l1_factor(factors: dict, name: str) -> float:
+    """The l1 factor of a parameter name: exact key, else the longest dotted-prefix key, else 1."""
+    if name in factors:
+        return factors[name]
+    best = None
+    for k in factors:
+        if name.startswith(k + ".") and (best is None or len(k) > len(best)):
+            best = k
+    return factors[best] if best is not None else 1.0
+
+
+def check_factor_keys(factors: dict, names) -> None:
+    """Every factor key must name one of the parameters ``names`` or a dotted prefix of one."""
+    names = set(names)
+    unused = [k for k in factors if not any(n == k or n.startswith(k + ".") for n in names)]
+    if unused:
+        raise InputError(f"l1_factors key {unused[0]!r} names no parameter "
+                         f"(parameters: {', '.join(sorted(names))})")
 
 
 class _State:
@@ -108,10 +150,7 @@ class Optimizer:
 
     @staticmethod
     def _mean_magnitude(p) -> float:
-        """The mean |w| of a parameter's nonzero values (1.0 when it has none)."""
-        a = np.abs(p.data.get()) if p.data.size else np.zeros(0, np.float32)
-        nz = a[a != 0]
-        return float(nz.astype(np.float64).mean()) if nz.size else 1.0
+        return mean_magnitude(p.data.get() if p.data.size else np.zeros(0, np.float32))
 
     def refresh_reweighting(self, params: Iterable) -> None:
         """Measure c (mean nonzero magnitude) again for every penalised parameter already seen."""
@@ -128,29 +167,14 @@ class Optimizer:
         return st.rw_c if st is not None and self.reweight_eps else None
 
     def _check_factors(self, factors) -> dict[str, float]:
-        if factors is None:
-            return {}
-        if not isinstance(factors, dict):
-            raise InputError(f"l1_factors must be a dict {{name: factor}}, got {type(factors).__name__}")
-        out = {}
-        for k, v in factors.items():
-            if not isinstance(k, str) or not k:
-                raise InputError(f"l1_factors keys must be parameter or layer names, got {k!r}")
-            out[k] = number(f"l1 factor of {k!r}", v, 0.0)
+        out = check_l1_factors(factors)
         if out and not self.has_l1:
             raise InputError(f"{self.kind} has no l1 term, so l1_factors cannot apply")
         return out
 
     def factor(self, name: str) -> float:
         """The l1 factor of a parameter name: exact key, else the longest dotted-prefix key, else 1."""
-        f = self.l1_factors
-        if name in f:
-            return f[name]
-        best = None
-        for k in f:
-            if name.startswith(k + ".") and (best is None or len(k) > len(best)):
-                best = k
-        return f[best] if best is not None else 1.0
+        return l1_factor(self.l1_factors, name)
 
     def l1_of(self, p) -> float:
         """lambda_l of a parameter at the current l1: 0 for unpenalised ones."""
@@ -172,11 +196,7 @@ class Optimizer:
                 raise InputError(f"parameter {p.name!r} is given twice")
             seen.add(p.name)
         if not self._factors_checked and params:
-            unused = [k for k in self.l1_factors
-                      if not any(n == k or n.startswith(k + ".") for n in seen)]
-            if unused:
-                raise InputError(f"l1_factors key {unused[0]!r} names no parameter "
-                                 f"(parameters: {', '.join(sorted(seen))})")
+            check_factor_keys(self.l1_factors, seen)
             self._factors_checked = True
         for p in params:
             st = self._state_of(p)
