@@ -8,8 +8,8 @@ import importlib
 import os
 import sys
 
-# Subcommand modules, in the order `proxcl --help` lists them.
-COMMANDS = ["devices", "train", "eval", "predict", "info", "report", "bench", "demo"]
+# Subcommand modules, in the order `proxcl --help` lists them (interop: export and import).
+COMMANDS = ["devices", "train", "eval", "predict", "info", "interop", "report", "bench", "demo"]
 
 
 class CLIError(Exception):
