@@ -48,3 +48,21 @@ def kdev(request, dev, monkeypatch_module):
     monkeypatch_module.delenv("PROXCL_TUNING")
     return d
 
+
+
+def need_fashion_mnist() -> None:
+    """Fail in CI, skip elsewhere, when Fashion-MNIST is not installed."""
+    from proxcl import data
+    if data.find_files("fashion-mnist") is None:
+        msg = "Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)"
+        if IN_CI:
+            pytest.fail(msg)
+        pytest.skip(msg)
+
+
+@pytest.fixture(scope="session")
+def fashion():
+    """The Fashion-MNIST data set, loaded once."""
+    from proxcl import data
+    need_fashion_mnist()
+    return data.load_dataset("fashion-mnist", download=False)

@@ -17,7 +17,7 @@ from hypothesis import given, settings, strategies as st
 from proxcl import data
 from proxcl.data import DataError
 
-from conftest import IN_CI
+from conftest import IN_CI, need_fashion_mnist
 
 DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
@@ -148,20 +148,6 @@ def test_idx_writer_rejects_unsupported():
 
 # ---- the real Fashion-MNIST ----------------------------------------------------------------------
 
-def _fashion_or_fail():
-    if data.find_files("fashion-mnist") is None:
-        msg = "Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)"
-        if IN_CI:
-            pytest.fail(msg)
-        pytest.skip(msg)
-
-
-@pytest.fixture(scope="module")
-def fashion():
-    _fashion_or_fail()
-    return data.load_dataset("fashion-mnist", download=False)
-
-
 def test_fashion_mnist_loads(fashion):
     assert fashion.images["train"].shape == (60000, 1, 28, 28)
     assert fashion.images["test"].shape == (10000, 1, 28, 28)
@@ -184,7 +170,7 @@ def test_fashion_mnist_loads(fashion):
 
 def test_debian_files_match_known_digests():
     """The IDX digests in proxcl.data are the contents of the official files."""
-    _fashion_or_fail()
+    need_fashion_mnist()
     files = data.find_files("fashion-mnist")
     for role, spec in data.SOURCES["fashion-mnist"].files.items():
         raw = Path(files[role]).read_bytes()

@@ -136,6 +136,7 @@ class _Chain:
             with torch.no_grad():
                 ShapeProp(gm).propagate(torch.zeros(2, *input_shape))
         except Exception as e:      # noqa: BLE001 - a module that cannot run on that shape
+            e = e.__cause__ or e    # ShapeProp wraps the layer's own error
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise InputError(f"cannot export: the module does not run on inputs of shape "
                              f"{list(input_shape)} ({first})") from None
@@ -324,11 +325,11 @@ def to_spec(module: nn.Module, input_shape=None, name: str | None = None) -> tup
             if where in seen:
                 raise _unsupported(f"using the weights of '{where}' twice (shared weights)")
             seen.add(where)
-            name = layer["name"] = _layer_name(where, used)
-            origins[name] = where
-            tensors[f"{name}.weight"] = _numpy(weight)
+            layer_name = layer["name"] = _layer_name(where, used)
+            origins[layer_name] = where
+            tensors[f"{layer_name}.weight"] = _numpy(weight)
             if bias is not None:
-                tensors[f"{name}.bias"] = _numpy(bias)
+                tensors[f"{layer_name}.bias"] = _numpy(bias)
         layers.append(layer)
     spec = normalize_spec({"name": name or type(module).__name__, "input_shape": shape, "layers": layers})
     return spec, tensors, origins

@@ -25,7 +25,9 @@ __all__ = ["read_state_dict", "export_state_dict", "import_model_file"]
 def read_state_dict(path) -> dict:
     """The tensors of a saved state_dict (also one saved inside {"state_dict": ...} or
     {"model": ...}), with DistributedDataParallel's prefix and pruning's masks resolved."""
-    if not zipfile.is_zipfile(path):     # OSError for a missing file; torch.save writes a zip archive
+    with open(path, "rb") as f:          # OSError for a missing file
+        is_zip = zipfile.is_zipfile(f)
+    if not is_zip:                       # torch.save writes a zip archive
         raise InputError(f"{path}: not a PyTorch state_dict file (torch.save writes a zip archive)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
