@@ -30,7 +30,7 @@ from proxcl.ops import HostCSR
 from proxcl.spec import normalize_spec
 
 __all__ = ["SUPPORTED", "export", "to_spec", "module_from_spec", "load", "read", "effective", "host_csr",
-           "clean_state_dict"]
+           "clean_state_dict", "first_line"]
 
 SUPPORTED = ("Linear", "Conv2d", "MaxPool2d", "ReLU", "Flatten", "Dropout")
 _RELU_FUNCTIONS = (F.relu, F.relu_, torch.relu, torch.relu_)
@@ -52,6 +52,12 @@ def effective(module: nn.Module, name: str) -> torch.Tensor | None:
         return (orig * mask).detach()
     value = getattr(module, name, None)
     return value.detach() if isinstance(value, torch.Tensor) else None
+
+
+def first_line(e: BaseException) -> str:
+    """An exception's message in one line (its type when it has none)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
@@ -85,8 +91,7 @@ def _trace(module: nn.Module):
     try:
         return fx.symbolic_trace(module)
     except Exception as e:      # noqa: BLE001 - any tracing failure is the module's form
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"cannot export: tracing the module's forward failed ({first}); build it as a "
+        raise InputError(f"cannot export: tracing the module's forward failed ({first_line(e)}); build it as a "
                          f"chain of {', '.join(SUPPORTED)}") from None
 
 
@@ -126,7 +131,7 @@ class _Chain:
     """Walks a traced graph in order: every tensor operation must take the previous one's output
     and nothing else; shape queries (x.size(0)) are allowed as arguments of a reshape."""
 
-    def __init__(self, gm, input_shape):
+    def __init__(self, gm, example: torch.Tensor):
         from torch.fx.passes.shape_prop import ShapeProp
         self.gm = gm
         placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
@@ -134,12 +139,10 @@ class _Chain:
             raise InputError(f"cannot export: forward must take one input tensor, it takes {len(placeholders)}")
         try:
             with torch.no_grad():
-                ShapeProp(gm).propagate(torch.zeros(2, *input_shape))
+                ShapeProp(gm).propagate(example)
         except Exception as e:      # noqa: BLE001 - a module that cannot run on that shape
-            e = e.__cause__ or e    # ShapeProp wraps the layer's own error
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise InputError(f"cannot export: the module does not run on inputs of shape "
-                             f"{list(input_shape)} ({first})") from None
+            raise InputError(f"cannot export: the module does not run on inputs of shape {list(example.shape[1:])} "
+                             f"({first_line(e.__cause__ or e)})") from None    # ShapeProp wraps the layer's error
         self.cur = placeholders[0]
         self.shape_queries: set = set()
         self.attrs: set = set()
@@ -308,16 +311,22 @@ def to_spec(module: nn.Module, input_shape=None, name: str | None = None) -> tup
     """(spec, {tensor name: float32 array in the PyTorch shape}, {layer name: module path}) of a
     module; ``input_shape`` is one sample's shape ([C, H, W] or [features]); ``name`` the spec's
     name (default: the module's class name)."""
+    if isinstance(module, nn.parallel.DistributedDataParallel):
+        module = module.module
     if not isinstance(module, nn.Module):
         raise InputError(f"export takes an nn.Module, got {type(module).__name__}")
     gm = _trace(module)
     shape = [int(s) for s in (input_shape if input_shape is not None else _input_shape(gm))]
-    was_training = module.training
+    first = next(module.parameters(), None)
+    example = torch.zeros(2, *shape, device=first.device if first is not None else "cpu",
+                          dtype=first.dtype if first is not None and first.is_floating_point() else torch.float32)
+    modes = {m: m.training for m in module.modules()}
     gm.eval()
     try:
-        chain = _Chain(gm, shape).walk()
+        chain = _Chain(gm, example).walk()
     finally:
-        gm.train(was_training)
+        for m, training in modes.items():
+            m.training = training
     layers, tensors, origins, used, seen = [], {}, {}, set(), set()
     for layer, weight, bias, where in chain:
         layer = dict(layer)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -36,6 +37,7 @@ from proxcl.errors import InputError
 from proxcl.fileio import atomic_write, check_writable
 from proxcl.schedules import ConstantLR, CosineLR, Warmup
 from proxcl.spec import normalize_spec
+from proxcl.training import TrainingError
 from proxcl.torch.convert import export, module_from_spec
 from proxcl.torch.debias import freeze_support
 from proxcl.torch.optim import RDA, ProxAdam, ProxSGD
@@ -171,27 +173,32 @@ class Trainer:
         self.history: list[dict] = []
         self.train_seconds = 0.0
 
-    def _shard(self, idx: np.ndarray) -> torch.Tensor:
-        mine = np.array_split(idx, self.world.size)[self.world.rank]
-        return torch.from_numpy(mine).to(self.world.device)
+    def _shard(self, start: int, stop: int) -> tuple[int, int]:
+        """This rank's part of the global batch [start, stop): equal parts, the first ones one
+        longer when it does not divide (np.array_split's split)."""
+        q, r = divmod(stop - start, self.world.size)
+        rank = self.world.rank
+        lo = start + rank * q + min(rank, r)
+        return lo, lo + q + (rank < r)
 
     def epoch(self, phase: str, epoch: int, opt, sched, stream: int) -> dict:
         args, world = self.args, self.world
-        order = epoch_order(self.n, args.seed, stream)
+        order = torch.from_numpy(epoch_order(self.n, args.seed, stream)).to(world.device)
         self.model.train()
         world.sync()
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), dtype=torch.float64, device=world.device)
         correct = torch.zeros((), dtype=torch.int64, device=world.device)
         for step in range(self.steps):
-            idx = order[step * args.batch_size:(step + 1) * args.batch_size]
-            shard = self._shard(idx)
+            start, stop = step * args.batch_size, min(self.n, (step + 1) * args.batch_size)
+            lo, hi = self._shard(start, stop)
+            shard = order[lo:hi]
             for group in opt.param_groups:
                 group["lr"] = sched.lr_at(epoch, step, self.steps)
             out = self.net(self.x[shard])
             loss = F.cross_entropy(out, self.y[shard], reduction="sum")
             opt.zero_grad(set_to_none=True)
-            (loss * (world.size / len(idx))).backward()
+            (loss * (world.size / (stop - start))).backward()
             opt.step()
             loss_sum += loss.detach()
             correct += (out.detach().argmax(1) == self.y[shard]).sum()
@@ -201,6 +208,9 @@ class Trainer:
         seconds = time.perf_counter() - t0
         self.train_seconds += seconds
         total_loss, total_correct = world.sum([float(loss_sum), float(correct)])
+        if not math.isfinite(total_loss):
+            raise TrainingError(f"the loss became {total_loss} in {phase} epoch {epoch + 1}; try a smaller "
+                                f"{'--debias-lr' if phase == 'debias' else '--lr'}")
         nnz, weights = opt.nonzero_count()
         record = {"phase": phase, "epoch": epoch + 1, "loss": total_loss / self.n,
                   "train_accuracy": total_correct / self.n, "nnz": nnz, "density": nnz / weights,
@@ -302,7 +312,7 @@ def main(argv=None) -> int:
             if not args.quiet:
                 print(f"test accuracy {result['test_accuracy'] * 100:.2f} %  nonzero {result['density'] * 100:.2f} %  "
                       f"{result['samples_per_second_per_device']:.0f} samples/s per process", flush=True)
-    except (InputError, DataError, OSError) as e:
+    except (InputError, DataError, TrainingError, OSError) as e:
         print(f"proxcl.torch.ddp: error: {e}", file=sys.stderr)
         return 2
     finally:

@@ -17,7 +17,7 @@ import torch
 from proxcl.errors import InputError
 from proxcl.fileio import atomic_write
 from proxcl.spec import normalize_spec
-from proxcl.torch.convert import clean_state_dict, export, module_from_spec, read
+from proxcl.torch.convert import clean_state_dict, export, first_line, module_from_spec, read
 
 __all__ = ["read_state_dict", "export_state_dict", "import_model_file"]
 
@@ -32,8 +32,8 @@ def read_state_dict(path) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:      # noqa: BLE001 - torch raises many kinds for a file that is not one
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"{path}: not a state_dict that loads without running code ({first[:200]})") from None
+        raise InputError(f"{path}: not a state_dict that loads without running code "
+                         f"({first_line(e)[:200]})") from None
     if isinstance(obj, dict) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
         inner = [obj[k] for k in ("state_dict", "model") if isinstance(obj.get(k), dict)]
         obj = inner[0] if inner else obj

@@ -65,13 +65,13 @@ def _sqrt(x: torch.Tensor) -> torch.Tensor:
 
 def _div(a, x: torch.Tensor) -> torch.Tensor:
     """a / x correctly rounded, a a scalar (``a / tensor`` in torch is a reciprocal and a product)."""
-    return (torch.tensor(a, dtype=torch.float64, device=x.device) / x.double()).to(x.dtype)
+    return (torch.full((), a, dtype=torch.float64, device=x.device) / x.double()).to(x.dtype)
 
 
 def _shrink(z: torch.Tensor, tau) -> torch.Tensor:
     """S_tau(z) = sign(z) max(|z| - tau, 0): an exact +0 where |z| <= tau; NaN stays NaN."""
     if not torch.is_tensor(tau):
-        tau = torch.tensor(tau, dtype=z.dtype, device=z.device)
+        tau = torch.full((), tau, dtype=z.dtype, device=z.device)     # a fill, no copy from the host
     return (z - torch.copysign(tau, z)).masked_fill_(z.abs() <= tau, 0.0)
 
 
