@@ -35,10 +35,15 @@ def test_two_gloo_processes_match_one_with_the_whole_batch(tmp_path):
     assert r2["world_size"] == 2 and r2["backend"] == "gloo" and r1["world_size"] == 1
     assert r2["rank_max_difference"] == 0.0, "every rank must hold the same weights"
     assert r1["nnz"] == r2["nnz"] == round(0.3 * r1["weights"])
+    # The two sum their gradients in other orders: a value within float rounding of a threshold
+    # may land on the other side, so a few zeros may move; the rest agree.
+    moved = 0
     for name, a in one.items():
         b = two[name]
-        assert torch.equal(a == 0, b == 0), f"{name}: zeros in other places"
-        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-4, atol=1e-6, err_msg=name)
+        both = (a != 0) & (b != 0)
+        moved += int(((a == 0) != (b == 0)).sum())
+        np.testing.assert_allclose(b[both].numpy(), a[both].numpy(), rtol=1e-4, atol=1e-6, err_msg=name)
+    assert moved <= 1e-4 * r1["weights"]
     assert r1["history"][-1]["loss"] == pytest.approx(r2["history"][-1]["loss"], rel=1e-4)
 
 

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from proxcl.data import DataError, epoch_order, load_dataset
 from proxcl.errors import InputError
 from proxcl.fileio import atomic_write, check_writable
-from proxcl.schedules import ConstantLR, CosineLR, Warmup
+from proxcl.schedules import LR_SCHEDULES, CosineLR, Warmup, make_lr_schedule
 from proxcl.spec import normalize_spec
 from proxcl.training import TrainingError
 from proxcl.torch.convert import export, module_from_spec
@@ -70,6 +70,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--debias-epochs", type=int, default=10)
     p.add_argument("--debias-optimizer", default="sgd", choices=("sgd", "adam"))
     p.add_argument("--debias-lr", type=float, default=0.005)
+    p.add_argument("--lr-schedule", default="constant", choices=LR_SCHEDULES,
+                   help="the sparse phase's learning rate (debiasing: cosine)")
+    p.add_argument("--lr-hold", type=float, default=None,
+                   help="hold-cosine: share of the epochs at constant lr (default: the density ramp "
+                        "with a target, else half)")
     p.add_argument("--lr-warmup", type=float, default=1.0, help="epochs of linear warm-up")
     p.add_argument("--batch-size", type=int, default=128, help="the global batch, over all processes")
     p.add_argument("--seed", type=int, default=0)
@@ -224,7 +229,12 @@ class Trainer:
     def run(self) -> None:
         args = self.args
         opt = _sparse_optimizer(args, self.model, self.steps)
-        sched = Warmup(ConstantLR(args.lr), args.lr_warmup)
+        kw = {}
+        if args.lr_schedule == "hold-cosine":
+            hold = args.lr_hold if args.lr_hold is not None else \
+                args.density_ramp if args.target_density is not None else 0.5
+            kw["hold"] = hold * args.epochs
+        sched = Warmup(make_lr_schedule(args.lr_schedule, args.lr, max(1, args.epochs), **kw), args.lr_warmup)
         for epoch in range(args.epochs):
             self.epoch("sparse", epoch, opt, sched, epoch)
         self.sparse_accuracy = self.evaluate()
