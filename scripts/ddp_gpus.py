@@ -17,15 +17,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 
 
-def run(cmd: list[str], timeout: float) -> int:
+def run(cmd: list[str], timeout: float):
+    """Run cmd in its own process group; past the timeout the whole group (torchrun's workers
+    too) is killed and "timeout" returned."""
     print("+", " ".join(cmd), flush=True)
     t0 = time.perf_counter()
-    rc = subprocess.run(cmd, timeout=timeout).returncode
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    try:
+        rc = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        rc = "timeout"
     print(f"  exit {rc} after {time.perf_counter() - t0:.1f} s", flush=True)
     return rc
 
@@ -36,7 +45,7 @@ def main() -> int:
     p.add_argument("--debias-epochs", type=int, default=4)
     p.add_argument("--batches", default="256,2048")
     p.add_argument("--gpus", default="1,2")
-    p.add_argument("--timeout", type=float, default=90.0, help="seconds per run")
+    p.add_argument("--timeout", type=float, default=80.0, help="seconds per run")
     p.add_argument("ddp_args", nargs="*", help="more options for proxcl.torch.ddp (after --)")
     args = p.parse_args()
     out = os.environ.get("OUT") or "runs/ddp_gpus"
@@ -55,10 +64,7 @@ def main() -> int:
                    "--json", f"{out}/ddp_{name}.json", *args.ddp_args]
             if bi == 0:
                 cmd += ["--out", f"{out}/lenet5_{name}.proxcl"]
-            try:
-                rc = run(cmd, args.timeout)
-            except subprocess.TimeoutExpired:
-                rc = "timeout"
+            rc = run(cmd, args.timeout)
             path = f"{out}/ddp_{name}.json"
             results[name] = json.load(open(path)) if rc == 0 and os.path.exists(path) else {"error": rc}
     summary = {"epochs": args.epochs, "debias_epochs": args.debias_epochs, "runs": {}}
@@ -87,7 +93,7 @@ def main() -> int:
             if not os.path.exists(model):
                 continue
             res = subprocess.run([sys.executable, "-m", "proxcl", "eval", model, "--device", "gpu", "--json"],
-                                 capture_output=True, text=True, timeout=120)
+                                 capture_output=True, text=True, timeout=60)
             evals[model] = (json.loads(res.stdout)["accuracy"] if res.returncode == 0 else res.stderr.strip()[-300:])
             evals[model + " (pytorch)"] = results[f"b{batches[0]}_g{g}"].get("test_accuracy")
     except ImportError:

@@ -177,8 +177,8 @@ class _Chain:
                 continue
             data = [a for a in n.all_input_nodes if a not in self.shape_queries and a not in self.attrs]
             if data != [self.cur]:
-                raise _unsupported(f"{self._describe(n)}, which does not take the previous layer's output "
-                                   f"alone (branches and skip connections)")
+                raise _unsupported(f"{self._describe(n)} on more than the previous layer's output (a branch "
+                                   f"or skip connection)")
             layer = self._layer(n)
             if layer is not None:
                 self.layers.append(layer)
