@@ -143,7 +143,7 @@ class _Residual(nn.Module):
     (nn.Sequential(nn.MaxPool2d(2, ceil_mode=True), nn.Flatten(), nn.Linear(196, 10)), "ceil_mode"),
     (nn.Sequential(nn.Flatten(), nn.Linear(784, 10), nn.Flatten(0)), r"Flatten at '2' from \[10\] to \[\]"),
     (nn.Sequential(nn.Flatten(), nn.Linear(700, 10)), r"does not run on inputs of shape \[1, 28, 28\] \(mat1"),
-    (_Residual(), "skip connections"),
+    (_Residual(), "a branch or skip connection"),
 ])
 def test_unsupported_layer_is_one_clear_error(tmp_path, module, message):
     path = tmp_path / "bad.proxcl"
@@ -196,9 +196,9 @@ def test_cli_export_import_round_trip(dev, tmp_path, rng, capsys):
 
 @pytest.mark.parametrize("case, message", [
     ("spec", "does not match the spec: missing"),
-    ("notorch", "not a PyTorch state_dict file"),
+    ("notorch", "not a PyTorch state_dict file: it looks like text"),
     ("norm", "--normalisation takes MEAN,STD"),
-    ("missing", "No such file"),
+    ("missing", "nosuch.pt: no such file"),
 ])
 def test_cli_export_errors_are_one_line(tmp_path, capsys, case, message):
     torch.save(pt.module_from_spec("lenet300").state_dict(), tmp_path / "s.pt")

@@ -25,7 +25,7 @@ from torch import nn
 
 from proxcl.data import check_normalisation
 from proxcl.errors import InputError
-from proxcl.modelfile import ModelFileError, index_dtype, read_model_file, write_model_file
+from proxcl.modelfile import ModelFileError, csr_nbytes, dense_nbytes, read_model_file, write_model_file
 from proxcl.ops import HostCSR
 from proxcl.spec import normalize_spec
 
@@ -75,11 +75,7 @@ def host_csr(a: np.ndarray) -> HostCSR:
 def _smaller_form(w: np.ndarray, half: bool):
     """A weight as CSR (2-D storage shape [out, rest]) when that is smaller, else as it is."""
     m = w.reshape(w.shape[0], -1)
-    vbytes = 2 if half else 4
-    nnz = int(np.count_nonzero(m))
-    ibytes = 2 if index_dtype(m.shape[1]) == "U16" else 4
-    csr_bytes = 4 * (m.shape[0] + 1) + (ibytes + vbytes) * nnz
-    return host_csr(m) if csr_bytes < vbytes * m.size else w
+    return host_csr(m) if csr_nbytes(m.shape, np.count_nonzero(m), half) < dense_nbytes(m.shape, half) else w
 
 
 # ---- module -> spec -------------------------------------------------------------------------------

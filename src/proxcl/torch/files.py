@@ -10,12 +10,12 @@ name (``lenet300``, ``lenet5``, ``convnet-small``), JSON text or a JSON file, as
 from __future__ import annotations
 
 import json
-import zipfile
 
 import torch
 
 from proxcl.errors import InputError
-from proxcl.fileio import atomic_write
+from proxcl.fileio import atomic_write, unreadable
+from proxcl.sniff import looks_like
 from proxcl.spec import normalize_spec
 from proxcl.torch.convert import clean_state_dict, export, first_line, module_from_spec, read
 
@@ -25,10 +25,14 @@ __all__ = ["read_state_dict", "export_state_dict", "import_model_file"]
 def read_state_dict(path) -> dict:
     """The tensors of a saved state_dict (also one saved inside {"state_dict": ...} or
     {"model": ...}), with DistributedDataParallel's prefix and pruning's masks resolved."""
-    with open(path, "rb") as f:          # OSError for a missing file
-        is_zip = zipfile.is_zipfile(f)
-    if not is_zip:                       # torch.save writes a zip archive
-        raise InputError(f"{path}: not a PyTorch state_dict file (torch.save writes a zip archive)")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError as e:
+        raise InputError(unreadable(path, e, "state_dict file")) from None
+    what = looks_like(head, path)
+    if what != "a PyTorch zip archive (torch.save)":
+        raise InputError(f"{path}: not a PyTorch state_dict file" + (f": it looks like {what}" if what else ""))
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:      # noqa: BLE001 - torch raises many kinds for a file that is not one
