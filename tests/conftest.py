@@ -66,3 +66,14 @@ def fashion():
     from proxcl import data
     need_fashion_mnist()
     return data.load_dataset("fashion-mnist", download=False)
+
+
+@pytest.fixture
+def torch_float32():
+    """PyTorch's default dtype float32 for one test (test_layers and test_models set float64 for
+    their references when they are imported, which is for the whole session)."""
+    import torch
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    yield
+    torch.set_default_dtype(old)

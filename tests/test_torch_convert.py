@@ -19,6 +19,8 @@ from proxcl.cli import main
 from proxcl.errors import InputError
 from proxcl.modelfile import file_report, read_model_file
 
+pytestmark = pytest.mark.usefixtures("torch_float32")
+
 
 def _logits(module: nn.Module, x: np.ndarray) -> np.ndarray:
     module.eval()

@@ -5,12 +5,15 @@ PyTorch (relative error <= 1e-5) with the same nonzero count."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
 import proxcl
 import proxcl.torch as pt
 from helpers import rel_err
+
+pytestmark = pytest.mark.usefixtures("torch_float32")
 
 
 def test_lenet5_trained_in_pytorch_runs_in_proxcl(dev, fashion, tmp_path):

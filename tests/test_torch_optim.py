@@ -15,6 +15,8 @@ from proxcl.errors import InputError
 from proxcl.optim import make_optimizer
 from proxcl.schedules import DensityController
 
+pytestmark = pytest.mark.usefixtures("torch_float32")
+
 SHAPES = {"fc1.weight": (40, 57), "fc1.bias": (40,), "fc2.weight": (9, 40), "conv.weight": (6, 3, 3, 3)}
 FACTORS = {"fc2": 2.5, "conv.weight": 0.5}
 CASES = {

@@ -372,19 +372,19 @@ def _tuple(v):
 
 
 def module_from_spec(spec) -> nn.Sequential:
-    """The nn.Sequential of a spec (built-in name, dict, JSON text or file): layers with params
-    named as in the spec (so ``conv1.weight``), the others ``<type><index>``; PyTorch's init."""
+    """The float32 nn.Sequential of a spec (built-in name, dict, JSON text or file): layers with
+    params named as in the spec (so ``conv1.weight``), the others ``<type><index>``; PyTorch's init."""
     spec = normalize_spec(spec)
     used = {l["name"] for l in spec["layers"] if "name" in l}
-    x = torch.zeros(1, *spec["input_shape"])
+    x = torch.zeros(1, *spec["input_shape"], dtype=torch.float32)     # proxcl computes in float32
     layers = OrderedDict()
     for i, l in enumerate(spec["layers"]):
         t = l["type"]
         if t == "linear":
-            m = nn.Linear(x.shape[1], l["out"], bias=l["bias"])
+            m = nn.Linear(x.shape[1], l["out"], bias=l["bias"], dtype=torch.float32)
         elif t == "conv2d":
             m = nn.Conv2d(x.shape[1], l["out"], _tuple(l["kernel"]), _tuple(l["stride"]), _tuple(l["padding"]),
-                          bias=l["bias"])
+                          bias=l["bias"], dtype=torch.float32)
         elif t == "maxpool2d":
             m = nn.MaxPool2d(_tuple(l["kernel"]), _tuple(l["stride"]), _tuple(l["padding"]))
         elif t == "relu":
