@@ -10,7 +10,8 @@ try:
 except ImportError as e:          # pragma: no cover - the test extra installs torch
     raise ImportError("proxcl.torch needs PyTorch: pip install 'proxcl[torch]'") from e
 
-from proxcl.torch.convert import export, load, module_from_spec, to_spec
+from proxcl.torch.convert import export, load, module_from_spec
+from proxcl.torch.trace import to_spec
 from proxcl.torch.debias import FrozenSupport, freeze_support
 from proxcl.torch.optim import RDA, ProxAdam, ProxSGD
 

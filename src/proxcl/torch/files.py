@@ -17,7 +17,8 @@ from proxcl.errors import InputError
 from proxcl.fileio import atomic_write, unreadable
 from proxcl.sniff import looks_like
 from proxcl.spec import normalize_spec
-from proxcl.torch.convert import clean_state_dict, export, first_line, module_from_spec, read
+from proxcl.torch.convert import clean_state_dict, export, module_from_spec, read
+from proxcl.torch.trace import first_line
 
 __all__ = ["read_state_dict", "export_state_dict", "import_model_file"]
 
