@@ -1,6 +1,6 @@
-"""Export of nn.Modules to proxcl model files and back: proxcl's forward on the OpenCL device
-against the torch module's logits, zeros from every pruning method, CSR where smaller, the
-unsupported layers, and proxcl export / import on the command line."""
+"""Export of nn.Modules to proxcl model files and back: proxcl's forward on the OpenCL device (and
+the C runtime's) against the torch module's logits, zeros from every pruning method, CSR where
+smaller, the unsupported layers, and proxcl export / import on the command line."""
 
 from __future__ import annotations
 
@@ -213,3 +213,21 @@ def test_cli_export_errors_are_one_line(tmp_path, capsys, case, message):
     err = capsys.readouterr().err
     assert err.startswith("proxcl: error: ") and message in err and err.count("\n") == 1
     assert not (tmp_path / "m.proxcl").exists()
+
+
+def test_the_c_runtime_runs_the_exported_module(tmp_path, rng):
+    """proxcl-run (runtime/, docs/DEPLOY.md) gives PyTorch's logits for an exported sparse LeNet-5."""
+    from proxcl.data import normalise
+    from test_runtime_c import _build, RUNTIME, run
+    _build("asan")
+    torch.manual_seed(6)
+    module = pt.module_from_spec("lenet5")
+    _sparsify(module, rng, 0.05)
+    norm = {"mean": 72.94, "std": 90.02}
+    pt.export(module, tmp_path / "m.proxcl", input_shape=[1, 28, 28], normalisation=norm)
+    x = rng.integers(0, 256, (16, 28, 28), dtype=np.uint8)
+    np.save(tmp_path / "x.npy", x)
+    r = run(RUNTIME / "build" / "asan", "predict", tmp_path / "m.proxcl", tmp_path / "x.npy", "--json")
+    got = np.array([json.loads(line)["logits"] for line in r.stdout.splitlines()], np.float64)
+    ref = _logits(module, normalise(x, norm["mean"], norm["std"]).reshape(-1, 1, 28, 28))
+    assert rel_err(got, ref) <= 1e-5
