@@ -233,7 +233,7 @@ class Optimizer:
         return st
 
     def _init_slot(self, slot: str, p) -> cla.Array:
-        return self.device.zeros((int(p.data.size),), np.float32)
+        return self.device.zeros((int(p.data.size),), np.float32, category="optimizer")
 
     def _update(self, p, st: _State, lam: float) -> None:
         raise NotImplementedError
@@ -254,7 +254,8 @@ class Optimizer:
             lo, hi = int(host.min()), int(host.max())
             if lo < 0 or hi >= st.size:
                 raise InputError(f"remap {name!r}: src holds positions outside [0, {st.size})")
-        st.arrays = {s: gather(self.device, a, src) for s, a in st.arrays.items()}
+        for s in list(st.arrays):    # one at a time: each old array is freed before the next gather
+            st.arrays[s] = gather(self.device, st.arrays[s], src)
         st.size = int(src.size)
 
     def state(self, name: str) -> dict[str, cla.Array]:
@@ -335,7 +336,8 @@ class Optimizer:
                 if a.dtype != np.float32 or a.shape != (n,):
                     raise InputError(f"optimizer state {name!r}/{s}: expected float32 ({n},), "
                                      f"got {a.dtype} {a.shape}")
-                dev_arrays[s] = self.device.to_device(a) if n else self.device.zeros((0,), np.float32)
+                dev_arrays[s] = (self.device.to_device(a, category="optimizer") if n else
+                                 self.device.zeros((0,), np.float32, category="optimizer"))
             if int(t) < 0 or n < 0:
                 raise InputError(f"optimizer state of {name!r}: negative step or size")
             rw_c = number(f"optimizer state of {name!r}: reweighting scale", scales[name], 0.0, lo_open=True)
@@ -464,7 +466,7 @@ class RDA(Optimizer):
 
     def _init_slot(self, slot, p):
         if slot == "w0":
-            return p.data.copy()
+            return self.device.copy(p.data, category="optimizer")
         return super()._init_slot(slot, p)
 
     def _update(self, p, st, lam):

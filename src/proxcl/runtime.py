@@ -20,6 +20,7 @@ import pyopencl as cl
 import pyopencl.array as cla
 
 from .errors import InputError
+from .memory import Memory
 from .tuning import FORMS, Tuning, kernel_form
 
 __all__ = ["Device", "DeviceError", "default_device", "list_devices", "ceil_to"]
@@ -127,7 +128,8 @@ class Device:
 
     ``Device(spec=None, profile=False)``: spec as for :func:`_select`; with no spec,
     ``$PROXCL_DEVICE``; with neither, the first GPU or else the first device.
-    ``dev.context`` and ``dev.queue`` are the pyopencl objects.
+    ``dev.context`` and ``dev.queue`` are the pyopencl objects; ``dev.memory`` (proxcl.memory)
+    makes and counts every buffer: the array methods below take its ``category``.
     """
 
     def __init__(self, spec: str | None = None, *, profile: bool = False):
@@ -142,6 +144,8 @@ class Device:
         self._kernels: dict[tuple, cl.Kernel] = {}
         self._last_args: dict[cl.Kernel, list] = {}
         self._recorders: list[list] = []
+        self.memory = Memory(self.queue)
+        self.memory.on_release(self._last_args.clear)
 
     # ---- description -------------------------------------------------------
     @property
@@ -196,31 +200,32 @@ class Device:
         enqueue with global sizes rounded up to the fixed local size.
 
         Setting an argument costs about 2 us on PoCL, more than the enqueue itself, so only
-        the arguments that differ from this kernel's previous launch are set again (the
-        previous values are kept referenced, so an identical buffer is the same buffer)."""
-        conv = []
+        the arguments that differ from this kernel's previous launch are set again.  Buffers
+        are compared by their OpenCL handle, not kept referenced (a kept reference would keep a
+        freed buffer alive): while a pool keeps a freed buffer its handle names the same
+        memory, and when the pools give buffers back to the driver this cache is cleared."""
+        conv, keys = [], []
         for a in args:
             if isinstance(a, cla.Array):
                 if a.offset:
                     raise InputError("device arrays with a non-zero offset are not supported")
-                conv.append(a.base_data)
-            elif isinstance(a, (bool, np.bool_)):
-                conv.append(np.int32(a))
+                a = a.base_data
+            if isinstance(a, (bool, np.bool_)):
+                a = np.int32(a)
             elif isinstance(a, (int, np.integer)):
-                conv.append(np.int32(a))
+                a = np.int32(a)
             elif isinstance(a, (float, np.floating)):
-                conv.append(np.float32(a))
-            else:
-                conv.append(a)  # cl.Buffer, cl.LocalMemory or None
+                a = np.float32(a)
+            conv.append(a)   # a buffer, a numpy scalar, cl.LocalMemory or None
+            keys.append(a if a is None or isinstance(a, (np.generic, cl.LocalMemory)) else ("buf", a.int_ptr))
         last = self._last_args.get(kernel)
-        if last is None or len(last) != len(conv):
+        if last is None or len(last) != len(keys):
             kernel.set_args(*conv)
         else:
-            for i, (new, old) in enumerate(zip(conv, last)):
-                if new is not old and not (isinstance(new, np.generic) and type(new) is type(old)
-                                           and new == old):
-                    kernel.set_arg(i, new)
-        self._last_args[kernel] = conv
+            for i, (new, old) in enumerate(zip(keys, last)):
+                if new is not old and not (type(new) is type(old) and new == old):
+                    kernel.set_arg(i, conv[i])
+        self._last_args[kernel] = keys
         g = tuple(ceil_to(n, l) for n, l in zip(gsize, lsize))
         ev = cl.enqueue_nd_range_kernel(self.queue, kernel, g, tuple(lsize), wait_for=wait_for)
         if self._recorders:
@@ -241,24 +246,34 @@ class Device:
             self._recorders[:] = [r for r in self._recorders if r is not launches]
 
     # ---- arrays ------------------------------------------------------------
-    def to_device(self, a, dtype=np.float32) -> cla.Array:
-        """A device copy of a host array (C-contiguous, given dtype); device arrays pass through."""
+    def to_device(self, a, dtype=np.float32, *, category: str = "data") -> cla.Array:
+        """A device copy of a host array (C-contiguous, given dtype) in a memory category
+        (proxcl.memory); device arrays pass through."""
         if isinstance(a, cla.Array):
             if a.dtype != dtype:
                 raise TypeError(f"expected a {np.dtype(dtype).name} device array, got {a.dtype}")
             return a
-        return cla.to_device(self.queue, np.ascontiguousarray(a, dtype=dtype))
+        return cla.to_device(self.queue, np.ascontiguousarray(a, dtype=dtype),
+                             allocator=self.memory.allocator(category))
 
-    def empty(self, shape, dtype=np.float32) -> cla.Array:
-        return cla.empty(self.queue, shape, dtype)
+    def empty(self, shape, dtype=np.float32, *, category: str = "activations") -> cla.Array:
+        return cla.empty(self.queue, shape, dtype, allocator=self.memory.allocator(category))
 
-    def zeros(self, shape, dtype=np.float32) -> cla.Array:
-        return cla.zeros(self.queue, shape, dtype)
+    def zeros(self, shape, dtype=np.float32, *, category: str = "activations") -> cla.Array:
+        return cla.zeros(self.queue, shape, dtype, allocator=self.memory.allocator(category))
 
-    def full(self, shape, value, dtype=np.float32) -> cla.Array:
-        a = cla.empty(self.queue, shape, dtype)
+    def full(self, shape, value, dtype=np.float32, *, category: str = "activations") -> cla.Array:
+        a = self.empty(shape, dtype, category=category)
         a.fill(dtype(value) if callable(dtype) else np.dtype(dtype).type(value))
         return a
+
+    def copy(self, a: cla.Array, *, category: str) -> cla.Array:
+        """A device copy of a device array in another memory category."""
+        out = self.empty(a.shape, a.dtype, category=category)
+        if a.size:
+            cl.enqueue_copy(self.queue, out.base_data, a.base_data, byte_count=a.nbytes,
+                            src_offset=a.offset)
+        return out
 
     def finish(self) -> None:
         self.queue.finish()

@@ -49,7 +49,7 @@ def geometry(dev: Device, conv, pool=None, out_channels: int = 0) -> cla.Array:
         vals += [int(v) for v in pool] + [int(out_channels)]
     elif out_channels:
         vals += [1, 1, 1, 1, 0, 0, vals[10], vals[11], int(out_channels)]
-    return dev.to_device(np.array(vals, np.int32), np.int32)
+    return dev.to_device(np.array(vals, np.int32), np.int32, category="activations")
 
 
 def im2col(dev: Device, g: cla.Array, x: cla.Array, cols: cla.Array, out_rows: int) -> None:

@@ -1,0 +1,172 @@
+"""Device memory: every buffer proxcl makes comes from here, from a caching pool per category,
+and is counted.
+
+Categories (``CATEGORIES``):
+
+* ``weights``      parameter values: dense storage, or a CSR weight's values, column indices,
+                   row pointers and the structures derived from its support (row of every entry,
+                   transposed structure, the direct convolution's taps);
+* ``gradients``    the gradient of every parameter;
+* ``optimizer``    per-value optimizer state (momentum, Adam moments, RDA sums and anchor) and
+                   the 0/1 masks of pruning;
+* ``activations``  activations and workspaces: layer outputs, im2col buffers, their gradients,
+                   the loss buffers, kernel temporaries and product results;
+* ``data``         input batches and labels on the device.
+
+Each category has its own :class:`pyopencl.tools.MemoryPool`: a freed buffer goes back to its
+pool and the next request of a size in the same bin gets it without asking the driver, so after
+the first training step or inference call nothing is allocated from the driver any more.
+
+Two numbers per category:
+
+* **live** bytes: the sizes of the buffers that exist now (as requested, pool rounding not
+  included).  This is what the program holds; every figure called "bytes" or "peak" in proxcl's
+  logs and tables is live bytes.
+* **pool** bytes: what the pool holds from the driver: live buffers rounded up to the pool's
+  bins, plus freed buffers kept for reuse.  :meth:`Memory.trim` gives the kept ones back (the
+  training loop does so whenever supports change); this is the process's device footprint.
+
+Peaks are tracked at every allocation (a peak can only be reached right after one): per
+category, of the total, and of the training state (weights + gradients + optimizer).
+"""
+
+from __future__ import annotations
+
+import pyopencl.tools as cl_tools
+
+__all__ = ["CATEGORIES", "STATE", "Memory", "category_of", "format_bytes"]
+
+CATEGORIES = ("weights", "gradients", "optimizer", "activations", "data")
+STATE = ("weights", "gradients", "optimizer")
+
+
+def format_bytes(n: float) -> str:
+    """1536 -> '1.5 KiB'."""
+    n = float(n)
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if abs(n) >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+class _Allocator:
+    """The allocator of one category: a callable ``(nbytes) -> buffer`` that pyopencl arrays
+    keep (``Array.allocator``), so a copy of an array stays in its category."""
+
+    __slots__ = ("memory", "category", "pool")
+
+    def __init__(self, memory: "Memory", category: str, pool):
+        self.memory = memory
+        self.category = category
+        self.pool = pool
+
+    def __call__(self, nbytes: int):
+        return self.memory._allocate(self, nbytes)
+
+    def __repr__(self) -> str:
+        return f"<proxcl allocator {self.category}>"
+
+
+def category_of(array, default: str = "activations") -> str:
+    """The category of a device array made by proxcl (``default`` for any other array)."""
+    alloc = getattr(array, "allocator", None)
+    return alloc.category if isinstance(alloc, _Allocator) else default
+
+
+class Memory:
+    """The pools and counters of one device (``Device.memory``).
+
+    ``requests``: buffers handed out; ``driver_allocations``: those for which a pool had to
+    ask the driver (a request that a kept buffer served does not count)."""
+
+    def __init__(self, queue):
+        self._pools = {c: cl_tools.MemoryPool(cl_tools.ImmediateAllocator(queue)) for c in CATEGORIES}
+        self._allocators = {c: _Allocator(self, c, p) for c, p in self._pools.items()}
+        self.requests = 0
+        self.driver_allocations = 0
+        self._on_release: list = []
+        self.reset_peak()
+
+    def allocator(self, category: str) -> _Allocator:
+        try:
+            return self._allocators[category]
+        except KeyError:
+            raise ValueError(f"unknown memory category {category!r} (one of {', '.join(CATEGORIES)})") from None
+
+    # ---- allocation ----------------------------------------------------------------------
+    def _allocate(self, alloc: _Allocator, nbytes: int):
+        pool = alloc.pool
+        blocks = pool.held_blocks + pool.active_blocks
+        buf = pool.allocate(nbytes)
+        after = pool.held_blocks + pool.active_blocks
+        self.requests += 1
+        if after > blocks:
+            self.driver_allocations += 1
+        elif after < blocks:
+            # the pool gave kept buffers back to the driver to make room: their handles may be
+            # reused for new buffers
+            self._released()
+        live = {c: p.active_bytes for c, p in self._pools.items()}
+        total = sum(live.values())
+        peak = self._peak
+        if total > peak["total"]:
+            peak["total"] = total
+            self._at_peak = live
+        state = live["weights"] + live["gradients"] + live["optimizer"]
+        if state > peak["state"]:
+            peak["state"] = state
+        c = alloc.category
+        if live[c] > peak[c]:
+            peak[c] = live[c]
+        pooled = sum(p.managed_bytes for p in self._pools.values())
+        if pooled > peak["pool"]:
+            peak["pool"] = pooled
+        return buf
+
+    def on_release(self, callback) -> None:
+        """Call ``callback()`` whenever buffers go back to the driver (their handles may then be
+        reused): the launch cache of the device forgets the buffers it compares by handle."""
+        self._on_release.append(callback)
+
+    def _released(self) -> None:
+        for cb in self._on_release:
+            cb()
+
+    def trim(self) -> None:
+        """Give every kept (freed) buffer back to the driver."""
+        for p in self._pools.values():
+            p.free_held()
+        self._released()
+
+    # ---- what is held --------------------------------------------------------------------
+    def live(self) -> dict[str, int]:
+        """Bytes of the buffers that exist now, per category."""
+        return {c: int(p.active_bytes) for c, p in self._pools.items()}
+
+    def pooled(self) -> dict[str, int]:
+        """Bytes each pool holds from the driver (live buffers in whole bins, and kept ones)."""
+        return {c: int(p.managed_bytes) for c, p in self._pools.items()}
+
+    def reset_peak(self) -> None:
+        """Peaks start again from what is live now."""
+        live = self.live()
+        self._peak = dict(live, total=sum(live.values()), state=sum(live[c] for c in STATE),
+                          pool=sum(self.pooled().values()))
+        self._at_peak = live
+
+    def peak(self) -> dict[str, int]:
+        """Peak live bytes since the last :meth:`reset_peak`: per category (each its own
+        maximum), ``total``, ``state`` (weights + gradients + optimizer) and ``pool`` (the most
+        the pools held)."""
+        return dict(self._peak)
+
+    def peak_breakdown(self) -> dict[str, int]:
+        """Live bytes per category at the moment the total peaked."""
+        return dict(self._at_peak)
+
+    def snapshot(self) -> dict:
+        """What a log records: live bytes per category and in all, the pools' bytes, and the
+        peaks so far (as :meth:`peak`)."""
+        live = self.live()
+        return {"live": live, "live_total": sum(live.values()),
+                "pool_total": sum(self.pooled().values()), "peak": self.peak()}
