@@ -1,9 +1,10 @@
 /* Sparse kernels over CSR matrices, named after scipy's sparsetools:
- * Ap[n_row+1] (int32 row pointers), Aj[nnz] (int32 column indices), Ax[nnz] (float32 values).
+ * Ap[n_row+1] (int32 row pointers), Aj[nnz] (column indices of type IDX), Ax[nnz] (float32 values).
  * Dense operands are row-major and feature-major: X[n_col, n_vec], one row per feature,
  * so a CSR row streams over contiguous batch columns.
  * Build defines: VEC (vector width), PX_ALIGNED (see common.h), LX, LY (fixed local size),
- * TRANSPOSED (values through Pm),
+ * TRANSPOSED (values through Pm), IDX (the index type of Aj, Ai and Ti: ushort when both
+ * dimensions fit, else int; proxcl.ops.sparse.index_dtype),
  * NV (vectors per work-item, csr_spmm_seg), LANES, GROUP (csr_sddmm), EPW (csr_sddmm_rows),
  * SCAN_LOCAL (scan).  Every *_seg / *_rows kernel is the CPU form of the kernel before it;
  * Device.tuning picks one per device kind.  Host module: proxcl/ops/sparse.py. */
@@ -16,6 +17,9 @@
 #endif
 #ifndef TRANSPOSED
 #define TRANSPOSED 0
+#endif
+#ifndef IDX
+#define IDX int
 #endif
 
 /* Value of entry p: through the permutation Pm on the transposed structure (Tp, Ti, Pm),
@@ -33,7 +37,7 @@
  * neighbouring columns of the same X rows.  O(nnz * n). */
 __kernel __attribute__((reqd_work_group_size(LX, LY, 1)))
 void csr_spmm(const int m, const int n,
-              __global const int *restrict Ap, __global const int *restrict Aj,
+              __global const int *restrict Ap, __global const IDX *restrict Aj,
               __global const float *restrict Ax, __global const int *restrict Pm,
               __global const float *restrict X, __global float *restrict Y,
               __global const float *restrict bias, const int relu)
@@ -93,7 +97,7 @@ void csr_spmm(const int m, const int n,
 
 __kernel __attribute__((reqd_work_group_size(LX, 1, 1)))
 void csr_spmm_seg(const int m, const int n,
-                  __global const int *restrict Ap, __global const int *restrict Aj,
+                  __global const int *restrict Ap, __global const IDX *restrict Aj,
                   __global const float *restrict Ax, __global const int *restrict Pm,
                   __global const float *restrict X, __global float *restrict Y,
                   __global const float *restrict bias, const int relu)
@@ -145,7 +149,7 @@ void csr_spmm_seg(const int m, const int n,
  * in local memory; GROUP entries per work-group.  O(nnz * n). */
 __kernel __attribute__((reqd_work_group_size(LANES, GROUP, 1)))
 void csr_sddmm(const int nnz, const int n,
-               __global const int *restrict Ai, __global const int *restrict Aj,
+               __global const IDX *restrict Ai, __global const IDX *restrict Aj,
                __global const float *restrict A, __global const float *restrict B,
                __global float *restrict G, const float scale)
 {
@@ -185,7 +189,7 @@ void csr_sddmm(const int nnz, const int n,
 #endif
 __kernel __attribute__((reqd_work_group_size(LX, 1, 1)))
 void csr_sddmm_rows(const int nnz, const int n,
-                    __global const int *restrict Ai, __global const int *restrict Aj,
+                    __global const IDX *restrict Ai, __global const IDX *restrict Aj,
                     __global const float *restrict A, __global const float *restrict B,
                     __global float *restrict G, const float scale)
 {
@@ -230,11 +234,11 @@ void csr_sddmm_rows(const int nnz, const int n,
 
 /* Row index of every entry: Ai[p] = i for Ap[i] <= p < Ap[i+1].      Ap[m+1], Ai[nnz]. */
 __kernel void csr_row_of_entry(const int m, __global const int *restrict Ap,
-                               __global int *restrict Ai)
+                               __global IDX *restrict Ai)
 {
     const int i = get_global_id(0);
     if (i >= m) return;
-    for (int p = Ap[i]; p < Ap[i + 1]; ++p) Ai[p] = i;
+    for (int p = Ap[i]; p < Ap[i + 1]; ++p) Ai[p] = (IDX)i;
 }
 
 /* ---- building and compacting CSR on the device: count per row, scan, fill ---- */
@@ -255,7 +259,7 @@ __kernel void dense_count_rows(const int m, const int k, __global const float *r
  * Src != NULL, Src[p] = i*k + j (the flat dense position of each entry). */
 __kernel void dense_fill_rows(const int m, const int k, __global const float *restrict D,
                               const float thr, __global const int *restrict Ap,
-                              __global int *restrict Aj, __global float *restrict Ax,
+                              __global IDX *restrict Aj, __global float *restrict Ax,
                               __global int *restrict Src)
 {
     const int i = get_global_id(0);
@@ -265,7 +269,7 @@ __kernel void dense_fill_rows(const int m, const int k, __global const float *re
     for (int j = 0; j < k; ++j) {
         const float v = d[j];
         if (v > thr || v < -thr) {
-            Aj[p] = j;
+            Aj[p] = (IDX)j;
             Ax[p] = v;
             if (Src) Src[p] = i * k + j;
             ++p;
@@ -287,8 +291,8 @@ __kernel void csr_count_nonzero(const int m, __global const int *restrict Ap,
 /* Keep the entries that are not exactly zero: Bj[q] = Aj[p], Src[q] = p (old position), with
  * Bp the scan of csr_count_nonzero.  Other value arrays follow with gather_f32(Src). */
 __kernel void csr_fill_nonzero(const int m, __global const int *restrict Ap,
-                               __global const int *restrict Aj, __global const float *restrict Ax,
-                               __global const int *restrict Bp, __global int *restrict Bj,
+                               __global const IDX *restrict Aj, __global const float *restrict Ax,
+                               __global const int *restrict Bp, __global IDX *restrict Bj,
                                __global int *restrict Src)
 {
     const int i = get_global_id(0);

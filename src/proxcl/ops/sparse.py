@@ -24,10 +24,23 @@ import numpy as np
 import pyopencl.array as cla
 
 from ..errors import InputError
+from ..memory import category_of
 from ..runtime import Device, default_device
 
 _FILE = "csr.cl"
 _I32_MAX = np.iinfo(np.int32).max
+_U16_MAX = np.iinfo(np.uint16).max
+
+
+def index_dtype(shape) -> np.dtype:
+    """The device type of a CSR matrix's index arrays (column indices Aj, the row of every entry
+    Ai, the transposed structure's row indices Ti): uint16 when both dimensions fit (half the
+    bytes), else int32.  csr.cl's kernels read them through its IDX type."""
+    return np.dtype(np.uint16 if max(int(shape[0]), int(shape[1])) <= _U16_MAX else np.int32)
+
+
+def _idx_define(dtype) -> str:
+    return "ushort" if np.dtype(dtype) == np.uint16 else "int"
 
 # GPU form of SDDMM: from this many columns on (a convolution's weight gradient has
 # n = batch x output pixels, 73,728 for LeNet-5's conv1), each entry gets this many lanes.
@@ -104,11 +117,16 @@ class HostCSR(NamedTuple):
 
 
 class CSRPattern:
-    """The support of a CSR matrix on the device: shape, Ap[m+1], Aj[nnz] (int32)."""
+    """The support of a CSR matrix on the device: shape, Ap[m+1] (int32), Aj[nnz] (of
+    :func:`index_dtype`), and the structures derived from them, built on first use in the memory
+    category of Ap (weights, for a layer's weight)."""
 
     def __init__(self, device: Device, shape, indptr: cla.Array, indices: cla.Array, nnz: int):
         self.device = device
         self.shape = (int(shape[0]), int(shape[1]))
+        if indices.dtype != index_dtype(self.shape) or indptr.dtype != np.int32:
+            raise InputError(f"CSR pattern {self.shape}: indptr must be int32 and indices "
+                             f"{index_dtype(self.shape).name}, got {indptr.dtype} and {indices.dtype}")
         self.indptr = indptr
         self.indices = indices
         self.nnz = int(nnz)
@@ -116,34 +134,53 @@ class CSRPattern:
         self._transposed = None
 
     @property
+    def idx(self) -> str:
+        """csr.cl's IDX define for this pattern's index arrays."""
+        return _idx_define(self.indices.dtype)
+
+    @property
+    def category(self) -> str:
+        return category_of(self.indptr, "weights")
+
+    @property
     def rows(self) -> cla.Array:
         """Ai[nnz]: the row of every entry (built on first use)."""
         if self._rows is None:
             dev, m = self.device, self.shape[0]
-            self._rows = dev.empty((self.nnz,), np.int32)
+            self._rows = dev.empty((self.nnz,), self.indices.dtype, category=self.category)
             if self.nnz:
-                dev.launch(dev.kernel(_FILE, "csr_row_of_entry"), (m,), (dev.tuning.ew_local,),
-                           m, self.indptr, self._rows)
+                dev.launch(dev.kernel(_FILE, "csr_row_of_entry", IDX=self.idx), (m,),
+                           (dev.tuning.ew_local,), m, self.indptr, self._rows)
         return self._rows
 
     @property
     def transposed(self) -> tuple[cla.Array, cla.Array, cla.Array]:
         """(Tp[k+1], Ti[nnz], Pm[nnz]): CSR of the transpose, values reached through Pm."""
         if self._transposed is None:
-            dev = self.device
-            k = self.shape[1]
+            dev, cat = self.device, self.category
+            m, k = self.shape
             aj = self.indices.get() if self.nnz else np.zeros(0, np.int32)
-            ai = self.rows.get() if self.nnz else np.zeros(0, np.int32)
+            # the row of each entry, on the host (no device copy of Ai is made for this)
+            ai = entry_rows(self.indptr.get()).astype(self.indices.dtype)
             order = np.argsort(aj, kind="stable").astype(np.int32)
             tp = np.zeros(k + 1, np.int32)
             np.cumsum(np.bincount(aj, minlength=k), out=tp[1:])
-            self._transposed = (dev.to_device(tp, np.int32), dev.to_device(ai[order], np.int32),
-                                dev.to_device(order, np.int32))
+            self._transposed = (dev.to_device(tp, np.int32, category=cat),
+                                dev.to_device(ai[order], self.indices.dtype, category=cat),
+                                dev.to_device(order, np.int32, category=cat))
         return self._transposed
+
+    def drop_derived(self) -> None:
+        """Free the derived structures (the row of every entry, the transposed structure); they
+        are built again on first use.  A support about to be replaced frees them first, so that
+        the old and the new support are not both held in full."""
+        self._rows = None
+        self._transposed = None
 
     @property
     def nbytes(self) -> int:
-        return 4 * (self.shape[0] + 1) + 4 * self.nnz
+        """Bytes of Ap and Aj (not the derived structures)."""
+        return 4 * (self.shape[0] + 1) + self.indices.dtype.itemsize * self.nnz
 
 
 class CSRMatrix:
@@ -157,8 +194,10 @@ class CSRMatrix:
 
     # ---- construction ------------------------------------------------------
     @classmethod
-    def from_arrays(cls, indptr, indices, data, shape, device: Device | None = None) -> "CSRMatrix":
-        """From host arrays in canonical CSR form (sorted, unique column indices per row)."""
+    def from_arrays(cls, indptr, indices, data, shape, device: Device | None = None, *,
+                    category: str = "weights") -> "CSRMatrix":
+        """From host arrays in canonical CSR form (sorted, unique column indices per row), in a
+        memory category (proxcl.memory)."""
         dev = device or default_device()
         m, k = (int(shape[0]), int(shape[1]))
         if m < 0 or k < 0 or m > _I32_MAX or k > _I32_MAX:
@@ -171,13 +210,16 @@ class CSRMatrix:
             raise InputError("CSR arrays have inconsistent shapes")
         if nnz > _I32_MAX:
             raise InputError("CSR matrix has more than 2^31-1 nonzeros")
-        pattern = CSRPattern(dev, (m, k), dev.to_device(indptr, np.int32),
-                             dev.to_device(indices, np.int32), nnz)
-        return cls(pattern, dev.to_device(data, np.float32))
+        if nnz and (int(indices.min()) < 0 or int(indices.max()) >= k):
+            bad = int(indices[(indices < 0) | (indices >= k)][0])
+            raise InputError(f"column index {bad} out of range 0..{k - 1}")
+        pattern = CSRPattern(dev, (m, k), dev.to_device(indptr, np.int32, category=category),
+                             dev.to_device(indices, index_dtype((m, k)), category=category), nnz)
+        return cls(pattern, dev.to_device(data, np.float32, category=category))
 
     @classmethod
-    def from_host(cls, h: HostCSR, device: Device | None = None) -> "CSRMatrix":
-        return cls.from_arrays(h.indptr, h.indices, h.data, h.shape, device)
+    def from_host(cls, h: HostCSR, device: Device | None = None, *, category: str = "weights") -> "CSRMatrix":
+        return cls.from_arrays(h.indptr, h.indices, h.data, h.shape, device, category=category)
 
     @classmethod
     def from_scipy(cls, mat, device: Device | None = None) -> "CSRMatrix":
@@ -190,32 +232,35 @@ class CSRMatrix:
 
     @classmethod
     def from_dense(cls, a, device: Device | None = None, threshold: float = 0.0,
-                   return_src: bool = False):
+                   return_src: bool = False, *, category: str = "weights"):
         """Keep the entries with |a[i, j]| > threshold, converted on the device (count per row,
         scan, fill).  a: numpy or device array [m, k].  With return_src, also return
-        Src[nnz] (int32 device array): the flat dense position i*k + j of every entry."""
+        Src[nnz] (int32 device array): the flat dense position i*k + j of every entry.  The
+        matrix is made in ``category``."""
         dev = device or default_device()
-        a = dev.to_device(a)
+        a = dev.to_device(a, category=category)
         if a.ndim != 2:
             raise InputError(f"from_dense needs a 2-D array, got shape {a.shape}")
         m, k = a.shape
         if m * k > _I32_MAX:
             raise InputError("from_dense: matrix has more than 2^31-1 elements")
-        indptr = _scan_rows(dev, m, lambda cnt: dev.launch(
+        indptr = _scan_rows(dev, m, category, lambda cnt: dev.launch(
             dev.kernel(_FILE, "dense_count_rows"), (m,), (dev.tuning.ew_local,),
             m, k, a, float(threshold), cnt))
         nnz = int(indptr[m:].get()[0])
-        aj, ax = dev.empty((nnz,), np.int32), dev.empty((nnz,), np.float32)
-        src = dev.empty((nnz,), np.int32) if return_src else None
+        it = index_dtype((m, k))
+        aj = dev.empty((nnz,), it, category=category)
+        ax = dev.empty((nnz,), np.float32, category=category)
+        src = dev.empty((nnz,), np.int32, category=category) if return_src else None
         if nnz:
-            dev.launch(dev.kernel(_FILE, "dense_fill_rows"), (m,), (dev.tuning.ew_local,),
+            dev.launch(dev.kernel(_FILE, "dense_fill_rows", IDX=_idx_define(it)), (m,), (dev.tuning.ew_local,),
                        m, k, a, float(threshold), indptr, aj, ax, src)
         w = cls(CSRPattern(dev, (m, k), indptr, aj, nnz), ax)
         return (w, src) if return_src else w
 
     def with_values(self, data) -> "CSRMatrix":
         """A matrix on the same support (shared pattern) with other values."""
-        return CSRMatrix(self.pattern, self.device.to_device(data))
+        return CSRMatrix(self.pattern, self.device.to_device(data, category=category_of(self.data)))
 
     def copy(self) -> "CSRMatrix":
         return CSRMatrix(self.pattern, self.data.copy())
@@ -248,17 +293,18 @@ class CSRMatrix:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the CSR arrays: int32 row pointers and column indices, float32 values."""
+        """Bytes of the CSR arrays: int32 row pointers, column indices, float32 values (not the
+        derived structures)."""
         return self.pattern.nbytes + 4 * self.nnz
 
     def __repr__(self) -> str:
         return f"CSRMatrix(shape={self.shape}, nnz={self.nnz}, density={self.density:.4f})"
 
     def to_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(indptr, indices, data) as host numpy arrays."""
+        """(indptr, indices, data) as host numpy arrays (int32, int32, float32)."""
         if self.nnz == 0:
             return self.indptr.get(), np.zeros(0, np.int32), np.zeros(0, np.float32)
-        return self.indptr.get(), self.indices.get(), self.data.get()
+        return self.indptr.get(), self.indices.get().astype(np.int32), self.data.get()
 
     def to_host(self) -> HostCSR:
         indptr, indices, data = self.to_arrays()
@@ -276,13 +322,13 @@ class CSRMatrix:
     def matmul(self, x, *, bias=None, relu: bool = False, out=None) -> cla.Array:
         """Y = W X (+ bias[:, None]) (ReLU);  X [k, n] numpy or device array -> Y [m, n]."""
         return _spmm(self.device, self.shape, self.indptr, self.indices, self.data, None,
-                     x, bias, relu, out)
+                     x, bias, relu, out, self.pattern.idx)
 
     def matmul_t(self, d, *, out=None) -> cla.Array:
         """Z = W^T D;  D [m, n] -> Z [k, n], through the transpose permutation."""
         tp, ti, pm = self.pattern.transposed
         m, k = self.shape
-        return _spmm(self.device, (k, m), tp, ti, self.data, pm, d, None, False, out)
+        return _spmm(self.device, (k, m), tp, ti, self.data, pm, d, None, False, out, self.pattern.idx)
 
     def __matmul__(self, x) -> cla.Array:
         return self.matmul(x)
@@ -313,12 +359,12 @@ class CSRMatrix:
                 if n >= SDDMM_WIDE_N:   # long dot products (conv weight gradients): more lanes each
                     lanes, group = SDDMM_WIDE_LANES, max(1, 256 // SDDMM_WIDE_LANES)
                 kern = dev.kernel(_FILE, "csr_sddmm", VEC=t.sddmm_vec, LANES=lanes, GROUP=group,
-                                  PX_ALIGNED=int(t.aligned and n % t.sddmm_vec == 0))
+                                  PX_ALIGNED=int(t.aligned and n % t.sddmm_vec == 0), IDX=self.pattern.idx)
                 dev.launch(kern, (lanes, self.nnz), (lanes, group), self.nnz, n,
                            self.pattern.rows, self.indices, a, b, g, float(scale))
             else:
                 epw, lx = t.sddmm_epw, t.sddmm_group
-                kern = dev.kernel(_FILE, "csr_sddmm_rows", VEC=t.sddmm_vec, EPW=epw, LX=lx)
+                kern = dev.kernel(_FILE, "csr_sddmm_rows", VEC=t.sddmm_vec, EPW=epw, LX=lx, IDX=self.pattern.idx)
                 dev.launch(kern, (-(-self.nnz // epw),), (lx,), self.nnz, n,
                            self.pattern.rows, self.indices, a, b, g, float(scale))
         return CSRMatrix(self.pattern, g)
@@ -335,16 +381,19 @@ class CSRMatrix:
         m = self.shape[0]
         if self.nnz == 0:
             return (self, list(others), None) if return_src else (self, list(others))
-        indptr = _scan_rows(dev, m, lambda cnt: dev.launch(
+        cat = self.pattern.category
+        indptr = _scan_rows(dev, m, cat, lambda cnt: dev.launch(
             dev.kernel(_FILE, "csr_count_nonzero"), (m,), (dev.tuning.ew_local,),
             m, self.indptr, self.data, cnt))
         nnz = int(indptr[m:].get()[0])
         if nnz == self.nnz:
             return (self, list(others), None) if return_src else (self, list(others))
-        aj, src = dev.empty((nnz,), np.int32), dev.empty((nnz,), np.int32)
+        self.pattern.drop_derived()
+        aj = dev.empty((nnz,), self.indices.dtype, category=cat)
+        src = dev.empty((nnz,), np.int32, category=cat)
         if nnz:
-            dev.launch(dev.kernel(_FILE, "csr_fill_nonzero"), (m,), (dev.tuning.ew_local,),
-                       m, self.indptr, self.indices, self.data, indptr, aj, src)
+            dev.launch(dev.kernel(_FILE, "csr_fill_nonzero", IDX=self.pattern.idx), (m,),
+                       (dev.tuning.ew_local,), m, self.indptr, self.indices, self.data, indptr, aj, src)
         pattern = CSRPattern(dev, self.shape, indptr, aj, nnz)
         gathered = [gather(dev, x, src) for x in (self.data, *others)]
         out = CSRMatrix(pattern, gathered[0])
@@ -366,9 +415,10 @@ class _TransposedCSR:
 
 
 def gather(dev: Device, x: cla.Array, idx: cla.Array, *, out=None) -> cla.Array:
-    """out[q] = x[idx[q]] for a flat float32 array x (out: an optional float32 [idx.size])."""
+    """out[q] = x[idx[q]] for a flat float32 array x (out: an optional float32 [idx.size]; made
+    in x's memory category when not given)."""
     if out is None:
-        out = dev.empty((idx.size,), np.float32)
+        out = dev.empty((idx.size,), np.float32, category=category_of(x))
     elif out.shape != (idx.size,) or out.dtype != np.float32:
         raise InputError(f"gather: out must be float32 ({idx.size},), got {out.dtype} {out.shape}")
     if idx.size:
@@ -378,28 +428,29 @@ def gather(dev: Device, x: cla.Array, idx: cla.Array, *, out=None) -> cla.Array:
 
 
 def scatter(dev: Device, x: cla.Array, idx: cla.Array, size: int) -> cla.Array:
-    """A zero array of ``size`` floats with out[idx[q]] = x[q]."""
-    out = dev.zeros((size,), np.float32)
+    """A zero array of ``size`` floats with out[idx[q]] = x[q] (in x's memory category)."""
+    out = dev.zeros((size,), np.float32, category=category_of(x))
     if idx.size:
         dev.launch(dev.kernel(_FILE, "scatter_f32"), (idx.size,), (dev.tuning.ew_local,),
                    idx.size, x, idx, out)
     return out
 
 
-def _scan_rows(dev: Device, m: int, count) -> cla.Array:
-    """Row pointers Ap[m+1] from per-row counts that ``count(cnt)`` writes into cnt[m]."""
-    indptr = dev.empty((m + 1,), np.int32)
+def _scan_rows(dev: Device, m: int, category: str, count) -> cla.Array:
+    """Row pointers Ap[m+1] (in ``category``) from per-row counts that ``count(cnt)`` writes
+    into cnt[m]."""
+    indptr = dev.empty((m + 1,), np.int32, category=category)
     if m == 0:
         indptr.fill(np.int32(0))
         return indptr
-    cnt = dev.empty((m,), np.int32)
+    cnt = dev.empty((m,), np.int32, category=category)
     count(cnt)
     sl = dev.tuning.scan_local
     dev.launch(dev.kernel(_FILE, "scan_counts", SCAN_LOCAL=sl), (sl,), (sl,), m, cnt, indptr)
     return indptr
 
 
-def _spmm(dev: Device, shape, ap, aj, ax, pm, x, bias, relu, out) -> cla.Array:
+def _spmm(dev: Device, shape, ap, aj, ax, pm, x, bias, relu, out, idx: str) -> cla.Array:
     m, k = shape
     x = dev.to_device(x)
     if x.ndim != 2 or x.shape[0] != k:
@@ -419,13 +470,13 @@ def _spmm(dev: Device, shape, ap, aj, ax, pm, x, bias, relu, out) -> cla.Array:
         tr = int(pm is not None)
         if nv:   # CPU form: a row segment of nv vectors per work-item, rows varying fastest
             lx = t.spmm_rows
-            kern = dev.kernel(_FILE, "csr_spmm_seg", VEC=vec, NV=nv, LX=lx, TRANSPOSED=tr)
+            kern = dev.kernel(_FILE, "csr_spmm_seg", VEC=vec, NV=nv, LX=lx, TRANSPOSED=tr, IDX=idx)
             dev.launch(kern, (m, -(-n // (nv * vec))), (lx, 1), m, n, ap, aj, ax, pm, x, out,
                        bias, int(relu))
         else:    # GPU form: work-items coalesced over the batch columns
             lx, ly = t.spmm_local
             kern = dev.kernel(_FILE, "csr_spmm", VEC=vec, LX=lx, LY=ly, TRANSPOSED=tr,
-                              PX_ALIGNED=int(t.aligned and n % vec == 0))
+                              PX_ALIGNED=int(t.aligned and n % vec == 0), IDX=idx)
             dev.launch(kern, (-(-n // vec), m), (lx, ly), m, n, ap, aj, ax, pm, x, out,
                        bias, int(relu))
     return out
