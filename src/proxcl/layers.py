@@ -16,7 +16,7 @@ the backward masks dy with the stored output.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
+import weakref
 
 import numpy as np
 import pyopencl.array as cla
@@ -37,34 +37,70 @@ def _fill_poison(a: cla.Array) -> None:
 
 
 class Workspace:
-    """Device buffers reused across calls, one per (owner, role) and shape; a few shapes are
-    kept per role (training and evaluation batch sizes alternate)."""
+    """Device buffers reused across calls (memory category ``activations``), one per (owner,
+    role), sized by need: a buffer grows to the largest shape asked of it and a smaller request
+    (the last, short batch of an epoch; an evaluation batch) gets a view of its front.
 
-    KEEP = 3
+    Two kinds of owner share them: a layer's own buffers, which training keeps from the forward
+    to the backward pass, and, for inference, a pair of buffers that consecutive layers
+    alternate between (:meth:`pingpong`) plus scratch space shared by every layer (``SCRATCH``
+    roles), so that inference holds the largest activations, not all of them."""
+
+    SCRATCH = "scratch"
 
     def __init__(self, device: Device):
         self.device = device
-        self._bufs: dict = {}
+        self._bufs: dict = {}      # key -> (flat buffer, {(shape, dtype): view})
         self._poisoned = False
+        self.shared = False        # whether layers put their outputs in the ping-pong pair
+        self.tags: dict = {}       # what a scratch buffer holds now, for owners that may reuse it
 
-    def get(self, key, shape, dtype=np.float32) -> cla.Array:
+    def get(self, key, shape, dtype=np.float32, category: str = "activations") -> cla.Array:
+        """A buffer of ``shape`` for ``key`` (valid until the next request of the same key)."""
         shape = tuple(int(s) for s in shape)
         dtype = np.dtype(dtype)
-        slot = self._bufs.setdefault(key, OrderedDict())
-        a = slot.get((shape, dtype))
-        if a is None:
-            a = cla.empty(self.device.queue, shape, dtype)
-            if self._poisoned:
-                _fill_poison(a)
-            slot[(shape, dtype)] = a
-            while len(slot) > self.KEEP:
-                slot.popitem(last=False)
-        else:
-            slot.move_to_end((shape, dtype))
+        slot = self._bufs.get(key)
+        if slot is not None and slot[0].dtype == dtype:
+            view = slot[1].get(shape)
+            if view is not None:
+                return view
+        size = int(np.prod(shape))
+        if slot is None or slot[0].dtype != dtype or slot[0].size < size:
+            slot = self._bufs[key] = (self._new(max(size, 1), dtype, category), {})
+        flat, views = slot
+        if len(views) >= 8:
+            views.clear()
+        view = views[shape] = (flat if size == flat.size else flat[:size]).reshape(shape)
+        return view
+
+    def _new(self, size: int, dtype, category: str) -> cla.Array:
+        a = self.device.empty((size,), dtype, category=category)
+        if self._poisoned:
+            _fill_poison(a)
         return a
 
+    def pingpong(self, x: cla.Array, shape, dtype=np.float32) -> cla.Array:
+        """An output buffer for a layer whose input is x: the one of the pair that x is not in."""
+        first = self._bufs.get(("pingpong", 0))
+        side = 1 if first is not None and x.base_data is first[0].base_data else 0
+        return self.get(("pingpong", side), shape, dtype)
+
+    def release(self, owner) -> None:
+        """Drop every buffer of an owner (a layer key, "pingpong" or SCRATCH)."""
+        for key in [k for k in self._bufs if isinstance(k, tuple) and k[0] == owner]:
+            del self._bufs[key]
+
     def arrays(self) -> list:
-        return [a for slot in self._bufs.values() for a in slot.values()]
+        return [slot[0] for slot in self._bufs.values()]
+
+    def nbytes_by_owner(self) -> dict:
+        """Bytes of the buffers per owner (the first element of a key: a layer key, "loss",
+        "input", "pingpong", SCRATCH)."""
+        out: dict = {}
+        for key, (flat, _) in self._bufs.items():
+            owner = key[0] if isinstance(key, tuple) else key
+            out[owner] = out.get(owner, 0) + flat.nbytes
+        return out
 
     def poison(self) -> None:
         """Fill every buffer with NaN (float) or -1 (int), now and whenever a new one is made
@@ -90,14 +126,24 @@ class Param:
         self._reset_grad()
 
     def _reset_grad(self) -> None:
-        n = int(self.data.size)
-        self.grad = cla.zeros(self.device.queue, (n,), np.float32)
+        self.grad = None     # the old gradient is freed before the new one is made
+        self.grad = self.device.zeros((int(self.data.size),), np.float32, category="gradients")
 
     def set_value(self, value) -> None:
         """Replace the storage (a dense device array of matrix_shape or a CSRMatrix); the
         gradient is reallocated (zeros) to the new size."""
         self.value = value
         self._reset_grad()
+
+    def release_grad(self) -> None:
+        """Free the gradient ahead of a support change (which makes a new one); until then
+        ``grad`` is None.  Between steps a gradient holds nothing that is needed."""
+        self.grad = None
+
+    def restore_grad(self) -> None:
+        """A zero gradient again after :meth:`release_grad`, when the support did not change."""
+        if self.grad is None:
+            self._reset_grad()
 
     @property
     def device(self) -> Device:
@@ -161,7 +207,8 @@ class Param:
 
 def _make_param(dev: Device, name, shape, matrix_shape, penalised, host: np.ndarray) -> Param:
     return Param(name, shape, matrix_shape, penalised,
-                 dev.to_device(np.ascontiguousarray(host, np.float32).reshape(matrix_shape)), dev)
+                 dev.to_device(np.ascontiguousarray(host, np.float32).reshape(matrix_shape),
+                               category="weights"), dev)
 
 
 def _uniform(rng: np.random.Generator, shape, fan_in: int) -> np.ndarray:
@@ -187,6 +234,17 @@ class Layer:
 
     def _buf(self, role, shape, dtype=np.float32) -> cla.Array:
         return self.ws.get((self.key, role), shape, dtype)
+
+    def _out(self, x: cla.Array, shape, keep: bool) -> cla.Array:
+        """The output buffer of a forward pass on x: the layer's own (kept for the backward), or
+        in inference, when the workspace shares outputs, one of its ping-pong pair."""
+        if self.ws.shared and not keep:
+            return self.ws.pingpong(x, shape)
+        return self._buf("y", shape)
+
+    def _scratch(self, role, shape) -> cla.Array:
+        """A buffer shared by every layer, valid until the next layer's call."""
+        return self.ws.get((Workspace.SCRATCH, role), shape)
 
     @staticmethod
     def batch_shape(shape, n: int) -> tuple:
@@ -232,7 +290,7 @@ class Linear(Layer):
 
     def forward(self, x, train=False, keep=False):
         n = x.shape[1]
-        y = self._buf("y", (self.out_shape[0], n))
+        y = self._out(x, (self.out_shape[0], n), keep)
         b = self.bias.value if self.bias is not None else None
         self.weight.matrix.matmul(x, bias=b, relu=self.relu, out=y)
         if keep:
@@ -307,7 +365,13 @@ class _Window(Layer):
 class Conv2d(_Window):
     """2-D convolution on ``[C, N, H, W] -> [O, N, Ho, Wo]``: im2col then ``W @ cols`` with
     W dense ``[O, C*kh*kw]`` or CSR; backward: SDDMM / GEMM for dW, ``W^T dY`` then col2im
-    (a gather) for dx."""
+    (a gather) for dx.
+
+    The im2col buffer (C*kh*kw times larger than the input) is scratch space that all layers
+    share, not kept for the backward pass: there dW is computed from it (im2col runs again
+    unless the scratch still holds this layer's columns, as it does for the last convolution),
+    then ``W^T dY`` is written over it and dx gathered from that.  So a network holds one such
+    buffer, the largest, instead of two per convolution (cols and dcols)."""
 
     kind = "conv2d"
 
@@ -327,39 +391,49 @@ class Conv2d(_Window):
                      if bias else None)
         self.params = [self.weight] + ([self.bias] if self.bias is not None else [])
         self.pointwise = (self.kh == self.kw == self.sh == self.sw == 1 and self.ph == self.pw == 0)
+        self._cols_tag = None
 
-    def _cols(self, x, n):
+    def _cols(self, x, n, reuse: bool = False):
+        """The im2col columns of x in the shared scratch; with ``reuse``, im2col is skipped when
+        the scratch still holds what this layer's forward pass wrote there."""
         c = self.in_shape[0]
         if self.pointwise:
             return x.reshape(c, x.size // c)
-        cols = self._buf("cols", (c * self.kh * self.kw, n * self.ho * self.wo))
-        nn.im2col(self.device, self._geo(n), x, cols, n * self.ho)
+        cols = self._scratch("cols", (c * self.kh * self.kw, n * self.ho * self.wo))
+        tags = self.ws.tags
+        if not (reuse and tags.get("cols") is not None and tags.get("cols") is self._cols_tag):
+            nn.im2col(self.device, self._geo(n), x, cols, n * self.ho)
+            self._cols_tag = tags["cols"] = object()
         return cols
 
     def forward(self, x, train=False, keep=False):
         n = x.shape[1]
         o = self.out_shape[0]
         cols = self._cols(x, n)
-        y = self._buf("y", (o, n, self.ho, self.wo))
+        y = self._out(x, (o, n, self.ho, self.wo), keep)
         y2 = y.reshape(o, n * self.ho * self.wo)
         b = self.bias.value if self.bias is not None else None
         self.weight.matrix.matmul(cols, bias=b, relu=self.relu, out=y2)
         if keep:
-            self._x, self._cols_kept, self._y2, self._n = x, cols, y2, n
+            self._x, self._y2, self._n = x, y2, n
         return y
 
     def backward(self, dy, need_dx=True):
-        n, cols = self._n, self._cols_kept
+        n, x = self._n, self._x
         o = self.out_shape[0]
         dy2 = dy.reshape(o, n * self.ho * self.wo)
         self._mask_and_bias_grad(dy2, self._y2, self.bias)
         w = self.weight.matrix
+        cols = self._cols(x, n, reuse=True)
         w.grad(dy2, cols, out=self.weight.grad)
         if not need_dx:
             return None
         c = self.in_shape[0]
         dx = self._buf("dx", self.batch_shape(self.in_shape, n))
-        dcols = dx.reshape(c, dx.size // c) if self.pointwise else self._buf("dcols", cols.shape)
+        if self.pointwise:
+            dcols = dx.reshape(c, dx.size // c)
+        else:
+            dcols, self.ws.tags["cols"] = cols, None     # written over: cols is no longer needed
         w.matmul_t(dy2, out=dcols)
         if not self.pointwise:
             nn.col2im(self.device, self._geo(n), dcols, dx)
@@ -378,13 +452,16 @@ class Conv2d(_Window):
     def _taps(self, w: CSRMatrix) -> cla.Array:
         """Ak[nnz]: each entry's (c, ky, kx) packed as c << 16 | ky << 8 | kx, made once per support."""
         cached = getattr(self, "_taps_cache", None)
-        if cached is not None and cached[0] is w.pattern:
+        if cached is not None and cached[0]() is w.pattern:
             return cached[1]
+        self._taps_cache = None      # the old taps go before the new ones are made
         j = w.indices.get().astype(np.int64) if w.nnz else np.zeros(0, np.int64)
         c, r = np.divmod(j, self.kh * self.kw)
         ky, kx = np.divmod(r, self.kw)
-        taps = self.device.to_device(((c << 16) | (ky << 8) | kx).astype(np.int32), np.int32)
-        self._taps_cache = (w.pattern, taps)
+        taps = self.device.to_device(((c << 16) | (ky << 8) | kx).astype(np.int32), np.int32,
+                                     category="weights")
+        # a weak reference: the cache must not keep a replaced support alive
+        self._taps_cache = (weakref.ref(w.pattern), taps)
         return taps
 
     def forward_direct(self, x, pool: "MaxPool2d | None" = None, flat: bool = False) -> cla.Array:
@@ -396,7 +473,8 @@ class Conv2d(_Window):
         o = self.out_shape[0]
         hp, wp = (pool.ho, pool.wo) if pool is not None else (self.ho, self.wo)
         relu = self.relu or (pool is not None and pool.relu)
-        y = self._buf(("direct", flat), (o * hp * wp, n) if flat else (o, n, hp, wp))
+        shape = (o * hp * wp, n) if flat else (o, n, hp, wp)
+        y = self.ws.pingpong(x, shape) if self.ws.shared else self._buf(("direct", flat), shape)
         b = self.bias.value if self.bias is not None else None
         nn.csr_conv_pool(self.device, self._geo(n, pool, o), w, self._taps(w), b, x, y, relu, flat, n * hp)
         return y
@@ -418,7 +496,7 @@ class MaxPool2d(_Window):
     def forward(self, x, train=False, keep=False):
         n = x.shape[1]
         c = self.in_shape[0]
-        y = self._buf("y", (c, n, self.ho, self.wo))
+        y = self._out(x, (c, n, self.ho, self.wo), keep)
         idx = self._buf("idx", (y.size,), np.int32) if keep else None
         nn.maxpool_fwd(self.device, self._geo(n), x, y, idx, self.relu)
         if keep:
@@ -441,7 +519,7 @@ class ReLU(Layer):
     kind = "relu"
 
     def forward(self, x, train=False, keep=False):
-        y = self._buf("y", x.shape)
+        y = self._out(x, x.shape, keep)
         nn.relu_fwd(self.device, x, y)
         if keep:
             self._y = y
@@ -472,7 +550,7 @@ class Flatten(Layer):
         c, hw = self.in_shape[0], f // self.in_shape[0]
         if hw == 1:
             return x.reshape(f, n)
-        y = self._buf("y", (f, n))
+        y = self._out(x, (f, n), keep)
         self._n = n
         nn.channel_major_to_features(self.device, x, y, c, hw, n)
         return y

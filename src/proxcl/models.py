@@ -72,6 +72,7 @@ class Model:
         self._first_param = next((i for i, l in enumerate(self._exec) if l.params), len(self._exec))
         self.params: list[Param] = [p for layer in self.layers for p in layer.params]
         self._by_name = {p.name: p for p in self.params}
+        self._kept = False     # whether a pass kept its activations for a backward (training)
 
     def _plan_fusion(self) -> dict[int, tuple]:
         """For each Conv2d that runs: the max pooling and the flatten right after it, which its
@@ -145,11 +146,12 @@ class Model:
         shape = Layer.batch_shape(self.input_shape, n)
         if len(self.input_shape) == 3 and self.input_shape[0] == 1:
             if out is None:
-                return cla.to_device(dev.queue, x.reshape(shape))
+                return dev.to_device(x.reshape(shape), category="data")
             out.set(x.reshape(shape), async_=not wait)
             return out
-        raw = cla.to_device(dev.queue, x, async_=not wait)
-        out = out if out is not None else dev.empty(shape)
+        raw = self.workspace.get(("input", "raw"), x.shape, category="data")
+        raw.set(x, async_=not wait)
+        out = out if out is not None else dev.empty(shape, category="data")
         if len(self.input_shape) == 3:
             c, hw = self.input_shape[0], self.input_shape[1] * self.input_shape[2]
             nn.batch_to_channel_major(dev, raw, out, c, n, hw)
@@ -164,7 +166,20 @@ class Model:
         xd = self._upload(x)
         if y is None:
             return xd
-        return xd, self.device.to_device(self._check_y(y, x.shape[0]), np.int32)
+        return xd, self.device.to_device(self._check_y(y, x.shape[0]), np.int32, category="data")
+
+    def stage_batch(self, x, y):
+        """Like ``prepare_batch(x, y)``, but into the model's own input buffers (memory category
+        data), which the next call overwrites: what the training and evaluation loops use, so
+        that one batch is held on the device, not the batch kept for the backward pass and the
+        next one."""
+        x = self._check_x(x)
+        n = x.shape[0]
+        ws = self.workspace
+        xd = self._upload(x, ws.get(("input", "x"), Layer.batch_shape(self.input_shape, n), category="data"))
+        yd = ws.get(("input", "y"), (n,), np.int32, category="data")
+        yd.set(self._check_y(y, n))
+        return xd, yd
 
     def _check_prepared(self, xb) -> int:
         if not isinstance(xb, cla.Array) or xb.dtype != np.float32 or xb.ndim < 2:
@@ -177,6 +192,11 @@ class Model:
 
     # ---- passes ------------------------------------------------------------
     def _forward(self, x: cla.Array, train: bool, keep: bool) -> cla.Array:
+        # Until a pass keeps activations for a backward (training), inference passes put every
+        # layer's output in the workspace's ping-pong pair: only the largest activations are
+        # held.  Once training buffers exist, evaluation reuses them.
+        self._kept = self._kept or keep
+        self.workspace.shared = not self._kept
         layers, i = self._exec, 0
         while i < len(layers):
             fused = None if keep else self._fusion.get(i)
@@ -241,7 +261,8 @@ class Model:
         for s in range(0, x.shape[0], batch_size):
             xc = x[s:s + batch_size]
             xd = self._upload(xc, self.workspace.get(("input", "x"), Layer.batch_shape(self.input_shape,
-                                                                                       xc.shape[0])),
+                                                                                       xc.shape[0]),
+                                                     category="data"),
                               wait=False)
             z = self._forward(xd, train=train, keep=False)
             if probs:
@@ -276,6 +297,7 @@ class Model:
         for p in self._targets(name):
             if p.is_sparse:
                 continue
+            p.release_grad()
             w, src = CSRMatrix.from_dense(p.value, self.device, threshold=float(threshold), return_src=True)
             p.set_value(w)
             out[p.name] = src
@@ -290,8 +312,8 @@ class Model:
                 continue
             h = p.value.to_host()
             pos = h.positions().astype(np.int32)
-            p.set_value(self.device.to_device(h.to_dense().astype(np.float32), np.float32))
-            out[p.name] = self.device.to_device(pos, np.int32)
+            p.set_value(self.device.to_device(h.to_dense().astype(np.float32), np.float32, category="weights"))
+            out[p.name] = self.device.to_device(pos, np.int32, category="weights")
         return out
 
     def compact(self) -> dict:
@@ -301,10 +323,13 @@ class Model:
         for p in self.params:
             if not p.is_sparse:
                 continue
+            p.release_grad()       # freed before the new support is made (see Param.release_grad)
             w, _, src = p.value.compact(return_src=True)
             if src is not None:
                 p.set_value(w)
                 out[p.name] = src
+            else:
+                p.restore_grad()
         return out
 
     # ---- state -------------------------------------------------------------
@@ -377,7 +402,7 @@ class Model:
             if isinstance(v, CSRMatrix):
                 p.set_value(v)
             elif p.is_sparse:
-                p.set_value(self.device.to_device(v, np.float32))
+                p.set_value(self.device.to_device(v, np.float32, category="weights"))
             else:
                 p.value.set(v)
 

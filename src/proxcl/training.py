@@ -329,7 +329,7 @@ def evaluate(model, dataset, split: str = "test", batch_size: int = 512) -> dict
     count_per_class = np.zeros(num_classes, np.int64)
     loss_sum, correct, n = 0.0, 0, 0
     for x, y in dataset.batches(split, batch_size, shuffle=False):
-        loss, _, pred = model.eval_batch(*model.prepare_batch(x, y), predictions=True)
+        loss, _, pred = model.eval_batch(*model.stage_batch(x, y), predictions=True)
         loss_sum += loss
         correct += int((pred == y).sum())
         n += len(y)
@@ -367,7 +367,7 @@ def train(cfg: TrainConfig, *, resume: str | None = None, dataset=None, device=N
         run.run_phases()
     except KeyboardInterrupt:
         raise TrainingInterrupted(run.last_checkpoint or resume) from None
-    final = evaluate(model, ds, "test")
+    final = evaluate(model, ds, "test", batch_size=cfg.batch_size)
     nnz, weights = nonzero_count(model)
     result = TrainResult(model, run.history, final["accuracy"], nnz, weights, time.perf_counter() - t_start)
     if cfg.out:
@@ -416,7 +416,8 @@ class _Run:
             raise TrainingError(str(e)) from None
         _check_same_config(ck.meta["config"], self.cfg, path)
         self.model.load_sparse_state(ck.model)
-        self.masks = {n: self.dev.to_device(np.asarray(m, np.float32)) for n, m in ck.masks.items()}
+        self.masks = {n: self.dev.to_device(np.asarray(m, np.float32), category="optimizer")
+                      for n, m in ck.masks.items()}
         self.start = ck.meta["position"]
         self.history = ck.meta["history"]
         self.saved_opt = ck.optimizer
@@ -475,7 +476,7 @@ class _Run:
         if phase in ("sparse", "prune") and cfg.switch_density >= 1.0:
             model.to_sparse(None)
         if phase == "prune":
-            self.masks = {p.name: self.dev.full((p.stored,), 1.0) for p in model.params
+            self.masks = {p.name: self.dev.full((p.stored,), 1.0, category="optimizer") for p in model.params
                           if p.penalised and not p.is_sparse}
         elif phase in ("debias", "retrain"):
             if cfg.method == "magnitude":
@@ -531,7 +532,7 @@ class _Run:
                 kw = {"lr": lr_sched.lr_at(epoch, step, steps)}
                 if phase == "sparse":       # before the gradients: it may change the supports
                     kw["l1"] = self._l1_at(l1_sched, epoch, step, steps, opt)
-                loss, ok = model.train_batch(*model.prepare_batch(x, y))
+                loss, ok = model.train_batch(*model.stage_batch(x, y))
                 _check_finite(loss, cfg, phase, epoch, step)
                 self._step(opt, kw)
                 sums["loss"] += loss * len(y)
@@ -571,7 +572,7 @@ class _Run:
                 keep = (p.data.get() != 0).astype(np.float32)
                 if p.name in self.masks:
                     keep *= self.masks[p.name].get()
-                self.masks[p.name] = self.dev.to_device(keep)
+                self.masks[p.name] = self.dev.to_device(keep, category="optimizer")
 
     def _step(self, opt, kw: dict) -> None:
         """The optimizer step; gmp's masks keep pruned dense weights and their gradients at zero."""
@@ -632,7 +633,8 @@ class _Run:
         stats = model.weight_stats()
         nnz = sum(s["nnz"] for s in stats if s["penalised"])
         weights = sum(s["size"] for s in stats if s["penalised"])
-        test = evaluate(model, ds, "test")
+        # evaluation at the training batch size: a larger one would grow every activation buffer
+        test = evaluate(model, ds, "test", batch_size=self.cfg.batch_size)
         seen = max(sums["seen"], 1)
         record = {"phase": phase, "epoch": epoch + 1, "lr": sums["lr"], "l1": sums["l1"] if phase == "sparse" else 0.0,
                   "loss": sums["loss"] / seen, "train_accuracy": sums["correct"] / seen,
@@ -642,7 +644,7 @@ class _Run:
                              for s in stats if s["penalised"]],
                   "seconds": round(time.perf_counter() - t0, 3)}
         if ds.has_split("val"):
-            record["val_accuracy"] = evaluate(model, ds, "val")["accuracy"]
+            record["val_accuracy"] = evaluate(model, ds, "val", batch_size=self.cfg.batch_size)["accuracy"]
         if self.cfg.verbose:
             tqdm.write(f"{phase:>7} {epoch + 1:>3}/{n_epochs}  loss {record['loss']:.4f}  "
                        f"train {record['train_accuracy']:.4f}  test {record['test_accuracy']:.4f}  "
