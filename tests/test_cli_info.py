@@ -45,6 +45,7 @@ def test_info_json_is_file_report(model_file):
     r = _run(path, "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
+    assert "cannot be built" in out.pop("inference_memory")["error"]   # the file's spec is partial
     assert out == json.loads(json.dumps(mf.file_report(path)))
     assert [l["name"] for l in out["layers"]] == list(t)
     assert out["layers"][0]["kind"] == "csr" and out["layers"][0]["shape"] == [300, 784]

@@ -22,7 +22,8 @@ import numpy as np
 import pyopencl.array as cla
 
 from .errors import InputError
-from .ops import CSRMatrix, DenseMatrix, HostCSR
+from .memory import category_of
+from .ops import CSRMatrix, DenseMatrix, HostCSR, gemm
 from .ops import nn
 from .ops.nn import mix32
 from .runtime import Device
@@ -53,6 +54,7 @@ class Workspace:
         self._bufs: dict = {}      # key -> (flat buffer, {(shape, dtype): view})
         self._poisoned = False
         self.shared = False        # whether layers put their outputs in the ping-pong pair
+        self.cols_limit: int | None = None   # bytes: convolutions run im2col in batch chunks of this
         self.tags: dict = {}       # what a scratch buffer holds now, for owners that may reuse it
 
     def get(self, key, shape, dtype=np.float32, category: str = "activations") -> cla.Array:
@@ -90,16 +92,22 @@ class Workspace:
         for key in [k for k in self._bufs if isinstance(k, tuple) and k[0] == owner]:
             del self._bufs[key]
 
+    def clear(self) -> None:
+        """Drop every buffer."""
+        self._bufs.clear()
+        self.tags.clear()
+
     def arrays(self) -> list:
         return [slot[0] for slot in self._bufs.values()]
 
-    def nbytes_by_owner(self) -> dict:
-        """Bytes of the buffers per owner (the first element of a key: a layer key, "loss",
-        "input", "pingpong", SCRATCH)."""
+    def nbytes_by_owner(self, category: str = "activations") -> dict:
+        """Bytes of the buffers of a memory category per owner (the first element of a key: a
+        layer key, "loss", "input", "pingpong", SCRATCH)."""
         out: dict = {}
         for key, (flat, _) in self._bufs.items():
-            owner = key[0] if isinstance(key, tuple) else key
-            out[owner] = out.get(owner, 0) + flat.nbytes
+            if category_of(flat) == category:
+                owner = key[0] if isinstance(key, tuple) else key
+                out[owner] = out.get(owner, 0) + flat.nbytes
         return out
 
     def poison(self) -> None:
@@ -211,6 +219,17 @@ def _make_param(dev: Device, name, shape, matrix_shape, penalised, host: np.ndar
                                category="weights"), dev)
 
 
+def _make_weight(dev: Device, name, shape, matrix_shape, fan_in: int, rng, weight_init) -> Param:
+    """A layer's weight: what ``weight_init(name, shape, matrix_shape, fan_in, rng)`` gives (a
+    CSRMatrix, so the weight starts sparse and is never dense on the device, or a dense device
+    array of matrix_shape), or, when there is no such function or it gives None, PyTorch's
+    default dense init."""
+    value = weight_init(name, shape, matrix_shape, fan_in, rng) if weight_init is not None else None
+    if value is not None:
+        return Param(name, shape, matrix_shape, True, value, dev)
+    return _make_param(dev, name, shape, matrix_shape, True, _uniform(rng, shape, fan_in))
+
+
 def _uniform(rng: np.random.Generator, shape, fan_in: int) -> np.ndarray:
     """PyTorch's default init for Linear and Conv2d (Kaiming uniform with a = sqrt(5), which
     is U(-1/sqrt(fan_in), 1/sqrt(fan_in)); the same bound for the bias)."""
@@ -273,7 +292,7 @@ class Linear(Layer):
     kind = "linear"
 
     def __init__(self, device, workspace, in_shape, name: str, out: int, bias: bool = True,
-                 rng: np.random.Generator | None = None, key=None):
+                 rng: np.random.Generator | None = None, key=None, weight_init=None):
         super().__init__(device, workspace, in_shape, key)
         if len(self.in_shape) != 1:
             raise InputError(f"linear layer {name!r} needs a flat input, got shape {list(self.in_shape)} "
@@ -282,8 +301,8 @@ class Linear(Layer):
         self.name = name
         self.out_shape = (int(out),)
         rng = rng if rng is not None else np.random.default_rng(0)
-        self.weight = _make_param(device, f"{name}.weight", (out, fan_in), (out, fan_in), True,
-                                  _uniform(rng, (out, fan_in), fan_in))
+        self.weight = _make_weight(device, f"{name}.weight", (out, fan_in), (out, fan_in), fan_in, rng,
+                                   weight_init)
         self.bias = (_make_param(device, f"{name}.bias", (out,), (out,), False, _uniform(rng, (out,), fan_in))
                      if bias else None)
         self.params = [self.weight] + ([self.bias] if self.bias is not None else [])
@@ -300,6 +319,7 @@ class Linear(Layer):
     def backward(self, dy, need_dx=True):
         x, y = self._x, self._y
         self._mask_and_bias_grad(dy, y, self.bias)
+        self._dy2 = dy
         w = self.weight.matrix
         w.grad(dy, x, out=self.weight.grad)
         if not need_dx:
@@ -307,6 +327,15 @@ class Linear(Layer):
         dx = self._buf("dx", x.shape)
         w.matmul_t(dy, out=dx)
         return dx
+
+    def grad_rows(self, r0: int, r1: int, out: cla.Array) -> None:
+        """out[r1-r0, in] = rows r0 .. r1-1 of the dense weight gradient of the last backward
+        pass (whatever the weight's storage): the gradient of connections a CSR weight lacks,
+        computed a block of rows at a time so that no weight-sized buffer is made."""
+        n = self._dy2.shape[1]
+        dyb = self._scratch("dy_rows", (r1 - r0, n))
+        nn.col_block(self.device, self._dy2, dyb, r0 * n, to_y=False)
+        gemm(self.device, dyb, self._x, trans_b=True, out=out)
 
 
 def _pair(v, what: str) -> tuple[int, int]:
@@ -376,7 +405,7 @@ class Conv2d(_Window):
     kind = "conv2d"
 
     def __init__(self, device, workspace, in_shape, name: str, out: int, kernel, stride=1, padding=0,
-                 bias: bool = True, rng: np.random.Generator | None = None, key=None):
+                 bias: bool = True, rng: np.random.Generator | None = None, key=None, weight_init=None):
         super().__init__(device, workspace, in_shape, key)
         self._geometry(f"conv2d layer {name!r}", kernel, stride, padding)
         self.name = name
@@ -385,51 +414,78 @@ class Conv2d(_Window):
         fan_in = c * self.kh * self.kw
         self.out_shape = (out, self.ho, self.wo)
         rng = rng if rng is not None else np.random.default_rng(0)
-        self.weight = _make_param(device, f"{name}.weight", (out, c, self.kh, self.kw), (out, fan_in), True,
-                                  _uniform(rng, (out, c, self.kh, self.kw), fan_in))
+        self.weight = _make_weight(device, f"{name}.weight", (out, c, self.kh, self.kw), (out, fan_in),
+                                   fan_in, rng, weight_init)
         self.bias = (_make_param(device, f"{name}.bias", (out,), (out,), False, _uniform(rng, (out,), fan_in))
                      if bias else None)
         self.params = [self.weight] + ([self.bias] if self.bias is not None else [])
         self.pointwise = (self.kh == self.kw == self.sh == self.sw == 1 and self.ph == self.pw == 0)
         self._cols_tag = None
 
-    def _cols(self, x, n, reuse: bool = False):
-        """The im2col columns of x in the shared scratch; with ``reuse``, im2col is skipped when
-        the scratch still holds what this layer's forward pass wrote there."""
+    def _chunks(self, n: int) -> list[tuple[int, int]]:
+        """(first sample, samples) of the equal batch chunks whose im2col columns fit the
+        workspace's ``cols_limit`` (one chunk, the whole batch, when they all fit or there is no
+        limit)."""
+        per_sample = 4 * self.in_shape[0] * self.kh * self.kw * self.ho * self.wo
+        limit = self.ws.cols_limit
+        if self.pointwise or not limit or n * per_sample <= limit:
+            return [(0, n)]
+        parts = -(-n // max(1, limit // per_sample))
+        step = -(-n // parts)
+        return [(s, min(step, n - s)) for s in range(0, n, step)]
+
+    def _cols(self, x, n0: int, nc: int, reuse: bool = False):
+        """The im2col columns of samples n0 .. n0+nc-1 of x in the shared scratch; with
+        ``reuse``, im2col is skipped when the scratch still holds what this layer's forward pass
+        wrote there for the whole batch."""
         c = self.in_shape[0]
         if self.pointwise:
             return x.reshape(c, x.size // c)
-        cols = self._scratch("cols", (c * self.kh * self.kw, n * self.ho * self.wo))
+        cols = self._scratch("cols", (c * self.kh * self.kw, nc * self.ho * self.wo))
         tags = self.ws.tags
-        if not (reuse and tags.get("cols") is not None and tags.get("cols") is self._cols_tag):
-            nn.im2col(self.device, self._geo(n), x, cols, n * self.ho)
-            self._cols_tag = tags["cols"] = object()
+        whole = n0 == 0 and nc == x.shape[1]
+        if not (reuse and whole and tags.get("cols") is not None and tags.get("cols") is self._cols_tag):
+            nn.im2col(self.device, self._geo(nc), x, cols, nc * self.ho, n0)
+            self._cols_tag = tags["cols"] = object() if whole else None
         return cols
 
     def forward(self, x, train=False, keep=False):
         n = x.shape[1]
-        o = self.out_shape[0]
-        cols = self._cols(x, n)
+        o, p = self.out_shape[0], self.ho * self.wo
         y = self._out(x, (o, n, self.ho, self.wo), keep)
-        y2 = y.reshape(o, n * self.ho * self.wo)
+        y2 = y.reshape(o, n * p)
         b = self.bias.value if self.bias is not None else None
-        self.weight.matrix.matmul(cols, bias=b, relu=self.relu, out=y2)
+        w = self.weight.matrix
+        chunks = self._chunks(n)
+        if len(chunks) == 1:
+            w.matmul(self._cols(x, 0, n), bias=b, relu=self.relu, out=y2)
+        else:
+            for n0, nc in chunks:
+                cols = self._cols(x, n0, nc)
+                yc = self._scratch("yc", (o, nc * p))
+                w.matmul(cols, bias=b, relu=self.relu, out=yc)
+                nn.col_block(self.device, y2, yc, n0 * p, to_y=True)
         if keep:
             self._x, self._y2, self._n = x, y2, n
         return y
 
     def backward(self, dy, need_dx=True):
         n, x = self._n, self._x
-        o = self.out_shape[0]
-        dy2 = dy.reshape(o, n * self.ho * self.wo)
+        o, p = self.out_shape[0], self.ho * self.wo
+        dy2 = dy.reshape(o, n * p)
         self._mask_and_bias_grad(dy2, self._y2, self.bias)
+        self._dy2 = dy2
         w = self.weight.matrix
-        cols = self._cols(x, n, reuse=True)
+        c = self.in_shape[0]
+        dx = self._buf("dx", self.batch_shape(self.in_shape, n)) if need_dx else None
+        chunks = self._chunks(n)
+        if len(chunks) > 1:
+            self._backward_chunks(chunks, x, dy2, dx)
+            return dx
+        cols = self._cols(x, 0, n, reuse=True)
         w.grad(dy2, cols, out=self.weight.grad)
         if not need_dx:
             return None
-        c = self.in_shape[0]
-        dx = self._buf("dx", self.batch_shape(self.in_shape, n))
         if self.pointwise:
             dcols = dx.reshape(c, dx.size // c)
         else:
@@ -438,6 +494,44 @@ class Conv2d(_Window):
         if not self.pointwise:
             nn.col2im(self.device, self._geo(n), dcols, dx)
         return dx
+
+    def _backward_chunks(self, chunks, x, dy2, dx) -> None:
+        """The backward pass chunk by chunk of the batch: im2col of the chunk, its part of dY,
+        dW summed over the chunks, ``W^T dY`` over the columns and col2im into its part of dx."""
+        dev, w, g = self.device, self.weight.matrix, self.weight.grad
+        o, p = self.out_shape[0], self.ho * self.wo
+        for i, (n0, nc) in enumerate(chunks):
+            cols = self._cols(x, n0, nc)
+            dyc = self._scratch("yc", (o, nc * p))
+            nn.col_block(dev, dy2, dyc, n0 * p, to_y=False)
+            if i == 0:
+                w.grad(dyc, cols, out=g)
+            else:
+                part = self._scratch("dw", g.shape)
+                w.grad(dyc, cols, out=part)
+                nn.add_into(dev, g, part)
+            if dx is not None:
+                w.matmul_t(dyc, out=cols)
+                nn.col2im(dev, self._geo(nc), cols, dx, n0, nc)
+
+    def grad_rows(self, r0: int, r1: int, out: cla.Array) -> None:
+        """out[r1-r0, C*kh*kw] = rows r0 .. r1-1 of the dense weight gradient of the last
+        backward pass (as Linear.grad_rows), summed over the batch chunks of im2col."""
+        dev, x, n = self.device, self._x, self._n
+        p = self.ho * self.wo
+        part = None
+        for i, (n0, nc) in enumerate(self._chunks(n)):
+            cols = self._cols(x, n0, nc)
+            dyb = self._scratch("dy_rows", (r1 - r0, nc * p))
+            # rows r0.. of dY2[O, n*p], the chunk's columns: a block at r0*n*p + n0*p, row stride n*p
+            nn.col_block(dev, self._dy2, dyb, r0 * n * p + n0 * p, to_y=False)
+            if i == 0:
+                gemm(dev, dyb, cols, trans_b=True, out=out)
+            else:
+                part = part if part is not None else self._scratch("rows_part", out.shape)
+                gemm(dev, dyb, cols, trans_b=True, out=part)
+                nn.add_into(dev, out, part)
+        self.ws.tags["cols"] = None
 
     # ---- inference without im2col (CSR weights) ----------------------------
     DIRECT_MAX_DENSITY = 0.2

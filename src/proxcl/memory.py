@@ -32,6 +32,8 @@ category, of the total, and of the training state (weights + gradients + optimiz
 
 from __future__ import annotations
 
+import contextlib
+
 import pyopencl.tools as cl_tools
 
 __all__ = ["CATEGORIES", "STATE", "Memory", "category_of", "format_bytes"]
@@ -85,7 +87,7 @@ class Memory:
         self.requests = 0
         self.driver_allocations = 0
         self._on_release: list = []
-        self.reset_peak()
+        self._peaks: list[dict] = [self._fresh_peak()]   # the device's, then any measure() blocks
 
     def allocator(self, category: str) -> _Allocator:
         try:
@@ -108,19 +110,19 @@ class Memory:
             self._released()
         live = {c: p.active_bytes for c, p in self._pools.items()}
         total = sum(live.values())
-        peak = self._peak
-        if total > peak["total"]:
-            peak["total"] = total
-            self._at_peak = live
         state = live["weights"] + live["gradients"] + live["optimizer"]
-        if state > peak["state"]:
-            peak["state"] = state
-        c = alloc.category
-        if live[c] > peak[c]:
-            peak[c] = live[c]
         pooled = sum(p.managed_bytes for p in self._pools.values())
-        if pooled > peak["pool"]:
-            peak["pool"] = pooled
+        c = alloc.category
+        for peak in self._peaks:
+            if total > peak["total"]:
+                peak["total"] = total
+                peak["at_peak"] = live
+            if state > peak["state"]:
+                peak["state"] = state
+            if live[c] > peak[c]:
+                peak[c] = live[c]
+            if pooled > peak["pool"]:
+                peak["pool"] = pooled
         return buf
 
     def on_release(self, callback) -> None:
@@ -147,22 +149,40 @@ class Memory:
         """Bytes each pool holds from the driver (live buffers in whole bins, and kept ones)."""
         return {c: int(p.managed_bytes) for c, p in self._pools.items()}
 
-    def reset_peak(self) -> None:
-        """Peaks start again from what is live now."""
+    def _fresh_peak(self) -> dict:
         live = self.live()
-        self._peak = dict(live, total=sum(live.values()), state=sum(live[c] for c in STATE),
-                          pool=sum(self.pooled().values()))
-        self._at_peak = live
+        return dict(live, total=sum(live.values()), state=sum(live[c] for c in STATE),
+                    pool=sum(self.pooled().values()), at_peak=live)
+
+    def reset_peak(self) -> None:
+        """The device's peaks start again from what is live now."""
+        self._peaks[0] = self._fresh_peak()
 
     def peak(self) -> dict[str, int]:
         """Peak live bytes since the last :meth:`reset_peak`: per category (each its own
         maximum), ``total``, ``state`` (weights + gradients + optimizer) and ``pool`` (the most
         the pools held)."""
-        return dict(self._peak)
+        return {k: v for k, v in self._peaks[0].items() if k != "at_peak"}
 
     def peak_breakdown(self) -> dict[str, int]:
         """Live bytes per category at the moment the total peaked."""
-        return dict(self._at_peak)
+        return dict(self._peaks[0]["at_peak"])
+
+    @contextlib.contextmanager
+    def measure(self):
+        """Peaks within a block, the device's own going on: yields a dict that, when the block
+        ends, holds ``before`` (live bytes per category at its start), ``peak`` (as
+        :meth:`peak`, over the block) and ``at_peak`` (live bytes per category when the total
+        peaked)."""
+        result = {"before": self.live()}
+        peak = self._fresh_peak()
+        self._peaks.append(peak)
+        try:
+            yield result
+        finally:
+            self._peaks.remove(peak)
+            result["at_peak"] = peak.pop("at_peak")
+            result["peak"] = peak
 
     def snapshot(self) -> dict:
         """What a log records: live bytes per category and in all, the pools' bytes, and the

@@ -515,7 +515,8 @@ def load(path, device=None, *, with_metadata: bool = False):
 
     spec, tensors, metadata = read_model_file(path)
     try:
-        model = models.build(spec, device=device)
+        # CSR weights are made CSR from the start: the dense form never exists on the device
+        model = models.build(spec, device=device, csr=[n for n, v in tensors.items() if isinstance(v, HostCSR)])
         model.load_sparse_state(tensors)
     except (ValueError, KeyError, TypeError, IndexError, MemoryError, OverflowError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -16,24 +16,35 @@ from .layers import Conv2d, Dropout, Flatten, Layer, Linear, MaxPool2d, Param, R
 from .ops import CSRMatrix, HostCSR, csr_problem
 from .ops import nn
 from .runtime import Device, default_device
-from .spec import BUILTIN_SPECS, normalize_spec
+from .sparse_init import layer_densities, random_csr_init
+from .spec import BUILTIN_SPECS, normalize_spec, weight_shapes
 
 __all__ = ["build", "Model", "BUILTIN_SPECS", "normalize_spec"]
 
 
-def build(name_or_spec, device: Device | None = None, seed: int = 0) -> "Model":
+def build(name_or_spec, device: Device | None = None, seed: int = 0, *, init_density: float | None = None,
+          switch_density: float = 1.0, csr=()) -> "Model":
     """A model from a built-in name, a spec dict, JSON text or a JSON file path, initialised
-    with seeded PyTorch-default (Kaiming uniform) weights."""
-    return Model(normalize_spec(name_or_spec), device=device, seed=seed)
+    with seeded PyTorch-default (Kaiming uniform) weights.
+
+    ``init_density``: every weight starts instead on a random support, the overall density
+    spread over the layers by proxcl.sparse_init, as a CSR matrix (never dense on the device), or
+    stored dense when its density is above ``switch_density``.  ``csr``: names of
+    weights that start as empty CSR matrices, for a load_sparse_state that fills them (a sparse
+    model file is loaded without its dense weights)."""
+    return Model(normalize_spec(name_or_spec), device=device, seed=seed, init_density=init_density,
+                 switch_density=switch_density, csr=csr)
 
 
 class Model:
     """A feed-forward classifier on one OpenCL device.  See the module docstring for specs."""
 
-    def __init__(self, spec: dict, device: Device | None = None, seed: int = 0):
+    def __init__(self, spec: dict, device: Device | None = None, seed: int = 0, *,
+                 init_density: float | None = None, switch_density: float = 1.0, csr=()):
         spec = normalize_spec(spec)
         self.spec = spec
         self.device = device if device is not None else default_device()
+        init = _weight_init(spec, self.device, init_density, switch_density, csr)
         self.input_shape = tuple(spec["input_shape"])
         self.num_classes = int(spec["num_classes"])
         self.workspace = Workspace(self.device)
@@ -45,10 +56,10 @@ class Model:
         for i, l in enumerate(spec["layers"]):
             t = l["type"]
             if t == "linear":
-                layer = Linear(dev, ws, shape, l["name"], l["out"], l["bias"], rng=rng, key=i)
+                layer = Linear(dev, ws, shape, l["name"], l["out"], l["bias"], rng=rng, key=i, weight_init=init)
             elif t == "conv2d":
                 layer = Conv2d(dev, ws, shape, l["name"], l["out"], l["kernel"], l["stride"], l["padding"],
-                               l["bias"], rng=rng, key=i)
+                               l["bias"], rng=rng, key=i, weight_init=init)
             elif t == "maxpool2d":
                 layer = MaxPool2d(dev, ws, shape, l["kernel"], l["stride"], l["padding"], key=i)
             elif t == "relu":
@@ -106,6 +117,34 @@ class Model:
             out.append({"name": p.name, "kind": "csr" if p.is_sparse else "dense", "shape": list(p.shape),
                         "nnz": nnz, "size": p.size, "density": nnz / p.size if p.size else 0.0,
                         "penalised": p.penalised})
+        return out
+
+    def inference_memory(self, batch: int) -> dict[str, int]:
+        """The device memory a forward pass of ``batch`` images needs, measured on the model's
+        device (which should hold only this model): at the pass's peak, the bytes of the
+        ``weights`` (their device storage, CSR structures included), of the ``activations`` and
+        workspaces, of the ``input`` batch, and their ``total``.  The workspace is emptied first,
+        so only this batch size's buffers count; before a model has trained, a pass holds the
+        largest activations (the ping-pong pair), not all of them."""
+        self.workspace.clear()
+        x = np.zeros((int(batch),) + self.input_shape, np.float32)
+        with self.device.memory.measure() as m:
+            self.forward(x, batch_size=int(batch))
+            self.device.finish()
+        at = m["at_peak"]
+        return {"weights": at["weights"], "activations": at["activations"], "input": at["data"],
+                "total": m["peak"]["total"]}
+
+    def activation_bytes(self) -> dict[str, int]:
+        """Bytes of the activation and workspace buffers the model holds now, per owner: a
+        layer (its name, or kind@index in the spec for layers without one), "scratch" (the
+        im2col buffer the convolutions share), "pingpong" (inference outputs), "loss"."""
+        out = {}
+        for owner, n in self.workspace.nbytes_by_owner("activations").items():
+            if isinstance(owner, int):
+                layer = self.layers[owner]
+                owner = getattr(layer, "name", None) or f"{layer.kind}@{owner}"
+            out[str(owner)] = n
         return out
 
     def set_seed(self, seed: int) -> None:
@@ -405,6 +444,24 @@ class Model:
                 p.set_value(self.device.to_device(v, np.float32, category="weights"))
             else:
                 p.value.set(v)
+
+
+def _weight_init(spec: dict, device: Device, init_density, switch_density, csr):
+    """The layers' weight_init for build's init_density or csr (None: the dense default)."""
+    if init_density is not None:
+        densities = layer_densities(weight_shapes(spec), init_density)
+        return random_csr_init(densities, device, switch_density)
+    names = set(csr)
+    if not names:
+        return None
+
+    def empty(name, shape, matrix_shape, fan_in, rng):
+        if name not in names:
+            return None
+        m, k = matrix_shape
+        return CSRMatrix.from_arrays(np.zeros(m + 1, np.int32), np.zeros(0, np.int32),
+                                     np.zeros(0, np.float32), (m, k), device)
+    return empty
 
 
 def _check_csr(w: CSRMatrix, name: str) -> None:

@@ -241,8 +241,9 @@ class Optimizer:
     # ---- support changes -------------------------------------------------------
     def remap(self, name: str, src) -> None:
         """The parameter ``name`` has a new support: value q of the new one was value src[q] of
-        the old one (src: int32 device array, e.g. from CSRMatrix.from_dense(return_src=True) or
-        compact(return_src=True)).  Gathers every per-value state array; the step count stays.
+        the old one, or is new where src[q] = -1 (src: int32 device array, e.g. from
+        CSRMatrix.from_dense(return_src=True), compact(return_src=True) or regrowth).  Gathers
+        every per-value state array (a new value's state starts at zero); the step count stays.
         A name the optimizer has not seen yet is left alone."""
         st = self._state.get(name)
         if st is None:
@@ -252,8 +253,8 @@ class Optimizer:
         if src.size:
             host = src.get()
             lo, hi = int(host.min()), int(host.max())
-            if lo < 0 or hi >= st.size:
-                raise InputError(f"remap {name!r}: src holds positions outside [0, {st.size})")
+            if lo < -1 or hi >= st.size:
+                raise InputError(f"remap {name!r}: src holds positions outside [-1, {st.size})")
         for s in list(st.arrays):    # one at a time: each old array is freed before the next gather
             st.arrays[s] = gather(self.device, st.arrays[s], src)
         st.size = int(src.size)

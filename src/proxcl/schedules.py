@@ -16,8 +16,9 @@ steps_per_epoch), epochs counted from 0:
 * ``CubicSparsity(final, start, end, initial)``   the sparsity of gradual magnitude pruning
   (Zhu & Gupta 2017): ``s(x) = final + (initial - final) (1 - (x - start) / (end - start))^3``
   between ``start`` and ``end`` (in epochs), ``initial`` before and ``final`` after
-* ``DensityController(target, l1, ramp)``         lambda adapted during training so that the share
-  of nonzero weights follows 1 - CubicSparsity down to ``target`` and then stays there
+* ``DensityController(target, l1, ramp, start)``  lambda adapted during training so that the share
+  of nonzero weights follows 1 - CubicSparsity from ``start`` (1: dense) down to ``target`` and
+  then stays there
 
 Build them with :func:`make_lr_schedule` and :func:`make_l1_schedule`; bad arguments raise a
 one-line ValueError.
@@ -206,8 +207,9 @@ class CubicSparsity:
 class DensityController:
     """Adapts lambda so that the density (share of nonzero weights) follows a target path.
 
-    The path is ``1 - CubicSparsity(1 - target, 0, ramp)``: from dense down to ``target`` over the
-    first ``ramp`` epochs along Zhu & Gupta's cubic, then ``target``.  At every :meth:`update` with
+    The path is ``1 - CubicSparsity(1 - target, 0, ramp, 1 - start)``: from ``start`` (dense, or
+    the density of a sparse initialisation) down to ``target`` over the first ``ramp`` epochs
+    along Zhu & Gupta's cubic, then ``target``.  At every :meth:`update` with
     the measured density ``d`` and the path's ``d*``, ``e = clip(log(d / d*), -1, 1)`` and
 
         I <- I + ki e;    lambda = l1 * exp(I + kp e)  if d > d*,  else 0
@@ -219,7 +221,7 @@ class DensityController:
     decreases would carry the density far below the target).  The integral keeps the lambda at
     which the density last followed the path.  lambda stays within [``l1_min``, ``l1_max``]."""
 
-    def __init__(self, target, l1, ramp, kp=1.0, ki=0.02, l1_min=1e-8, l1_max=1.0):
+    def __init__(self, target, l1, ramp, kp=1.0, ki=0.02, l1_min=1e-8, l1_max=1.0, start=1.0):
         self.target = _number("target density", target, positive=True)
         if self.target > 1:
             raise InputError(f"target density must be in (0, 1], got {target!r}")
@@ -227,7 +229,11 @@ class DensityController:
         self.kp = _number("controller kp", kp)
         self.ki = _number("controller ki", ki, positive=True)
         self.l1_min, self.l1_max = float(l1_min), float(l1_max)
-        self.path = CubicSparsity(1.0 - self.target, 0.0, _number("density ramp", ramp, positive=True))
+        start = _number("start density", start, positive=True)
+        if not self.target <= start <= 1:
+            raise InputError(f"the density path must start between the target ({target!r}) and 1, got {start!r}")
+        self.path = CubicSparsity(1.0 - self.target, 0.0, _number("density ramp", ramp, positive=True),
+                                  initial=1.0 - start)
         self.integral = 0.0
         self.l1 = self.base
 

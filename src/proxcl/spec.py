@@ -217,5 +217,16 @@ def _shapes(spec) -> list[tuple]:
     return shapes
 
 
+def weight_shapes(spec) -> dict[str, tuple[int, ...]]:
+    """{weight name: PyTorch shape} of a normalised spec's linear and conv2d layers, in order."""
+    out = {}
+    for l, s in zip(spec["layers"], _shapes(spec)):
+        if l["type"] == "linear":
+            out[f"{l['name']}.weight"] = (l["out"], s[0])
+        elif l["type"] == "conv2d":
+            out[f"{l['name']}.weight"] = (l["out"], s[0]) + _pairs(l["kernel"])
+    return out
+
+
 def _pairs(v):
     return (v, v) if isinstance(v, int) else tuple(v)

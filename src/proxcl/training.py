@@ -43,6 +43,7 @@ METHODS = ("proximal", "dense", "magnitude", "gmp")
 PROX_OPTIMIZERS = ("prox-sgd", "prox-adam", "rda")
 PLAIN_OPTIMIZERS = ("sgd", "adam")
 PENALTIES = ("l1", "reweighted")
+REGROW = ("random", "gradient")
 # the plain form of a proximal optimizer: what checkpoints written before the baselines refused
 # proximal optimizers ran in a baseline's dense phase
 _PLAIN = {"prox-sgd": "sgd", "prox-adam": "adam", "sgd": "sgd", "adam": "adam"}
@@ -90,6 +91,9 @@ class TrainConfig:
     l1_ramp_epochs: int = 0
     target_density: float | None = None  # proximal: lambda found for it; magnitude/gmp: kept share
     density_ramp: float = 0.75         # proximal with a target: share of the sparse epochs to reach it
+    init_density: float | None = None  # proximal: weights start as random CSR supports of this density
+    regrow: str | None = None          # proximal on CSR: random | gradient new entries at sparse epoch ends
+    regrow_fraction: float = 0.1       # entries regrown per layer, as a share of its nonzeros
     epochs: int = 20
     debias_epochs: int = 10
     batch_size: int = 128
@@ -193,8 +197,21 @@ class TrainConfig:
             number("prune-end", self.prune_end, 0.0, 1.0, lo_open=True)
             number("prune-start", self.prune_start, 0.0, self.prune_end, hi_open=True)
             whole("prune-frequency", self.prune_frequency, 1)
+        self._check_init()
         if self.method == "proximal" and self.target_density is not None and self.l1 <= 0:
             raise TrainingError("--target-density adapts lambda from --l1, which must be > 0")
+
+    def _check_init(self) -> None:
+        with _as_training_error():
+            if self.init_density is not None:
+                number("init-density", self.init_density, 0.0, 1.0, lo_open=True)
+            number("regrow-fraction", self.regrow_fraction, 0.0, 1.0, lo_open=True)
+        if self.regrow not in (None, *REGROW):
+            raise TrainingError(f"regrow must be one of {', '.join(REGROW)}, got {self.regrow!r}")
+        if self.init_density is not None and self.target_density is not None \
+                and self.target_density > self.init_density:
+            raise TrainingError(f"--target-density ({self.target_density:g}) is above --init-density "
+                                f"({self.init_density:g}): a support only shrinks towards the target")
 
     def _check_paths(self) -> None:
         paths = {}
@@ -284,6 +301,10 @@ _SCOPES = (
     _Scope("--prune-start", "prune_start", "--method gmp", _gmp),
     _Scope("--prune-end", "prune_end", "--method gmp", _gmp),
     _Scope("--prune-frequency", "prune_frequency", "--method gmp", _gmp),
+    _Scope("--init-density", "init_density", "--method proximal", _proximal),
+    _Scope("--regrow", "regrow", "--method proximal", _proximal),
+    _Scope("--regrow-fraction", "regrow_fraction", "--method proximal with --regrow",
+           lambda c: _proximal(c) and c.regrow is not None),
 )
 # option -> the runs it applies to, for --help
 OPTION_SCOPES = {s.option: s.where for s in _SCOPES}
@@ -301,6 +322,7 @@ class TrainResult:
     nnz: int
     weights: int
     seconds: float
+    memory: dict = field(default_factory=dict)   # proxcl.memory snapshot at the end: peaks of the run
 
     @property
     def density(self) -> float:
@@ -357,7 +379,9 @@ def train(cfg: TrainConfig, *, resume: str | None = None, dataset=None, device=N
     t_start = time.perf_counter()
     dev = device or Device(cfg.device)
     ds = dataset or load_dataset(cfg.data, val_split=cfg.val_split, seed=cfg.seed)
-    model = models.build(cfg.model, device=dev, seed=cfg.seed)
+    dev.memory.reset_peak()      # the run's peaks: from the model's weights on
+    model = models.build(cfg.model, device=dev, seed=cfg.seed, init_density=cfg.init_density,
+                         switch_density=cfg.switch_density)
     _check_fits(model, ds)
 
     run = _Run(cfg, model, ds, dev, t_start, on_epoch_end)
@@ -369,7 +393,8 @@ def train(cfg: TrainConfig, *, resume: str | None = None, dataset=None, device=N
         raise TrainingInterrupted(run.last_checkpoint or resume) from None
     final = evaluate(model, ds, "test", batch_size=cfg.batch_size)
     nnz, weights = nonzero_count(model)
-    result = TrainResult(model, run.history, final["accuracy"], nnz, weights, time.perf_counter() - t_start)
+    result = TrainResult(model, run.history, final["accuracy"], nnz, weights, time.perf_counter() - t_start,
+                         dev.memory.snapshot())
     if cfg.out:
         from .modelfile import save
         save(model, cfg.out, half=cfg.half, metadata=_file_metadata(cfg, result, dev, ds))
@@ -508,7 +533,8 @@ class _Run:
         cfg = self.cfg
         if phase != "sparse" or cfg.target_density is None:
             return None
-        return DensityController(cfg.target_density, cfg.l1, cfg.density_ramp * cfg.epochs)
+        return DensityController(cfg.target_density, cfg.l1, cfg.density_ramp * cfg.epochs,
+                                 start=cfg.init_density or 1.0)
 
     # ---- one epoch ------------------------------------------------------------------------------
     def _epoch(self, phase: str, epoch: int, n_epochs: int, opt, lr_sched) -> dict:
@@ -595,6 +621,8 @@ class _Run:
                 prune(self.model, self.cfg.target_density, "global")
             self._sparsify(opt)
             opt.refresh_reweighting(self.model.params)
+            if self.cfg.regrow and epoch < n_epochs - 1:
+                self._regrow(epoch, opt)
         elif phase == "prune":
             self._gmp_prune(float(epoch + 1), opt)
             self._sparsify(opt)
@@ -610,6 +638,22 @@ class _Run:
                     for name, src in self.model.to_sparse(p.name).items():
                         opt.remap(name, src)
         self.masks = {n: m for n, m in self.masks.items() if not self.model.param(n).is_sparse}
+        # the buffers of replaced supports (dense weights after a switch) go back to the driver
+        self.dev.memory.trim()
+
+    def _regrow(self, epoch: int, opt) -> None:
+        """New zero entries in every CSR weight (proxcl.regrowth), chosen at random or by the
+        gradient of one training batch (the first of a stream of its own, so a resumed run
+        chooses the same)."""
+        from .regrowth import regrow
+        cfg, model = self.cfg, self.model
+        rng = np.random.default_rng([cfg.seed, 7, epoch])
+        if cfg.regrow == "gradient":
+            x, y = next(iter(self.ds.batches("train", cfg.batch_size, shuffle=True, seed=cfg.seed,
+                                             epoch=300_000 + epoch)))
+            model.train_batch(*model.stage_batch(x, y))
+        regrow(model, opt, cfg.regrow, cfg.regrow_fraction, rng)
+        self.dev.memory.trim()
 
     def _gmp_prune(self, x: float, opt) -> None:
         """A pruning step of gradual magnitude pruning at ``x`` epochs: cut every group to the
@@ -642,7 +686,8 @@ class _Run:
                   "nnz": nnz, "weights": weights, "density": nnz / weights if weights else 0.0,
                   "layers": [{"name": s["name"], "kind": s["kind"], "nnz": s["nnz"], "density": s["density"]}
                              for s in stats if s["penalised"]],
-                  "seconds": round(time.perf_counter() - t0, 3)}
+                  "seconds": round(time.perf_counter() - t0, 3),
+                  "memory": dict(self.dev.memory.snapshot(), activations_by_layer=model.activation_bytes())}
         if ds.has_split("val"):
             record["val_accuracy"] = evaluate(model, ds, "val", batch_size=self.cfg.batch_size)["accuracy"]
         if self.cfg.verbose:

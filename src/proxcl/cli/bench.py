@@ -47,6 +47,15 @@ def add_parser(sub) -> None:
     if mod is not None:
         mod.add_arguments(m)
     m.set_defaults(func=run_model)
+
+    mem = bsub.add_parser("memory", help="device bytes of training per category, dense and CSR",
+                          description="Training memory of lenet300 and lenet5, dense and CSR at 5, 2 and "
+                                      "1 %% density: the bytes per category (weights, gradients, "
+                                      "optimizer state, activations and workspaces, data), the peaks, "
+                                      "and the activations per layer.")
+    from ..bench import memory
+    memory.add_arguments(mem)
+    mem.set_defaults(func=run_memory)
     p.set_defaults(func=lambda args: _no_what(p))
 
 
@@ -66,6 +75,13 @@ def run_kernels(args) -> int:
                          log=lambda line: print(line, flush=True))
     finish(result, args.json)
     return 0
+
+
+def run_memory(args) -> int:
+    from ..bench import memory
+    from ..fileio import check_writable
+    check_writable(args.json, "--json")
+    return memory.run(args)
 
 
 def run_model(args) -> int:

@@ -11,20 +11,22 @@ def add_parser(sub) -> None:
                                    "shape, nonzeros, density and the bytes it takes in the file; then "
                                    "totals: parameters, nonzeros, density, the parameter compression "
                                    "ratio, the file size, the size of the same model as dense float32, "
-                                   "and the bytes compression ratio.")
+                                   "and the bytes compression ratio; then the device memory that "
+                                   "inference needs at batch 1 and 256 (weights plus the largest live "
+                                   "activations and the input batch), measured on the OpenCL device "
+                                   "of $PROXCL_DEVICE.")
     p.add_argument("model", metavar="MODEL", help="model file written by proxcl train or proxcl.save")
     p.add_argument("--json", action="store_true",
                    help='print JSON: {"layers": [{"name", "kind", "shape", "nnz", "density", "bytes"}], '
                         '"total": {"params", "nnz", "density", "params_ratio", "file_bytes", '
-                        '"dense_bytes", "bytes_ratio"}}')
+                        '"dense_bytes", "bytes_ratio"}, "inference_memory": {"device", "1": '
+                        '{"weights", "activations", "input", "total"}, "256": {...}} or {"error"}}')
     p.set_defaults(func=run)
 
 
 def _bytes(n: int) -> str:
-    for unit, size in (("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n} B"
+    from ..memory import format_bytes
+    return format_bytes(n)
 
 
 def format_report(report: dict) -> str:
@@ -45,6 +47,17 @@ def format_report(report: dict) -> str:
               f"file         {t['file_bytes']:,} bytes ({_bytes(t['file_bytes'])}, header included)",
               f"dense fp32   {t['dense_bytes']:,} bytes ({_bytes(t['dense_bytes'])})",
               f"compression  {_ratio(t['bytes_ratio'])} than dense float32"]
+    mem = report.get("inference_memory")
+    if mem is not None:
+        lines.append("")
+        if "error" in mem:
+            lines.append(f"inference    device memory not measured: {mem['error']}")
+        for batch in INFERENCE_BATCHES:
+            m = mem.get(str(batch))
+            if m:
+                lines.append(f"inference    batch {batch:>3}: {_bytes(m['total'])} of device memory "
+                             f"(weights {_bytes(m['weights'])}, activations {_bytes(m['activations'])}, "
+                             f"input {_bytes(m['input'])})")
     return "\n".join(lines)
 
 
@@ -53,9 +66,30 @@ def _ratio(r: float) -> str:
     return f"{r:.1f}x smaller" if r >= 1 else f"{1 / r:.1f}x larger"
 
 
+INFERENCE_BATCHES = (1, 256)
+
+
+def inference_memory(path) -> dict:
+    """The device memory inference needs at batch 1 and 256 (Model.inference_memory), measured
+    on a fresh device that holds only this model; {"error": why} without an OpenCL device or
+    when the file's model cannot be built."""
+    from ..modelfile import ModelFileError, load
+    from ..runtime import Device, DeviceError
+    try:
+        dev = Device()
+        model = load(path, device=dev)
+    except (DeviceError, ModelFileError) as e:
+        return {"error": str(e).strip().splitlines()[0]}
+    out = {"device": f"{dev.platform_name} | {dev.name}"}
+    for batch in INFERENCE_BATCHES:
+        out[str(batch)] = model.inference_memory(batch)
+    return out
+
+
 def run(args) -> int:
     from ..modelfile import file_report
     report = file_report(args.model)
+    report["inference_memory"] = inference_memory(args.model)
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -104,6 +104,17 @@ def _add_proximal(g, d) -> None:
     g.add_argument("--density-ramp", type=float, default=d.density_ramp, metavar="F",
                    help="with --target-density: share of the sparse epochs over which the density "
                         "descends to the target (default %(default)s)")
+    g.add_argument("--init-density", type=float, default=d.init_density, metavar="R",
+                   help="proximal: start every weight as a random CSR support, R of all weights "
+                        "spread over the layers Erdos-Renyi style (large layers sparser), and train "
+                        "on CSR from the first step; the dense weights never exist on the device. "
+                        "With --target-density the path descends from R")
+    g.add_argument("--regrow", choices=("random", "gradient"), default=d.regrow,
+                   help="proximal on CSR: at the end of every sparse epoch but the last, each layer gains "
+                        "--regrow-fraction of its nonzeros as new zero entries, chosen at random or by the "
+                        "largest gradient magnitudes (computed in blocks of rows, never a dense weight)")
+    g.add_argument("--regrow-fraction", type=float, default=d.regrow_fraction, metavar="F",
+                   help="with --regrow (default %(default)s)")
 
 
 def _add_schedule(g, d) -> None:
@@ -247,12 +258,17 @@ def run(args) -> int:
         else:
             print("proxcl: interrupted before the first checkpoint; nothing to resume", file=sys.stderr)
         return 130
+    peak = res.memory["peak"]
     summary = {"out": cfg.out, "test_accuracy": res.test_accuracy, "nnz": res.nnz, "weights": res.weights,
-               "density": res.density, "seconds": round(res.seconds, 1)}
+               "density": res.density, "seconds": round(res.seconds, 1), "peak_bytes": peak["total"],
+               "peak_state_bytes": peak["state"]}
     if args.json:
         print(json.dumps(summary))
     else:
+        from ..memory import format_bytes
         print(f"test accuracy {res.test_accuracy * 100:.2f} %, {res.nnz} of {res.weights} weights nonzero "
               f"({res.density * 100:.2f} %), {res.seconds:.0f} s; model written to {cfg.out}",
               file=sys.stdout)
+        print(f"peak device memory {format_bytes(peak['total'])} (weights, gradients and optimizer state "
+              f"{format_bytes(peak['state'])}; details per epoch in --log)", file=sys.stdout)
     return 0

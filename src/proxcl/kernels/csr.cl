@@ -307,12 +307,12 @@ __kernel void csr_fill_nonzero(const int m, __global const int *restrict Ap,
     }
 }
 
-/* out[q] = x[idx[q]]      idx[n], out[n]. */
+/* out[q] = x[idx[q]], or 0 where idx[q] < 0 (an entry new to a support)      idx[n], out[n]. */
 __kernel void gather_f32(const int n, __global const float *restrict x,
                          __global const int *restrict idx, __global float *restrict out)
 {
     const int q = get_global_id(0);
-    if (q < n) out[q] = x[idx[q]];
+    if (q < n) out[q] = idx[q] >= 0 ? x[idx[q]] : 0.0f;
 }
 
 /* out[idx[q]] = x[q]; out is written only at idx (the caller zeroes it first)  x[n], idx[n]. */

@@ -27,14 +27,16 @@
 
 /* ---- convolution as a product: im2col and its adjoint (col2im, written as a gather) ----
  * These kernels give each work-item one image row (all of its columns), so the index
- * arithmetic (integer divisions) is paid once per row, not once per element. */
+ * arithmetic (integer divisions) is paid once per row, not once per element.
+ * Both work on a chunk of the batch: the N samples n0 .. n0+N-1 of an X (or dX) of NX samples
+ * (n0 = 0, NX = N for the whole batch); cols holds the chunk's columns only. */
 
-/* cols[C*KH*KW, N*Ho*Wo] from X[C, N, H, W]:
- *   cols[(c*KH + ky)*KW + kx, (n*Ho + oy)*Wo + ox] = X[c, n, oy*SH - PH + ky, ox*SW - PW + kx]
+/* cols[C*KH*KW, N*Ho*Wo] from X[C, NX, H, W]:
+ *   cols[(c*KH + ky)*KW + kx, (n*Ho + oy)*Wo + ox] = X[c, n0 + n, oy*SH - PH + ky, ox*SW - PW + kx]
  * (zero outside the image).  Work-item (g, r), g = n*Ho + oy: one row of Wo values.
  * O(C KH KW N Ho Wo). */
 __kernel void im2col(__global const int *restrict G, __global const float *restrict X,
-                     __global float *restrict cols)
+                     __global float *restrict cols, const int n0, const int NX)
 {
     GEO_CONV;
     const int g = get_global_id(0);
@@ -49,7 +51,7 @@ __kernel void im2col(__global const int *restrict G, __global const float *restr
         for (int ox = 0; ox < Wo; ++ox) out[ox] = 0.0f;
         return;
     }
-    __global const float *x = X + (((size_t)c * N + n) * H + iy) * W - PW + kx;
+    __global const float *x = X + (((size_t)c * NX + n0 + n) * H + iy) * W - PW + kx;
     if (SW == 1 && PW == 0 && kx + Wo <= W) {
         for (int ox = 0; ox < Wo; ++ox) out[ox] = x[ox];
     } else {
@@ -60,11 +62,11 @@ __kernel void im2col(__global const int *restrict G, __global const float *restr
     }
 }
 
-/* dX[C, N, H, W] = col2im(dcols[C*KH*KW, N*Ho*Wo]): every input pixel sums the entries of
- * dcols that im2col copied it into (no atomics).  Work-item (g, c), g = n*H + iy: one row.
- * O(C N H W KH KW). */
+/* dX[C, NX, H, W] (samples n0 .. n0+N-1) = col2im(dcols[C*KH*KW, N*Ho*Wo]): every input pixel
+ * sums the entries of dcols that im2col copied it into (no atomics).  Work-item (g, c),
+ * g = n*H + iy: one row.  O(C N H W KH KW). */
 __kernel void col2im(__global const int *restrict G, __global const float *restrict dcols,
-                     __global float *restrict dX)
+                     __global float *restrict dX, const int n0, const int NX)
 {
     GEO_CONV;
     const int g = get_global_id(0);
@@ -72,7 +74,7 @@ __kernel void col2im(__global const int *restrict G, __global const float *restr
     if (g >= N * H || c >= C) return;
     const int iy = g % H, n = g / H;
     const size_t NP = (size_t)N * Ho * Wo;
-    __global float *dx = dX + ((size_t)c * N + n) * H * W + (size_t)iy * W;
+    __global float *dx = dX + ((size_t)c * NX + n0 + n) * H * W + (size_t)iy * W;
     for (int ix = 0; ix < W; ++ix) dx[ix] = 0.0f;
     for (int ky = 0; ky < KH; ++ky) {
         const int y = iy + PH - ky;
@@ -215,6 +217,27 @@ __kernel void permute3(const int D0, const int D1, const int D2,
     const int i2 = q % D2, t = q / D2;
     const int i1 = t % D1, i0 = t / D1;
     Out[q] = In[(size_t)i0 * S0 + (size_t)i1 * S1 + (size_t)i2 * S2];
+}
+
+/* A block of columns of a row-major Y[R, ld]:  Yc[r, j] = Y[r, off + j] (to_y = 0) or
+ * Y[r, off + j] = Yc[r, j] (to_y != 0), Yc[R, L] contiguous.  Moves a batch chunk's part of an
+ * activation [C, N*H*W] to and from a chunk buffer.  O(R L). */
+__kernel void col_block(const int R, const int L, const int ld, const int off,
+                        __global float *restrict Y, __global float *restrict Yc, const int to_y)
+{
+    const int q = get_global_id(0);
+    if (q >= R * L) return;
+    const int r = q / L, j = q % L;
+    const size_t p = (size_t)r * ld + off + j;
+    if (to_y) Y[p] = Yc[q];
+    else Yc[q] = Y[p];
+}
+
+/* Y[n] += X[n]. */
+__kernel void add_into(const int n, __global float *restrict Y, __global const float *restrict X)
+{
+    const int q = get_global_id(0);
+    if (q < n) Y[q] += X[q];
 }
 
 /* ---- bias gradient ---- */

@@ -14,7 +14,7 @@ import pyopencl.array as cla
 
 from ..runtime import Device
 
-__all__ = ["geometry", "im2col", "col2im", "maxpool_fwd", "maxpool_bwd", "csr_conv_pool",
+__all__ = ["geometry", "im2col", "col2im", "col_block", "add_into", "maxpool_fwd", "maxpool_bwd", "csr_conv_pool",
            "relu_fwd", "relu_bwd", "dropout", "mix32", "batch_to_channel_major",
            "samples_to_features", "channel_major_to_features", "features_to_channel_major",
            "bias_grad", "softmax_xent", "softmax_partial_shape"]
@@ -52,15 +52,34 @@ def geometry(dev: Device, conv, pool=None, out_channels: int = 0) -> cla.Array:
     return dev.to_device(np.array(vals, np.int32), np.int32, category="activations")
 
 
-def im2col(dev: Device, g: cla.Array, x: cla.Array, cols: cla.Array, out_rows: int) -> None:
-    """cols[C*KH*KW, N*Ho*Wo] from x[C, N, H, W]; out_rows = N*Ho."""
-    _rows(dev, "im2col", out_rows, cols.shape[0], g, x, cols)
+def im2col(dev: Device, g: cla.Array, x: cla.Array, cols: cla.Array, out_rows: int, n0: int = 0) -> None:
+    """cols[C*KH*KW, N*Ho*Wo] from the samples n0 .. n0+N-1 of x[C, NX, H, W] (G's batch is the
+    chunk's N); out_rows = N*Ho."""
+    _rows(dev, "im2col", out_rows, cols.shape[0], g, x, cols, n0, x.shape[1])
 
 
-def col2im(dev: Device, g: cla.Array, dcols: cla.Array, dx: cla.Array) -> None:
-    """dx[C, N, H, W] = the adjoint of im2col applied to dcols (a gather, no atomics)."""
-    c, n, h = dx.shape[:3]
-    _rows(dev, "col2im", n * h, c, g, dcols, dx)
+def col2im(dev: Device, g: cla.Array, dcols: cla.Array, dx: cla.Array, n0: int = 0, n: int | None = None) -> None:
+    """The samples n0 .. n0+n-1 of dx[C, NX, H, W] = the adjoint of im2col applied to dcols (a
+    gather, no atomics); n (G's batch) defaults to all of dx."""
+    c, nx, h = dx.shape[:3]
+    n = nx if n is None else n
+    _rows(dev, "col2im", n * h, c, g, dcols, dx, n0, nx)
+
+
+def col_block(dev: Device, y: cla.Array, yc: cla.Array, off: int, to_y: bool) -> None:
+    """Between a block of y[M, ld] and yc[R, L]: the R rows and L columns of y that start at its
+    flat position ``off`` (row off // ld, column off % ld).  yc = that block (to_y False) or the
+    block = yc (to_y True)."""
+    ld = y.shape[1]
+    r, L = yc.shape
+    if off < 0 or off % ld + L > ld or off // ld + r > y.shape[0]:
+        raise ValueError(f"col_block: a {r}x{L} block at {off} does not fit {tuple(y.shape)}")
+    _each(dev, "col_block", r * L, r, L, ld, off, y, yc, int(to_y))
+
+
+def add_into(dev: Device, y: cla.Array, x: cla.Array) -> None:
+    """y += x (flat arrays of one size)."""
+    _each(dev, "add_into", y.size, y.size, y, x)
 
 
 def maxpool_fwd(dev: Device, g: cla.Array, x: cla.Array, y: cla.Array, idx: cla.Array | None,

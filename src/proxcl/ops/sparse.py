@@ -415,8 +415,8 @@ class _TransposedCSR:
 
 
 def gather(dev: Device, x: cla.Array, idx: cla.Array, *, out=None) -> cla.Array:
-    """out[q] = x[idx[q]] for a flat float32 array x (out: an optional float32 [idx.size]; made
-    in x's memory category when not given)."""
+    """out[q] = x[idx[q]] for a flat float32 array x, 0 where idx[q] < 0 (out: an optional
+    float32 [idx.size]; made in x's memory category when not given)."""
     if out is None:
         out = dev.empty((idx.size,), np.float32, category=category_of(x))
     elif out.shape != (idx.size,) or out.dtype != np.float32:
