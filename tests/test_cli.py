@@ -47,6 +47,8 @@ def test_train_writes_model_log_and_checkpoint(trained):
     for r in records:
         assert {"loss", "train_accuracy", "test_accuracy", "nnz", "density", "layers", "seconds"} <= r.keys()
     assert summary["density"] == pytest.approx(records[-1]["density"])
+    peaks = [r["memory"]["peak"] for r in records]
+    assert summary["peak_bytes"] >= peaks[-1]["total"] > 0 and summary["peak_state_bytes"] >= peaks[-1]["state"]
     assert not [p for p in os.listdir(d) if p.endswith(".part") or p.startswith(".")]
 
 
@@ -60,6 +62,35 @@ def test_info_json_matches_the_file(trained):
     assert sum(layer["nnz"] for layer in weights) == summary["nnz"]
     table = proxcl("info", out).stdout
     assert "fc1.weight" in table and "compression" in table
+    # the device memory of inference, weights plus the largest activations and the input
+    mem = info["inference_memory"]
+    for batch in ("1", "256"):
+        m = mem[batch]
+        assert m["total"] == m["weights"] + m["activations"] + m["input"]
+        assert m["input"] == 784 * 4 * int(batch)
+        assert f"batch {batch:>3}:" in table
+    assert mem["256"]["activations"] > mem["1"]["activations"] and mem["256"]["weights"] == mem["1"]["weights"]
+
+
+def test_train_summary_names_the_peak(tmp_path):
+    r = proxcl("train", "--model", "lenet300", "--data", DATA, "--epochs", 1, "--debias-epochs", 0,
+               "--init-density", 0.1, "--out", tmp_path / "m.proxcl", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "peak device memory" in r.stdout and "weights, gradients and optimizer state" in r.stdout
+
+
+def test_bench_memory_tables_the_categories_and_checks_the_bar(tmp_path):
+    r = proxcl("bench", "memory", "--models", "lenet300", "--batch-size", 32, "--json", tmp_path / "m.json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads((tmp_path / "m.json").read_text())
+    rows = {row["density"]: row for row in res["rows"]}
+    assert set(rows) == {1.0, 0.05, 0.02, 0.01}
+    for row in rows.values():
+        assert row["state"] == sum(row["live"][c] for c in ("weights", "gradients", "optimizer"))
+        assert row["peak"]["total"] >= sum(row["live"].values())
+        assert abs(row["weight_nnz"] - row["density"] * row["weight_size"]) <= 3   # rounded per layer
+    assert rows[0.02]["state_vs_dense"] <= 0.1 and rows[0.01]["state_vs_dense"] < rows[0.02]["state_vs_dense"]
+    assert "weights + gradients + optimizer state" in r.stdout and "NOT met" not in r.stdout
 
 
 def test_eval_json_agrees_with_training(trained):

@@ -251,6 +251,54 @@ def test_conv2d_finite_differences(kdev, rng, sparse):
     assert rel_err(layer.bias.grad_numpy(), fd["b"]) < TOL
 
 
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("chunks", [2, 3])
+def test_conv2d_in_batch_chunks_matches_torch(kdev, rng, sparse, chunks):
+    """With the workspace's im2col limit below the batch's columns, the convolution runs in
+    batch chunks (the last one shorter): the same output, dx, dW (summed over chunks) and db."""
+    c, o, h, w_, k, s, p, n = 3, 5, 9, 8, 3, 1, 1, 7
+    ws = Workspace(kdev)
+    layer = Conv2d(kdev, ws, (c, h, w_), "conv", o, k, s, p, rng=rng)
+    layer.relu = True
+    per_sample = 4 * c * k * k * layer.ho * layer.wo
+    ws.cols_limit = per_sample * -(-n // chunks)
+    assert len(layer._chunks(n)) == chunks
+    wt = sparsify_param(kdev, layer.weight, rng, 0.4) if sparse else layer.weight.to_numpy().astype(np.float64)
+    b = layer.bias.to_numpy().astype(np.float64)
+    x = rng.standard_normal((n, c, h, w_))
+    dy = rng.standard_normal((n,) + layer.out_shape)
+    y, dx = run_layer(kdev, layer, x, dy)
+    assert ws.get(("scratch", "cols"), (1,)).base_data.size < 4 * c * k * k * n * layer.ho * layer.wo
+    yt, dxt, (dwt, dbt) = torch_grads(lambda xt, W, B: torch.relu(F.conv2d(xt, W, B, stride=s, padding=p)),
+                                      x, [wt, b], dy)
+    assert rel_err(y, yt) < TOL and rel_err(dx, dxt) < TOL
+    assert rel_err(layer.weight.grad_numpy(), dwt * (wt != 0)) < TOL
+    assert rel_err(layer.bias.grad_numpy(), dbt) < TOL
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_grad_rows_is_the_dense_gradient_of_a_csr_weight(kdev, rng, chunked):
+    """Linear and Conv2d: rows r0..r1 of the dense weight gradient of the last backward pass,
+    off the CSR support too (what regrowth by gradient reads), summed over im2col chunks."""
+    ws = Workspace(kdev)
+    conv = Conv2d(kdev, ws, (2, 6, 6), "conv", 5, 3, 1, 0, rng=rng)
+    lin = Linear(kdev, ws, (13,), "fc", 9, rng=rng)
+    for layer, x_shape in ((conv, (4, 2, 6, 6)), (lin, (4, 13))):
+        if chunked and layer is conv:
+            ws.cols_limit = 4 * 2 * 9 * 16 * 2      # two samples per chunk
+        wt = sparsify_param(kdev, layer.weight, rng, 0.3)
+        x = rng.standard_normal(x_shape)
+        dy = rng.standard_normal((4,) + layer.out_shape)
+        run_layer(kdev, layer, x, dy)
+        fn = (lambda xt, W: F.conv2d(xt, W)) if layer is conv else (lambda xt, W: F.linear(xt, W))
+        _, _, (dwt,) = torch_grads(fn, x, [wt], dy)
+        m, kk = layer.weight.matrix_shape
+        for r0, r1 in ((0, m), (1, 3), (m - 1, m)):
+            out = kdev.full((r1 - r0, kk), np.nan)
+            layer.grad_rows(r0, r1, out)
+            assert rel_err(out.get(), dwt.reshape(m, kk)[r0:r1]) < TOL
+
+
 def test_pointwise_conv_skips_im2col_and_is_exact(kdev, rng):
     layer = Conv2d(kdev, Workspace(kdev), (5, 4, 3), "conv", 6, 1, rng=rng)
     assert layer.pointwise

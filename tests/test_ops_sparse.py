@@ -283,6 +283,37 @@ def test_compact_without_return_src(kdev, rng):
     assert empty.compact()[0] is empty
 
 
+@pytest.mark.parametrize("m,k", [(30, 40), (65_535, 3), (3, 70_000), (70_000, 2)])
+def test_index_type_and_compaction_either_side_of_uint16(kdev, rng, m, k):
+    """Index arrays are uint16 when both dimensions fit, else int32 (row of every entry and
+    transposed structure included); compaction, products and SDDMM agree with scipy either way."""
+    a = random_csr(rng, m, k, min(1.0, 60 / (m * k) * 20), empty_rows=False)
+    w = CSRMatrix.from_scipy(a, kdev)
+    want = np.uint16 if max(m, k) <= 65_535 else np.int32
+    tp, ti, pm = w.pattern.transposed
+    assert w.indices.dtype == w.pattern.rows.dtype == ti.dtype == want
+    assert w.nbytes == 4 * (m + 1) + (np.dtype(want).itemsize + 4) * a.nnz
+    vals = w.data.get()
+    vals[::3] = 0.0
+    w.data.set(vals)
+    c, (state,), src = w.compact(w.data.copy(), return_src=True)
+    a.data[::3] = 0.0
+    a.eliminate_zeros()
+    assert c.indices.dtype == want and np.array_equal(c.to_scipy().toarray(), a.toarray())
+    assert np.array_equal(state.get(), a.data)
+    x, d = randn(rng, k, 5), randn(rng, m, 5)
+    assert rel_err(c.matmul(x).get(), a.astype(np.float64) @ x) < TOL
+    assert rel_err(c.matmul_t(d).get(), a.T.astype(np.float64) @ d) < TOL
+    assert rel_err(c.sddmm(d, x).data.get(), sddmm_ref(a, d, x, 1.0)) < TOL
+
+
+def test_gather_gives_zero_for_new_entries(kdev, rng):
+    x = randn(rng, 10)
+    idx = np.array([3, -1, 0, -1, 9], np.int32)
+    g = gather(kdev, kdev.to_device(x), kdev.to_device(idx, np.int32), out=poisoned(kdev, (5,)))
+    assert np.array_equal(g.get(), np.where(idx >= 0, x[idx], 0.0).astype(np.float32))
+
+
 @SETTINGS
 @given(size=st.integers(1, 3000), frac=st.sampled_from([0.0, 0.01, 0.5, 1.0]))
 def test_gather_and_scatter(kdev, rng, size, frac):

@@ -155,6 +155,17 @@ def test_density_controller_raises_lambda_above_the_path_and_stops_below():
     assert ctl.l1 == ctl.l1_max
 
 
+def test_density_controller_path_can_start_from_a_sparse_initialisation():
+    from proxcl.schedules import DensityController
+    ctl = DensityController(0.01, l1=1e-3, ramp=4.0, start=0.05)
+    assert ctl.density_at(0.0) == pytest.approx(0.05) and ctl.density_at(4.0) == pytest.approx(0.01)
+    assert ctl.density_at(2.0) == pytest.approx(0.01 + 0.04 * 0.5 ** 3)
+    assert ctl.update(0.05, 0.0) == 0.0          # on the path at the start: no shrinkage yet
+    assert ctl.update(0.05, 1.0) > 0.0           # above it once it descends
+    with pytest.raises(ValueError, match="start between"):
+        DensityController(0.1, l1=1e-3, ramp=4.0, start=0.05)
+
+
 def test_warmup_ramps_linearly_over_its_epochs_then_leaves_the_schedule():
     from proxcl.schedules import Warmup
     base = make_lr_schedule("cosine", 0.1, 10)

@@ -211,6 +211,12 @@ def test_magnitude_prune_keeps_the_largest(dev, scope):
     (dict(method="dense", optimizer="rda"), "sgd or adam"),
     (dict(out="/tmp/a.proxcl", log="/tmp/a.proxcl"), "same file"),
     (dict(out="/tmp/a.proxcl", checkpoint="/tmp/a.proxcl"), "same file"),
+    (dict(init_density=0.0), "init-density"),
+    (dict(init_density=0.05, method="gmp", optimizer="sgd"), "--init-density applies only to --method proximal"),
+    (dict(regrow="random", method="dense", optimizer="sgd"), "--regrow applies only to --method proximal"),
+    (dict(init_density=0.05, target_density=0.1), "above --init-density"),
+    (dict(regrow="sideways"), "regrow must be"),
+    (dict(regrow="random", regrow_fraction=0.0), "regrow-fraction"),
 ])
 def test_bad_configuration_is_one_clear_error(kw, msg):
     with pytest.raises(TrainingError, match=msg):
@@ -362,3 +368,62 @@ def test_hold_cosine_keeps_lr_while_the_density_ramps_then_decays(dev, syn):
     assert TrainConfig(lr_schedule="hold-cosine").hold_share == 0.5
     assert TrainConfig(target_density=0.01, density_ramp=0.3).hold_share == 0.3
     assert TrainConfig(target_density=0.01, lr_hold=0.2).hold_share == 0.2
+
+
+def _fresh(dev):
+    """A device of its own: a run's memory figures count only its own buffers."""
+    from proxcl import Device
+    return Device(dev.spec)
+
+
+def test_log_records_memory_and_the_run_reports_its_peak(dev, syn):
+    res = train(_cfg(epochs=2, debias_epochs=1, switch_density=0.7), dataset=syn, device=_fresh(dev))
+    peaks = [r["memory"]["peak"]["total"] for r in res.history]
+    assert peaks == sorted(peaks) and res.memory["peak"]["total"] >= peaks[-1]
+    for r in res.history:
+        m = r["memory"]
+        assert set(m["live"]) == {"weights", "gradients", "optimizer", "activations", "data"}
+        assert m["live_total"] == sum(m["live"].values()) <= m["peak"]["total"] <= m["peak"]["pool"]
+        assert m["peak"]["state"] >= m["live"]["weights"] + m["live"]["gradients"] + m["live"]["optimizer"]
+        assert sum(m["activations_by_layer"].values()) <= m["live"]["activations"]
+        assert {"fc1", "fc2", "fc3"} <= set(m["activations_by_layer"])
+
+
+def test_init_density_trains_on_csr_from_the_start_in_a_tenth_of_the_memory(dev, syn):
+    """--init-density 0.05: the large layers are CSR before the first step, the density path
+    descends from 0.05 to the target, which the run ends at; weights, gradients and optimizer
+    state peak at under a tenth of the same run started dense."""
+    kw = dict(optimizer="prox-sgd", lr=0.05, penalty="reweighted", target_density=0.02, epochs=3,
+              debias_epochs=1, l1=1e-4)
+    dense = train(_cfg(**kw), dataset=syn, device=_fresh(dev))
+    sparse = train(_cfg(init_density=0.05, **kw), dataset=syn, device=_fresh(dev))
+    first = {l["name"]: l for l in sparse.history[0]["layers"]}
+    assert first["fc1.weight"]["kind"] == first["fc2.weight"]["kind"] == "csr"
+    assert all(r["density"] <= 0.05 for r in sparse.history)
+    assert abs(sparse.nnz - 0.02 * sparse.weights) <= 0.02 * 0.02 * sparse.weights
+    assert sparse.memory["peak"]["state"] <= dense.memory["peak"]["state"] / 10
+
+
+@pytest.mark.parametrize("kind", ["random", "gradient"])
+def test_regrowth_in_training_is_reproducible_on_resume(dev, syn, tmp_path, kind):
+    """--regrow: the supports gain entries at the end of sparse epochs, and an interrupted run
+    resumes to the same weights (the regrowth's choices depend only on seed and epoch)."""
+    kw = dict(init_density=0.1, regrow=kind, regrow_fraction=0.2, epochs=3, debias_epochs=1,
+              target_density=0.05, optimizer="prox-sgd", lr=0.05, l1=1e-4)
+    full = train(_cfg(**kw), dataset=syn, device=dev)
+    assert abs(full.nnz - 0.05 * full.weights) <= 0.02 * 0.05 * full.weights
+    ckpt = str(tmp_path / "g.ckpt")
+
+    class Stop(Exception):
+        pass
+
+    def stop(record, n=[0]):
+        n[0] += 1
+        if n[0] == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(_cfg(checkpoint=ckpt, **kw), dataset=syn, device=dev, on_epoch_end=stop)
+    resumed = train(_cfg(checkpoint=ckpt, **kw), resume=ckpt, dataset=syn, device=dev)
+    for k, v in full.model.state_dict().items():
+        assert np.array_equal(v, resumed.model.state_dict()[k]), k

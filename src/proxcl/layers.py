@@ -121,7 +121,8 @@ class Workspace:
 class Param:
     """A trainable tensor.  ``value``: a dense device array of ``matrix_shape`` or a
     :class:`CSRMatrix`; ``data``: the flat float32 storage of the values (updated in place by
-    optimizers); ``grad``: a flat array like ``data`` written by backward."""
+    optimizers); ``grad``: a flat array like ``data`` written by backward, made (zeros) when it
+    is first used, so that a model used only for inference holds no gradients."""
 
     def __init__(self, name: str, shape, matrix_shape, penalised: bool, value, device: Device):
         self._device = device
@@ -130,28 +131,29 @@ class Param:
         self.matrix_shape = tuple(int(s) for s in matrix_shape)
         self.penalised = bool(penalised)
         self.value = value
-        self.grad = None
-        self._reset_grad()
+        self._grad = None
 
-    def _reset_grad(self) -> None:
-        self.grad = None     # the old gradient is freed before the new one is made
-        self.grad = self.device.zeros((int(self.data.size),), np.float32, category="gradients")
+    @property
+    def grad(self) -> cla.Array:
+        if self._grad is None:
+            self._grad = self.device.zeros((int(self.data.size),), np.float32, category="gradients")
+        return self._grad
+
+    @property
+    def grad_buffer(self) -> cla.Array | None:
+        """The gradient array if it has been made, else None (without making it)."""
+        return self._grad
 
     def set_value(self, value) -> None:
         """Replace the storage (a dense device array of matrix_shape or a CSRMatrix); the
-        gradient is reallocated (zeros) to the new size."""
+        gradient goes, and is made anew (zeros, of the new size) when next used."""
+        self._grad = None
         self.value = value
-        self._reset_grad()
 
     def release_grad(self) -> None:
-        """Free the gradient ahead of a support change (which makes a new one); until then
-        ``grad`` is None.  Between steps a gradient holds nothing that is needed."""
-        self.grad = None
-
-    def restore_grad(self) -> None:
-        """A zero gradient again after :meth:`release_grad`, when the support did not change."""
-        if self.grad is None:
-            self._reset_grad()
+        """Free the gradient ahead of a support change; it is made anew (zeros) when next used.
+        Between steps a gradient holds nothing that is needed."""
+        self._grad = None
 
     @property
     def device(self) -> Device:

@@ -367,8 +367,6 @@ class Model:
             if src is not None:
                 p.set_value(w)
                 out[p.name] = src
-            else:
-                p.restore_grad()
         return out
 
     # ---- state -------------------------------------------------------------
