@@ -251,11 +251,13 @@ def test_conv2d_finite_differences(kdev, rng, sparse):
     assert rel_err(layer.bias.grad_numpy(), fd["b"]) < TOL
 
 
-@pytest.mark.parametrize("sparse", [False, True])
-@pytest.mark.parametrize("chunks", [2, 3])
-def test_conv2d_in_batch_chunks_matches_torch(kdev, rng, sparse, chunks):
+@pytest.mark.parametrize("density", [None, 0.4, 0.1])
+@pytest.mark.parametrize("chunks", [1, 2, 3])
+def test_conv2d_in_batch_chunks_matches_torch(kdev, rng, density, chunks):
     """With the workspace's im2col limit below the batch's columns, the convolution runs in
-    batch chunks (the last one shorter): the same output, dx, dW (summed over chunks) and db."""
+    batch chunks (the last one shorter): the same output, dx, dW (summed over chunks) and db.
+    Dense, CSR, and CSR sparse enough for the forward pass without im2col (density 0.1)."""
+    sparse = density is not None
     c, o, h, w_, k, s, p, n = 3, 5, 9, 8, 3, 1, 1, 7
     ws = Workspace(kdev)
     layer = Conv2d(kdev, ws, (c, h, w_), "conv", o, k, s, p, rng=rng)
@@ -263,12 +265,14 @@ def test_conv2d_in_batch_chunks_matches_torch(kdev, rng, sparse, chunks):
     per_sample = 4 * c * k * k * layer.ho * layer.wo
     ws.cols_limit = per_sample * -(-n // chunks)
     assert len(layer._chunks(n)) == chunks
-    wt = sparsify_param(kdev, layer.weight, rng, 0.4) if sparse else layer.weight.to_numpy().astype(np.float64)
+    wt = sparsify_param(kdev, layer.weight, rng, density) if sparse else layer.weight.to_numpy().astype(np.float64)
+    assert layer.direct_ok() == (density == 0.1)
     b = layer.bias.to_numpy().astype(np.float64)
     x = rng.standard_normal((n, c, h, w_))
     dy = rng.standard_normal((n,) + layer.out_shape)
     y, dx = run_layer(kdev, layer, x, dy)
-    assert ws.get(("scratch", "cols"), (1,)).base_data.size < 4 * c * k * k * n * layer.ho * layer.wo
+    full = 4 * c * k * k * n * layer.ho * layer.wo
+    assert ws.get(("scratch", "cols"), (1,)).base_data.size < full or chunks == 1
     yt, dxt, (dwt, dbt) = torch_grads(lambda xt, W, B: torch.relu(F.conv2d(xt, W, B, stride=s, padding=p)),
                                       x, [wt, b], dy)
     assert rel_err(y, yt) < TOL and rel_err(dx, dxt) < TOL

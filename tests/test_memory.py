@@ -30,7 +30,7 @@ def tally(device) -> dict:
     allocators = {device.memory.allocator(c) for c in CATEGORIES}
     buffers: dict = {}
     for o in gc.get_objects():
-        if isinstance(o, cla.Array) and o.base_data is not None and o.allocator in allocators:
+        if type(o) is cla.Array and o.base_data is not None and o.allocator in allocators:
             key = id(o.base_data)
             cat, n = buffers.get(key, (category_of(o), 0))
             buffers[key] = (cat, max(n, o.nbytes))
@@ -220,7 +220,7 @@ def test_csr_phase_holds_nothing_weight_sized(fresh, rng):
     # conv2's and fc1's dense weights are 100 KB and 1.6 MB; nothing of theirs is half that
     bound = min(p.size * 4 for p in model.params if p.penalised and p.size >= 25000) / 2
     for o in gc.get_objects():
-        if isinstance(o, cla.Array) and o.base_data is not None and category_of(o, "") in STATE \
+        if type(o) is cla.Array and o.base_data is not None and category_of(o, "") in STATE \
                 and o.allocator.memory is fresh.memory:
             assert o.nbytes < bound, (category_of(o), o.shape)
     assert sum(fresh.memory.live()[c] for c in STATE) <= dense / 10

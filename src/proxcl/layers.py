@@ -37,6 +37,12 @@ def _fill_poison(a: cla.Array) -> None:
         a.fill(np.float32(np.nan) if a.dtype == np.float32 else a.dtype.type(-1))
 
 
+# The im2col buffer is cut into batch chunks above this size.  LeNet-5 at batch 128 (conv2's
+# columns: 16 MB) then runs in two chunks, for 2-3 % more time per dense training step and
+# 8-10 % per CSR step on PoCL (docs/PERFORMANCE.md, memory); four chunks cost 15 % and 30 %.
+COLS_LIMIT = 8 << 20
+
+
 class Workspace:
     """Device buffers reused across calls (memory category ``activations``), one per (owner,
     role), sized by need: a buffer grows to the largest shape asked of it and a smaller request
@@ -54,7 +60,7 @@ class Workspace:
         self._bufs: dict = {}      # key -> (flat buffer, {(shape, dtype): view})
         self._poisoned = False
         self.shared = False        # whether layers put their outputs in the ping-pong pair
-        self.cols_limit: int | None = None   # bytes: convolutions run im2col in batch chunks of this
+        self.cols_limit: int | None = COLS_LIMIT   # bytes: larger im2col buffers go in batch chunks
         self.tags: dict = {}       # what a scratch buffer holds now, for owners that may reuse it
 
     def get(self, key, shape, dtype=np.float32, category: str = "activations") -> cla.Array:
@@ -402,7 +408,9 @@ class Conv2d(_Window):
     share, not kept for the backward pass: there dW is computed from it (im2col runs again
     unless the scratch still holds this layer's columns, as it does for the last convolution),
     then ``W^T dY`` is written over it and dx gathered from that.  So a network holds one such
-    buffer, the largest, instead of two per convolution (cols and dcols)."""
+    buffer, the largest, instead of two per convolution (cols and dcols).  With the workspace's
+    ``cols_limit`` the buffer holds a chunk of the batch at a time; the backward pass takes the
+    chunks in reverse order, so the last chunk's columns are reused too."""
 
     kind = "conv2d"
 
@@ -439,16 +447,15 @@ class Conv2d(_Window):
     def _cols(self, x, n0: int, nc: int, reuse: bool = False):
         """The im2col columns of samples n0 .. n0+nc-1 of x in the shared scratch; with
         ``reuse``, im2col is skipped when the scratch still holds what this layer's forward pass
-        wrote there for the whole batch."""
+        wrote there for those samples."""
         c = self.in_shape[0]
         if self.pointwise:
             return x.reshape(c, x.size // c)
         cols = self._scratch("cols", (c * self.kh * self.kw, nc * self.ho * self.wo))
-        tags = self.ws.tags
-        whole = n0 == 0 and nc == x.shape[1]
-        if not (reuse and whole and tags.get("cols") is not None and tags.get("cols") is self._cols_tag):
+        tags, tag = self.ws.tags, self._cols_tag
+        if not (reuse and tag is not None and tags.get("cols") is tag and tag[1:] == (n0, nc)):
             nn.im2col(self.device, self._geo(nc), x, cols, nc * self.ho, n0)
-            self._cols_tag = tags["cols"] = object() if whole else None
+            self._cols_tag = tags["cols"] = (object(), n0, nc)
         return cols
 
     def forward(self, x, train=False, keep=False):
@@ -502,8 +509,8 @@ class Conv2d(_Window):
         dW summed over the chunks, ``W^T dY`` over the columns and col2im into its part of dx."""
         dev, w, g = self.device, self.weight.matrix, self.weight.grad
         o, p = self.out_shape[0], self.ho * self.wo
-        for i, (n0, nc) in enumerate(chunks):
-            cols = self._cols(x, n0, nc)
+        for i, (n0, nc) in enumerate(reversed(chunks)):     # the last chunk's columns are still there
+            cols = self._cols(x, n0, nc, reuse=True)
             dyc = self._scratch("yc", (o, nc * p))
             nn.col_block(dev, dy2, dyc, n0 * p, to_y=False)
             if i == 0:
@@ -513,6 +520,7 @@ class Conv2d(_Window):
                 w.grad(dyc, cols, out=part)
                 nn.add_into(dev, g, part)
             if dx is not None:
+                self.ws.tags["cols"] = None
                 w.matmul_t(dyc, out=cols)
                 nn.col2im(dev, self._geo(nc), cols, dx, n0, nc)
 
@@ -560,17 +568,23 @@ class Conv2d(_Window):
         self._taps_cache = (weakref.ref(w.pattern), taps)
         return taps
 
-    def forward_direct(self, x, pool: "MaxPool2d | None" = None, flat: bool = False) -> cla.Array:
+    def forward_direct(self, x, pool: "MaxPool2d | None" = None, flat: bool = False,
+                       owner: "Layer | None" = None) -> cla.Array:
         """Inference: the convolution straight from the CSR weight, fused with the max pooling
         ``pool`` that follows (if any), the ReLUs fused into either, and the flatten after it
-        when ``flat`` (output [O*Hp*Wp, N], else [O, N, Hp, Wp])."""
+        when ``flat`` (output [O*Hp*Wp, N], else [O, N, Hp, Wp]).  The output goes to the
+        ping-pong pair when the workspace shares outputs, else to the output buffer of ``owner``
+        (the last layer fused: its buffer has this shape and exists already once trained)."""
         n = x.shape[1]
         w = self.weight.value
         o = self.out_shape[0]
         hp, wp = (pool.ho, pool.wo) if pool is not None else (self.ho, self.wo)
         relu = self.relu or (pool is not None and pool.relu)
         shape = (o * hp * wp, n) if flat else (o, n, hp, wp)
-        y = self.ws.pingpong(x, shape) if self.ws.shared else self._buf(("direct", flat), shape)
+        if self.ws.shared:
+            y = self.ws.pingpong(x, shape)
+        else:
+            y = (owner or self)._buf("y", shape)
         b = self.bias.value if self.bias is not None else None
         nn.csr_conv_pool(self.device, self._geo(n, pool, o), w, self._taps(w), b, x, y, relu, flat, n * hp)
         return y
@@ -588,6 +602,7 @@ class MaxPool2d(_Window):
         if 2 * self.ph > self.kh or 2 * self.pw > self.kw:
             raise InputError("maxpool2d: padding must be at most half the kernel size")
         self.out_shape = (self.in_shape[0], self.ho, self.wo)
+        self.dx_over_input = False   # set by the model (see backward)
 
     def forward(self, x, train=False, keep=False):
         n = x.shape[1]
@@ -596,7 +611,7 @@ class MaxPool2d(_Window):
         idx = self._buf("idx", (y.size,), np.int32) if keep else None
         nn.maxpool_fwd(self.device, self._geo(n), x, y, idx, self.relu)
         if keep:
-            self._idx, self._y, self._n = idx, y, n
+            self._idx, self._y, self._n, self._x = idx, y, n, x
         return y
 
     def backward(self, dy, need_dx=True):
@@ -604,7 +619,9 @@ class MaxPool2d(_Window):
             return None
         n = self._n
         c, h, w = self.in_shape
-        dx = self._buf("dx", (c, n, h, w))
+        # the gradient may go over the input when the layer before needs not its own output in
+        # its backward pass (a convolution without a fused ReLU): one buffer instead of two
+        dx = self._x if self.dx_over_input else self._buf("dx", (c, n, h, w))
         nn.maxpool_bwd(self.device, self._geo(n), dy, self._idx, self._y, self.relu, dx)
         return dx
 

@@ -80,6 +80,11 @@ class Model:
                 continue
             self._exec.append(layer)
         self._fusion = self._plan_fusion()
+        for prev, layer in zip(self._exec, self._exec[1:]):
+            # a max pooling's gradient may overwrite its input when the layer that made it keeps
+            # nothing of its output for its own backward pass (no fused ReLU to mask with)
+            if isinstance(layer, MaxPool2d) and isinstance(prev, (Conv2d, Linear)) and not prev.relu:
+                layer.dx_over_input = True
         self._first_param = next((i for i, l in enumerate(self._exec) if l.params), len(self._exec))
         self.params: list[Param] = [p for layer in self.layers for p in layer.params]
         self._by_name = {p.name: p for p in self.params}
@@ -243,7 +248,7 @@ class Model:
                 # inference with a sparse CSR convolution: no im2col; the pooling and the
                 # flatten that follow run inside the same kernel
                 pool, flat, after = fused
-                x = layers[i].forward_direct(x, pool, flat)
+                x = layers[i].forward_direct(x, pool, flat, owner=layers[after - 1])
                 i = after
                 continue
             x = layers[i].forward(x, train=train, keep=keep)
