@@ -11,7 +11,9 @@ most state) and an evaluation pass run at the training batch size, and proxcl.me
 * the peak over the whole run, in all and of weights + gradients + optimizer state, and what
   the pools held at most;
 * the activations and workspaces per layer (``activations_by_layer``);
-* the median wall time of a training step.
+* the median wall time of a training step;
+* on another fresh device, the memory of inference at batch 1 and 256 (weights, largest live
+  activations, input: ``Model.inference_memory``).
 
 The ratio column compares weights + gradients + optimizer state with the dense form's.
 """
@@ -42,33 +44,42 @@ def add_arguments(p) -> None:
     p.add_argument("--batch-size", type=int, default=128, help="training batch size (default 128)")
 
 
-def measure(device: str | None, name: str, density: float, *, optimizer: str = "prox-adam",
-            batch: int = 128, seed: int = 0) -> dict:
-    """One row: a fresh device, the model in one weight form, STEPS training steps and an
-    evaluation pass; the memory figures and the step time."""
+def _model(dev, name: str, density: float, seed: int):
+    """The model with its default init (dense), or every weight on a random support of the
+    density, made CSR without a dense copy."""
     from .. import models as M
-    from ..optim import make_optimizer
     from ..ops import HostCSR
     from ..sparse_init import random_support
     from ..spec import weight_shapes
 
-    dev = Device(device)
+    if density >= 1.0:
+        return M.build(name, device=dev, seed=seed)
     rng = np.random.default_rng(seed)
+    spec = M.normalize_spec(name)
+    model = M.build(spec, device=dev, seed=seed, csr=list(weight_shapes(spec)))
+    state = model.sparse_state()
+    for p in model.params:
+        if p.penalised:
+            m, k = p.matrix_shape
+            indptr, indices = random_support(rng, (m, k), max(1, int(round(density * m * k))))
+            values = rng.uniform(-0.1, 0.1, indices.size).astype(np.float32)
+            state[p.name] = HostCSR(indptr, indices, values, (m, k))
+    model.load_sparse_state(state)
+    return model
+
+
+def measure(device: str | None, name: str, density: float, *, optimizer: str = "prox-adam",
+            batch: int = 128, seed: int = 0) -> dict:
+    """One row: a fresh device, the model in one weight form, STEPS training steps and an
+    evaluation pass; the memory figures and the step time; then, on another fresh device, the
+    memory of inference at batch 1 and 256 (Model.inference_memory)."""
+    from ..optim import make_optimizer
+
+    dev = Device(device)
+    rng = np.random.default_rng(seed + 1)
     mem = dev.memory
     mem.reset_peak()
-    if density >= 1.0:
-        model = M.build(name, device=dev, seed=seed)
-    else:
-        spec = M.normalize_spec(name)
-        model = M.build(spec, device=dev, seed=seed, csr=list(weight_shapes(spec)))
-        state = model.sparse_state()
-        for p in model.params:
-            if p.penalised:
-                m, k = p.matrix_shape
-                indptr, indices = random_support(rng, (m, k), max(1, int(round(density * m * k))))
-                values = rng.uniform(-0.1, 0.1, indices.size).astype(np.float32)
-                state[p.name] = HostCSR(indptr, indices, values, (m, k))
-        model.load_sparse_state(state)
+    model = _model(dev, name, density, seed)
     opt = make_optimizer(optimizer, lr=1e-3, l1=1e-5 if optimizer.startswith(("prox", "rda")) else 0.0,
                          device=dev)
     x = rng.standard_normal((batch,) + model.input_shape).astype(np.float32)
@@ -86,10 +97,14 @@ def measure(device: str | None, name: str, density: float, *, optimizer: str = "
     peak = mem.peak()
     nnz = sum(p.stored for p in model.params if p.penalised)
     size = sum(p.size for p in model.params if p.penalised)
-    return {"model": name, "density": density, "weight_nnz": nnz, "weight_size": size, "optimizer": optimizer,
-            "batch": batch, "live": live, "state": sum(live[c] for c in ("weights", "gradients", "optimizer")),
-            "peak": peak, "activations_by_layer": model.activation_bytes(),
-            "step_ms": float(np.median(times[1:]) * 1e3), "device": f"{dev.platform_name} | {dev.name}"}
+    row = {"model": name, "density": density, "weight_nnz": nnz, "weight_size": size, "optimizer": optimizer,
+           "batch": batch, "live": live, "state": sum(live[c] for c in ("weights", "gradients", "optimizer")),
+           "peak": peak, "activations_by_layer": model.activation_bytes(),
+           "step_ms": float(np.median(times[1:]) * 1e3), "device": f"{dev.platform_name} | {dev.name}"}
+    del model, opt
+    infer = _model(Device(device), name, density, seed)
+    row["inference"] = {str(b): infer.inference_memory(b) for b in (1, 256)}
+    return row
 
 
 def run_benchmark(device, models=DEFAULT_MODELS, *, optimizer="prox-adam", batch=128, log=print) -> dict:
@@ -125,15 +140,17 @@ def _row_line(row) -> str:
 
 def markdown_table(result: dict) -> str:
     """Bytes per category after the training steps, weights + gradients + optimizer state and
-    its share of the dense form's, and the peaks (live bytes; the pools' most in the last column)."""
+    its share of the dense form's, the peaks (live bytes; the pools' most in "pool peak"), the
+    step time, and the total device memory of inference at batch 1 and 256."""
     head = ["model", "weights", "nnz", *CATEGORIES, "w+g+o", "vs dense", "peak w+g+o", "peak total",
-            "pool peak", "step ms"]
+            "pool peak", "step ms", "inference b1", "inference b256"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in result["rows"]:
         live, peak = r["live"], r["peak"]
         cells = [r["model"], _form(r), f"{r['weight_nnz']:,}", *(f"{live[c]:,}" for c in CATEGORIES),
                  f"{r['state']:,}", f"{r['state_vs_dense']:.3f}", f"{peak['state']:,}", f"{peak['total']:,}",
-                 f"{peak['pool']:,}", f"{r['step_ms']:.1f}"]
+                 f"{peak['pool']:,}", f"{r['step_ms']:.1f}", f"{r['inference']['1']['total']:,}",
+                 f"{r['inference']['256']['total']:,}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
