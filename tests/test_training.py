@@ -321,21 +321,28 @@ def test_resume_of_gmp_and_of_the_density_controller_is_exact(dev, syn, tmp_path
                      (_cfg, dict(optimizer="prox-sgd", lr=0.05, target_density=0.05, penalty="reweighted"))):
         kw.update(epochs=3, debias_epochs=1, switch_density=0.2)
         full = train(make(**kw), dataset=syn, device=dev)
-        ckpt = str(tmp_path / "r.ckpt")
+        _check_resume_after_two_epochs(full, kw, dev, syn, tmp_path, make)
 
-        class Stop(Exception):
-            pass
 
-        def stop(record, n=[0]):
-            n[0] += 1
-            if n[0] == 2:
-                raise Stop
+def _check_resume_after_two_epochs(full, kw, dev, syn, tmp_path, make=None):
+    """A run of ``make(**kw)`` (default: _cfg) interrupted after its second epoch and resumed ends
+    with the weights of the uninterrupted run ``full``."""
+    make = make or _cfg
+    ckpt = str(tmp_path / "r.ckpt")
 
-        with pytest.raises(Stop):
-            train(make(checkpoint=ckpt, **kw), dataset=syn, device=dev, on_epoch_end=stop)
-        resumed = train(make(checkpoint=ckpt, **kw), resume=ckpt, dataset=syn, device=dev)
-        for k, v in full.model.state_dict().items():
-            assert np.array_equal(v, resumed.model.state_dict()[k]), (kw["optimizer"], k)
+    class Stop(Exception):
+        pass
+
+    def stop(record, n=[0]):
+        n[0] += 1
+        if n[0] == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(make(checkpoint=ckpt, **kw), dataset=syn, device=dev, on_epoch_end=stop)
+    resumed = train(make(checkpoint=ckpt, **kw), resume=ckpt, dataset=syn, device=dev)
+    for k, v in full.model.state_dict().items():
+        assert np.array_equal(v, resumed.model.state_dict()[k]), (kw["optimizer"], k)
 
 
 def test_evaluate_against_the_logits_in_float64(dev, syn):
@@ -412,18 +419,4 @@ def test_regrowth_in_training_is_reproducible_on_resume(dev, syn, tmp_path, kind
               target_density=0.05, optimizer="prox-sgd", lr=0.05, l1=1e-4)
     full = train(_cfg(**kw), dataset=syn, device=dev)
     assert abs(full.nnz - 0.05 * full.weights) <= 0.02 * 0.05 * full.weights
-    ckpt = str(tmp_path / "g.ckpt")
-
-    class Stop(Exception):
-        pass
-
-    def stop(record, n=[0]):
-        n[0] += 1
-        if n[0] == 2:
-            raise Stop
-
-    with pytest.raises(Stop):
-        train(_cfg(checkpoint=ckpt, **kw), dataset=syn, device=dev, on_epoch_end=stop)
-    resumed = train(_cfg(checkpoint=ckpt, **kw), resume=ckpt, dataset=syn, device=dev)
-    for k, v in full.model.state_dict().items():
-        assert np.array_equal(v, resumed.model.state_dict()[k]), k
+    _check_resume_after_two_epochs(full, kw, dev, syn, tmp_path)

@@ -181,13 +181,9 @@ def bar_check(result: dict) -> list[str]:
 
 
 def run(args) -> int:
-    from ..models import BUILTIN_SPECS
     from ..optim import OPTIMIZERS
-    models = [m.strip() for m in str(args.models).split(",") if m.strip()]
-    bad = [m for m in models if m not in BUILTIN_SPECS]
-    if not models or bad:
-        raise InputError(f"--models: unknown model(s) {', '.join(bad) or '(none given)'}; "
-                         f"choose from {', '.join(BUILTIN_SPECS)}")
+    from . import model_names
+    models = model_names(args.models)
     if args.optimizer not in OPTIMIZERS:
         raise InputError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {args.optimizer!r}")
     if args.batch_size < 1:

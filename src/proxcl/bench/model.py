@@ -253,12 +253,8 @@ LEGEND = "\n".join([
 
 
 def run(args) -> int:
-    models = [m.strip() for m in str(args.models).split(",") if m.strip()]
-    from ..models import BUILTIN_SPECS
-    bad = [m for m in models if m not in BUILTIN_SPECS]
-    if not models or bad:
-        raise InputError(f"--models: unknown model(s) {', '.join(bad) or '(none given)'}; "
-                         f"choose from {', '.join(BUILTIN_SPECS)}")
+    from . import model_names
+    models = model_names(args.models)
     threads = getattr(args, "torch_threads", None)
     if threads is not None and threads < 1:
         raise InputError("--torch-threads must be at least 1")
