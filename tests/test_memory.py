@@ -200,11 +200,13 @@ def test_no_driver_allocation_per_step_after_warm_up(dev, rng, monkeypatch, form
     assert mem.driver_allocations == before
 
 
-def test_csr_phase_holds_nothing_weight_sized(fresh, rng):
-    """In the CSR phase at 2 % (prox-adam), no weight, gradient or optimizer buffer is as large
-    as a large layer's dense weight, and their bytes are at most 1/10 of the dense phase's."""
+@pytest.mark.parametrize("optimizer", ["prox-adam", "rda"])
+def test_csr_phase_holds_nothing_weight_sized(fresh, rng, optimizer):
+    """In the CSR phase at 2 % (Adam moments; RDA's mean gradient and anchor), no weight,
+    gradient or optimizer buffer is as large as a large layer's dense weight, and their bytes
+    are at most 1/10 of the dense phase's."""
     model = build("lenet5", device=fresh)
-    opt = make_optimizer("prox-adam", lr=1e-3, l1=1e-4, device=fresh)
+    opt = make_optimizer(optimizer, lr=1e-3, l1=1e-4, device=fresh)
     x, y = _batch(model, rng)
     _steps(model, opt, x, y)
     dense = sum(fresh.memory.live()[c] for c in STATE)

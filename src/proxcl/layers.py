@@ -38,8 +38,9 @@ def _fill_poison(a: cla.Array) -> None:
 
 
 # The im2col buffer is cut into batch chunks above this size.  LeNet-5 at batch 128 (conv2's
-# columns: 16 MB) then runs in two chunks, for 2-3 % more time per dense training step and
-# 8-10 % per CSR step on PoCL (docs/PERFORMANCE.md, memory); four chunks cost 15 % and 30 %.
+# columns: 16 MB) then runs in two chunks, for about 1 % more CPU time per dense training step
+# and 4 % per CSR step on PoCL; 4 MiB (four chunks) costs 2 % and 8 % for 2 MB less
+# (docs/PERFORMANCE.md, memory; scripts/im2col_chunks.py).
 COLS_LIMIT = 8 << 20
 
 

@@ -221,16 +221,22 @@ __kernel void permute3(const int D0, const int D1, const int D2,
 
 /* A block of columns of a row-major Y[R, ld]:  Yc[r, j] = Y[r, off + j] (to_y = 0) or
  * Y[r, off + j] = Yc[r, j] (to_y != 0), Yc[R, L] contiguous.  Moves a batch chunk's part of an
- * activation [C, N*H*W] to and from a chunk buffer.  O(R L). */
+ * activation [C, N*H*W] to and from a chunk buffer.  Work-item (g, r): VEC columns of row r
+ * from g*VEC (no division per element).  O(R L). */
 __kernel void col_block(const int R, const int L, const int ld, const int off,
                         __global float *restrict Y, __global float *restrict Yc, const int to_y)
 {
-    const int q = get_global_id(0);
-    if (q >= R * L) return;
-    const int r = q / L, j = q % L;
-    const size_t p = (size_t)r * ld + off + j;
-    if (to_y) Y[p] = Yc[q];
-    else Yc[q] = Y[p];
+    const int j0 = get_global_id(0) * VEC;
+    const int r = get_global_id(1);
+    if (r >= R || j0 >= L) return;
+    const int j1 = PX_MIN(L, j0 + VEC);
+    __global float *y = Y + (size_t)r * ld + off;
+    __global float *c = Yc + (size_t)r * L;
+    if (to_y) {
+        for (int j = j0; j < j1; ++j) y[j] = c[j];
+    } else {
+        for (int j = j0; j < j1; ++j) c[j] = y[j];
+    }
 }
 
 /* Y[n] += X[n]. */

@@ -74,7 +74,7 @@ def col_block(dev: Device, y: cla.Array, yc: cla.Array, off: int, to_y: bool) ->
     r, L = yc.shape
     if off < 0 or off % ld + L > ld or off // ld + r > y.shape[0]:
         raise ValueError(f"col_block: a {r}x{L} block at {off} does not fit {tuple(y.shape)}")
-    _each(dev, "col_block", r * L, r, L, ld, off, y, yc, int(to_y))
+    _rows(dev, "col_block", -(-L // dev.tuning.vec), r, r, L, ld, off, y, yc, int(to_y))
 
 
 def add_into(dev: Device, y: cla.Array, x: cla.Array) -> None:
