@@ -12,6 +12,19 @@
 
 /* ---- parameters on the device ---- */
 
+/* An index array on the device: uint16 when the parameter's indices are (idx16), else int32. */
+static proxcl_status upload_index(px_device *dev, const px_param *p, const int32_t *src, int n, cl_mem *out,
+                                  proxcl_error *err)
+{
+    if (!p->idx16) return px_buffer_from(dev, src, (size_t)n * 4, out, err);
+    uint16_t *narrow = px_alloc((size_t)(n ? n : 1) * sizeof(uint16_t), err);
+    if (!narrow) return PROXCL_ERR_MEMORY;
+    for (int q = 0; q < n; ++q) narrow[q] = (uint16_t)src[q];
+    proxcl_status s = px_buffer_from(dev, narrow, (size_t)n * 2, out, err);
+    free(narrow);
+    return s;
+}
+
 /* (Tp, Ti, Pm): the transpose as a stable sort of the entries by column (CSRPattern.transposed) */
 static proxcl_status transpose_structure(px_device *dev, px_param *p, proxcl_error *err)
 {
@@ -30,7 +43,7 @@ static proxcl_status transpose_structure(px_device *dev, px_param *p, proxcl_err
                 pm[at] = q;
             }
         s = px_buffer_from(dev, tp, (size_t)(k + 1) * 4, &p->tp, err);
-        if (s == PROXCL_OK) s = px_buffer_from(dev, ti, (size_t)nnz * 4, &p->ti, err);
+        if (s == PROXCL_OK) s = upload_index(dev, p, ti, nnz, &p->ti, err);
         if (s == PROXCL_OK) s = px_buffer_from(dev, pm, (size_t)nnz * 4, &p->pm, err);
     }
     free(tp);
@@ -47,7 +60,7 @@ static proxcl_status entry_arrays(px_device *dev, px_param *p, const px_layer *L
     if (!ai) return PROXCL_ERR_MEMORY;
     for (int i = 0; i < p->rows; ++i)
         for (int q = p->indptr[i]; q < p->indptr[i + 1]; ++q) ai[q] = i;
-    proxcl_status s = px_buffer_from(dev, ai, (size_t)p->nnz * 4, &p->ai, err);
+    proxcl_status s = upload_index(dev, p, ai, p->nnz, &p->ai, err);
     if (s == PROXCL_OK && L->kind == L_CONV) {
         for (int q = 0; q < p->nnz; ++q) {
             int j = p->indices[q], c = j / (L->kh * L->kw), r = j % (L->kh * L->kw);
@@ -66,7 +79,8 @@ static proxcl_status upload_param(px_device *dev, px_param *p, const px_layer *L
     PX_TRY(px_buffer(dev, (size_t)p->stored * 4, &p->grad, err));
     if (!p->csr) return PROXCL_OK;
     PX_TRY(px_buffer_from(dev, p->indptr, (size_t)(p->rows + 1) * 4, &p->ap, err));
-    PX_TRY(px_buffer_from(dev, p->indices, (size_t)p->nnz * 4, &p->aj, err));
+    p->idx16 = p->rows <= 65535 && p->cols <= 65535;
+    PX_TRY(upload_index(dev, p, p->indices, p->nnz, &p->aj, err));
     PX_TRY(entry_arrays(dev, p, L, err));
     return transpose_structure(dev, p, err);
 }
@@ -96,7 +110,8 @@ static void free_ws(px_net *net, px_ws *w)
     for (size_t i = 0; i < sizeof top / sizeof *top; ++i) px_release(top[i]);
     for (int e = 0; w->lb && e < net->nexec; ++e) {
         px_lbuf *b = &w->lb[e];
-        cl_mem *m[] = {&b->y, &b->idx, &b->cols, &b->dx, &b->dcols, &b->geo, &b->geo_direct, &b->y_direct};
+        cl_mem *m[] = {&b->y, &b->idx, &b->cols, &b->dx, &b->dcols, &b->geo, &b->geo_direct, &b->y_direct,
+                       &b->geo_chunk[0], &b->geo_chunk[1], &b->yc, &b->part};
         for (size_t i = 0; i < sizeof m / sizeof *m; ++i) px_release(m[i]);
     }
     free(w->lb);
@@ -122,6 +137,7 @@ void px_net_free(px_net *net)
     free(net->layers);
     if (net->dev_open) px_device_close(&net->dev);
     memset(net, 0, sizeof *net);
+    net->cols_owner = -1;
 }
 
 /* ---- workspaces: one per batch size, the least recently used one replaced ---- */
@@ -179,13 +195,106 @@ static proxcl_status matmul(px_net *net, const px_param *w, cl_mem x, int n, con
                             proxcl_error *err)
 {
     cl_mem b = bias ? bias->data : NULL;
-    if (w->csr) return px_spmm(&net->dev, w->rows, w->cols, w->ap, w->aj, w->data, NULL, x, n, b, relu, y, err);
+    if (w->csr)
+        return px_spmm(&net->dev, w->rows, w->cols, w->ap, w->aj, w->idx16, w->data, NULL, x, n, b, relu, y, err);
     return px_gemm(&net->dev, w->data, x, y, w->rows, n, w->cols, 0, b, relu, err);
 }
 
 static proxcl_status matmul_t(px_net *net, const px_param *w, cl_mem d, int n, cl_mem out, proxcl_error *err)
 {
-    return px_spmm(&net->dev, w->cols, w->rows, w->tp, w->ti, w->data, w->pm, d, n, NULL, 0, out, err);
+    return px_spmm(&net->dev, w->cols, w->rows, w->tp, w->ti, w->idx16, w->data, w->pm, d, n, NULL, 0, out, err);
+}
+
+/* ---- convolutions in batch chunks (layers.Conv2d: the im2col buffer above COLS_LIMIT) ---- */
+
+#define PX_COLS_LIMIT (8LL << 20)       /* proxcl.layers.COLS_LIMIT */
+
+/* How many equal chunks of *step samples (the last one shorter) Conv2d._chunks makes of n. */
+static int conv_chunks(const px_layer *L, int n, int *step)
+{
+    long long per = 4LL * L->in_shape[0] * L->kh * L->kw * L->ho * L->wo;
+    if (L->pointwise || (long long)n * per <= PX_COLS_LIMIT) { *step = n; return 1; }
+    long long fit = PX_COLS_LIMIT / per > 1 ? PX_COLS_LIMIT / per : 1;
+    int parts = (int)((n + fit - 1) / fit);
+    *step = (n + parts - 1) / parts;
+    return (n + *step - 1) / *step;
+}
+
+static int cols_held(const px_net *net, int e, int n0, int nc)
+{
+    return net->cols_owner == e && net->cols_n0 == n0 && net->cols_nc == nc;
+}
+
+/* im2col of samples n0 .. n0+nc-1 of x (a batch of n) into cols; G of nc samples */
+static proxcl_status im2col(px_net *net, int e, px_lbuf *b, const px_layer *L, cl_mem x, int n0, int nc, int n,
+                            cl_mem cols, proxcl_error *err)
+{
+    int step;
+    conv_chunks(L, n, &step);
+    cl_mem *g = nc == n ? &b->geo : nc == step ? &b->geo_chunk[0] : &b->geo_chunk[1];
+    PX_TRY(geometry(net, g, L, nc, NULL, 0, err));
+    px_arg args[] = {PX_M(*g), PX_M(x), PX_M(cols), PX_I(n0), PX_I(n)};
+    PX_TRY(px_nn_rows(&net->dev, "im2col", (size_t)nc * L->ho, (size_t)L->in_shape[0] * L->kh * L->kw, args, 5,
+                      err));
+    net->cols_owner = e;
+    net->cols_n0 = n0;
+    net->cols_nc = nc;
+    return PROXCL_OK;
+}
+
+/* between y[R, ld] and yc[R, L]: the block of yc's shape at flat position off (ops.nn.col_block) */
+static proxcl_status col_block(px_net *net, cl_mem y, cl_mem yc, int rows, int len, int ld, int off, int to_y,
+                               proxcl_error *err)
+{
+    int vec = net->dev.t->vec;
+    px_arg args[] = {PX_I(rows), PX_I(len), PX_I(ld), PX_I(off), PX_M(y), PX_M(yc), PX_I(to_y)};
+    return px_nn_rows(&net->dev, "col_block", (size_t)((len + vec - 1) / vec), (size_t)rows, args, 7, err);
+}
+
+static proxcl_status conv_forward_chunks(px_net *net, int e, px_lbuf *b, const px_layer *L, cl_mem x, int n,
+                                         int step, int chunks, proxcl_error *err)
+{
+    const int p = L->ho * L->wo, k = L->in_shape[0] * L->kh * L->kw;
+    PX_TRY(slot(net, &b->cols, (size_t)k * step * p * 4, err));
+    PX_TRY(slot(net, &b->yc, (size_t)L->out * step * p * 4, err));
+    for (int i = 0; i < chunks; ++i) {
+        int n0 = i * step, nc = n - n0 < step ? n - n0 : step;
+        PX_TRY(im2col(net, e, b, L, x, n0, nc, n, b->cols, err));
+        PX_TRY(matmul(net, L->weight, b->cols, nc * p, L->bias, L->relu, b->yc, err));
+        PX_TRY(col_block(net, b->y, b->yc, L->out, nc * p, n * p, n0 * p, 1, err));
+    }
+    return PROXCL_OK;
+}
+
+/* Conv2d._backward_chunks: the chunks in reverse order (the last one's columns are still held) */
+static proxcl_status conv_backward_chunks(px_net *net, int e, px_lbuf *b, const px_layer *L, cl_mem dy, int n,
+                                          int step, int chunks, int need_dx, proxcl_error *err)
+{
+    px_device *dev = &net->dev;
+    px_param *w = L->weight;
+    const int p = L->ho * L->wo;
+    for (int i = chunks - 1; i >= 0; --i) {
+        int n0 = i * step, nc = n - n0 < step ? n - n0 : step;
+        if (!cols_held(net, e, n0, nc)) PX_TRY(im2col(net, e, b, L, b->x_kept, n0, nc, n, b->cols, err));
+        PX_TRY(col_block(net, dy, b->yc, L->out, nc * p, n * p, n0 * p, 0, err));
+        if (i == chunks - 1) {
+            PX_TRY(px_sddmm(dev, w->nnz, nc * p, w->ai, w->aj, w->idx16, b->yc, b->cols, w->grad, err));
+        } else {
+            PX_TRY(slot(net, &b->part, (size_t)w->nnz * 4, err));
+            PX_TRY(px_sddmm(dev, w->nnz, nc * p, w->ai, w->aj, w->idx16, b->yc, b->cols, b->part, err));
+            px_arg args[] = {PX_I(w->nnz), PX_M(w->grad), PX_M(b->part)};
+            PX_TRY(px_nn_each(dev, "add_into", (size_t)w->nnz, args, 3, err));
+        }
+        if (need_dx) {
+            net->cols_owner = -1;
+            PX_TRY(matmul_t(net, w, b->yc, nc * p, b->cols, err));
+            cl_mem *g = nc == step ? &b->geo_chunk[0] : &b->geo_chunk[1];
+            PX_TRY(geometry(net, g, L, nc, NULL, 0, err));
+            px_arg args[] = {PX_M(*g), PX_M(b->cols), PX_M(b->dx), PX_I(n0), PX_I(n)};
+            PX_TRY(px_nn_rows(dev, "col2im", (size_t)nc * L->in_shape[1], (size_t)L->in_shape[0], args, 5, err));
+        }
+    }
+    return PROXCL_OK;
 }
 
 /* ---- forward ---- */
@@ -244,16 +353,22 @@ static proxcl_status layer_forward(px_net *net, px_ws *w, int e, cl_mem x, int t
     case L_CONV: {
         cl_mem cols = x;
         const int c = L->in_shape[0], ncols = n * L->ho * L->wo;
+        int step, chunks = conv_chunks(L, n, &step);
+        PX_TRY(slot(net, &b->y, ysize, err));
+        if (chunks > 1) {
+            PX_TRY(conv_forward_chunks(net, e, b, L, x, n, step, chunks, err));
+            if (keep) { b->x_kept = x; b->cols_kept = b->cols; b->y_kept = b->y; }
+            *out = b->y;
+            return PROXCL_OK;
+        }
         if (!L->pointwise) {
             PX_TRY(slot(net, &b->cols, (size_t)c * L->kh * L->kw * ncols * 4, err));
-            PX_TRY(geometry(net, &b->geo, L, n, NULL, 0, err));
-            px_arg args[] = {PX_M(b->geo), PX_M(x), PX_M(b->cols)};
-            PX_TRY(px_nn_rows(dev, "im2col", (size_t)n * L->ho, (size_t)c * L->kh * L->kw, args, 3, err));
+            PX_TRY(im2col(net, e, b, L, x, 0, n, n, b->cols, err));
             cols = b->cols;
         }
-        PX_TRY(slot(net, &b->y, ysize, err));
         if (L->weight->csr)
-            PX_TRY(px_spmm(dev, L->weight->rows, L->weight->cols, L->weight->ap, L->weight->aj, L->weight->data, NULL,
+            PX_TRY(px_spmm(dev, L->weight->rows, L->weight->cols, L->weight->ap, L->weight->aj, L->weight->idx16,
+                           L->weight->data, NULL,
                            cols, ncols, L->bias ? L->bias->data : NULL, L->relu, b->y, err));
         else
             PX_TRY(px_gemm(dev, L->weight->data, cols, b->y, L->weight->rows, ncols, L->weight->cols, 0,
@@ -388,7 +503,8 @@ static proxcl_status layer_backward(px_net *net, px_ws *w, int e, cl_mem dy, int
     switch (L->kind) {
     case L_LINEAR:
         PX_TRY(mask_and_bias_grad(net, L, dy, b->y_kept, L->out, n, err));
-        PX_TRY(px_sddmm(dev, L->weight->nnz, n, L->weight->ai, L->weight->aj, dy, b->x_kept, L->weight->grad, err));
+        PX_TRY(px_sddmm(dev, L->weight->nnz, n, L->weight->ai, L->weight->aj, L->weight->idx16, dy, b->x_kept,
+                        L->weight->grad, err));
         if (!need_dx) return PROXCL_OK;
         PX_TRY(slot(net, &b->dx, fsize(L, n, 0) * 4, err));
         PX_TRY(matmul_t(net, L->weight, dy, n, b->dx, err));
@@ -397,16 +513,27 @@ static proxcl_status layer_backward(px_net *net, px_ws *w, int e, cl_mem dy, int
     case L_CONV: {
         const int cols = n * L->ho * L->wo;
         PX_TRY(mask_and_bias_grad(net, L, dy, b->y_kept, L->out, cols, err));
-        PX_TRY(px_sddmm(dev, L->weight->nnz, cols, L->weight->ai, L->weight->aj, dy, b->cols_kept, L->weight->grad, err));
+        int step, chunks = conv_chunks(L, n, &step);
+        if (chunks > 1) {
+            if (need_dx) PX_TRY(slot(net, &b->dx, fsize(L, n, 0) * 4, err));
+            PX_TRY(conv_backward_chunks(net, e, b, L, dy, n, step, chunks, need_dx, err));
+            *dx = need_dx ? b->dx : NULL;
+            return PROXCL_OK;
+        }
+        if (!L->pointwise && !cols_held(net, e, 0, n))      /* the Python runtime's scratch was overwritten */
+            PX_TRY(im2col(net, e, b, L, b->x_kept, 0, n, n, b->cols, err));
+        PX_TRY(px_sddmm(dev, L->weight->nnz, cols, L->weight->ai, L->weight->aj, L->weight->idx16, dy, b->cols_kept,
+                        L->weight->grad, err));
         if (!need_dx) return PROXCL_OK;
         PX_TRY(slot(net, &b->dx, fsize(L, n, 0) * 4, err));
         if (L->pointwise) {
             PX_TRY(matmul_t(net, L->weight, dy, cols, b->dx, err));
         } else {
+            net->cols_owner = -1;                          /* dcols goes over the scratch there */
             PX_TRY(slot(net, &b->dcols, (size_t)L->weight->cols * cols * 4, err));
             PX_TRY(matmul_t(net, L->weight, dy, cols, b->dcols, err));
-            px_arg args[] = {PX_M(b->geo), PX_M(b->dcols), PX_M(b->dx)};
-            PX_TRY(px_nn_rows(dev, "col2im", (size_t)n * L->in_shape[1], (size_t)L->in_shape[0], args, 3, err));
+            px_arg args[] = {PX_M(b->geo), PX_M(b->dcols), PX_M(b->dx), PX_I(0), PX_I(n)};
+            PX_TRY(px_nn_rows(dev, "col2im", (size_t)n * L->in_shape[1], (size_t)L->in_shape[0], args, 5, err));
         }
         *dx = b->dx;
         return PROXCL_OK;

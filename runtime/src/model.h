@@ -15,6 +15,8 @@ typedef struct {
     int size;                    /* product of shape */
     int penalised;               /* a weight (not a bias) */
     int csr, nnz;                /* stored as CSR, its entries */
+    int idx16;                   /* CSR: aj, ai and ti are uint16 on the device (both dimensions fit,
+                                    as ops.sparse.index_dtype); csr.cl's IDX16 */
     int half;                    /* the file stored its values as float16 */
     /* host copies (kept for CSR: the pattern; for every param: the values as loaded) */
     int32_t *indptr, *indices;
@@ -41,6 +43,8 @@ typedef struct {
 /* device buffers of one layer for one batch size, made on first use */
 typedef struct {
     cl_mem y, idx, cols, dx, dcols, geo, geo_direct, y_direct;
+    cl_mem geo_chunk[2], yc, part;       /* a convolution in batch chunks: G of a chunk (full, last),
+                                            a chunk of Y or dY, a chunk's weight gradient */
     cl_mem x_kept, cols_kept, y_kept;    /* what backward needs (not owned) */
 } px_lbuf;
 
@@ -66,6 +70,9 @@ typedef struct {
     px_ws ws[PX_WORKSPACES];
     long clock;
     int training;                /* proxcl_train_begin ran */
+    /* which convolution's im2col columns the Python runtime's shared scratch would hold now (its
+       index in exec, -1: none) and for which samples: a backward pass reuses them, as layers.py */
+    int cols_owner, cols_n0, cols_nc;
     int adam;
     double momentum, beta1, beta2, eps;
 } px_net;

@@ -6,9 +6,9 @@
 #define FILE_ "csr.cl"
 
 /* Y[m, n] = A X (+ bias) (ReLU) with A CSR (m x k) and X [k, n]; with pm, A is the transposed
- * structure (Tp, Ti) whose values are ax[pm[p]]. */
-proxcl_status px_spmm(px_device *dev, int m, int k, cl_mem ap, cl_mem aj, cl_mem ax, cl_mem pm, cl_mem x,
-                      int n, cl_mem bias, int relu, cl_mem out, proxcl_error *err)
+ * structure (Tp, Ti) whose values are ax[pm[p]].  idx16: aj (and ai) are uint16. */
+proxcl_status px_spmm(px_device *dev, int m, int k, cl_mem ap, cl_mem aj, int idx16, cl_mem ax, cl_mem pm,
+                      cl_mem x, int n, cl_mem bias, int relu, cl_mem out, proxcl_error *err)
 {
     (void)k;
     if (!m || !n) return PROXCL_OK;
@@ -19,22 +19,22 @@ proxcl_status px_spmm(px_device *dev, int m, int k, cl_mem ap, cl_mem aj, cl_mem
                      PX_I(relu)};
     if (nv) {          /* CPU form: a row segment of nv vectors per work-item, rows varying fastest */
         const int lx = t->spmm_rows;
-        px_define defs[] = {{"VEC", vec}, {"NV", nv}, {"LX", lx}, {"TRANSPOSED", tr}};
-        PX_TRY(px_kernel_get(dev, FILE_, "csr_spmm_seg", defs, 4, &kern, err));
+        px_define defs[] = {{"VEC", vec}, {"NV", nv}, {"LX", lx}, {"TRANSPOSED", tr}, {"IDX16", idx16}};
+        PX_TRY(px_kernel_get(dev, FILE_, "csr_spmm_seg", defs, 5, &kern, err));
         size_t g[2] = {(size_t)m, (size_t)((n + nv * vec - 1) / (nv * vec))}, l[2] = {(size_t)lx, 1};
         return px_launch(dev, kern, 2, g, l, args, 10, err);
     }
     const int lx = t->spmm_local[0], ly = t->spmm_local[1];   /* GPU form: coalesced over columns */
     px_define defs[] = {{"VEC", vec}, {"LX", lx}, {"LY", ly}, {"TRANSPOSED", tr},
-                        {"PX_ALIGNED", t->aligned && n % vec == 0}};
-    PX_TRY(px_kernel_get(dev, FILE_, "csr_spmm", defs, 5, &kern, err));
+                        {"PX_ALIGNED", t->aligned && n % vec == 0}, {"IDX16", idx16}};
+    PX_TRY(px_kernel_get(dev, FILE_, "csr_spmm", defs, 6, &kern, err));
     size_t g[2] = {(size_t)((n + vec - 1) / vec), (size_t)m}, l[2] = {(size_t)lx, (size_t)ly};
     return px_launch(dev, kern, 2, g, l, args, 10, err);
 }
 
 /* G[p] = A[ai[p], :] . B[aj[p], :] over the nnz entries; A [m, n], B [k, n]. */
-proxcl_status px_sddmm(px_device *dev, int nnz, int n, cl_mem ai, cl_mem aj, cl_mem a, cl_mem b, cl_mem g,
-                       proxcl_error *err)
+proxcl_status px_sddmm(px_device *dev, int nnz, int n, cl_mem ai, cl_mem aj, int idx16, cl_mem a, cl_mem b,
+                       cl_mem g, proxcl_error *err)
 {
     if (!nnz) return PROXCL_OK;
     const px_tuning *t = dev->t;
@@ -47,14 +47,14 @@ proxcl_status px_sddmm(px_device *dev, int nnz, int n, cl_mem ai, cl_mem aj, cl_
             group = 256 / PX_SDDMM_WIDE_LANES > 1 ? 256 / PX_SDDMM_WIDE_LANES : 1;
         }
         px_define defs[] = {{"VEC", t->sddmm_vec}, {"LANES", lanes}, {"GROUP", group},
-                            {"PX_ALIGNED", t->aligned && n % t->sddmm_vec == 0}};
-        PX_TRY(px_kernel_get(dev, FILE_, "csr_sddmm", defs, 4, &kern, err));
+                            {"PX_ALIGNED", t->aligned && n % t->sddmm_vec == 0}, {"IDX16", idx16}};
+        PX_TRY(px_kernel_get(dev, FILE_, "csr_sddmm", defs, 5, &kern, err));
         size_t gs[2] = {(size_t)lanes, (size_t)nnz}, l[2] = {(size_t)lanes, (size_t)group};
         return px_launch(dev, kern, 2, gs, l, args, 8, err);
     }
     const int epw = t->sddmm_epw, lx = t->sddmm_group;
-    px_define defs[] = {{"VEC", t->sddmm_vec}, {"EPW", epw}, {"LX", lx}};
-    PX_TRY(px_kernel_get(dev, FILE_, "csr_sddmm_rows", defs, 3, &kern, err));
+    px_define defs[] = {{"VEC", t->sddmm_vec}, {"EPW", epw}, {"LX", lx}, {"IDX16", idx16}};
+    PX_TRY(px_kernel_get(dev, FILE_, "csr_sddmm_rows", defs, 4, &kern, err));
     size_t gs = (size_t)((nnz + epw - 1) / epw), l = (size_t)lx;
     return px_launch(dev, kern, 1, &gs, &l, args, 8, err);
 }

@@ -117,10 +117,10 @@ proxcl_status px_gemm(px_device *dev, cl_mem a, cl_mem b, cl_mem out, int M, int
                       cl_mem bias, int relu, proxcl_error *err);
 /* csr.cl (ops/sparse.py): shape (m, k), row pointers ap, indices aj, values ax, pm (NULL or the
  * transpose permutation) */
-proxcl_status px_spmm(px_device *dev, int m, int k, cl_mem ap, cl_mem aj, cl_mem ax, cl_mem pm, cl_mem x,
-                      int n, cl_mem bias, int relu, cl_mem out, proxcl_error *err);
-proxcl_status px_sddmm(px_device *dev, int nnz, int n, cl_mem ai, cl_mem aj, cl_mem a, cl_mem b, cl_mem g,
-                       proxcl_error *err);
+proxcl_status px_spmm(px_device *dev, int m, int k, cl_mem ap, cl_mem aj, int idx16, cl_mem ax, cl_mem pm,
+                      cl_mem x, int n, cl_mem bias, int relu, cl_mem out, proxcl_error *err);
+proxcl_status px_sddmm(px_device *dev, int nnz, int n, cl_mem ai, cl_mem aj, int idx16, cl_mem a, cl_mem b,
+                       cl_mem g, proxcl_error *err);
 /* nn.cl (ops/nn.py) */
 proxcl_status px_nn_rows(px_device *dev, const char *name, size_t rows, size_t cols, const px_arg *args,
                          int nargs, proxcl_error *err);

@@ -267,8 +267,7 @@ def run(args) -> int:
     else:
         from ..memory import format_bytes
         print(f"test accuracy {res.test_accuracy * 100:.2f} %, {res.nnz} of {res.weights} weights nonzero "
-              f"({res.density * 100:.2f} %), {res.seconds:.0f} s; model written to {cfg.out}",
-              file=sys.stdout)
-        print(f"peak device memory {format_bytes(peak['total'])} (weights, gradients and optimizer state "
-              f"{format_bytes(peak['state'])}; details per epoch in --log)", file=sys.stdout)
+              f"({res.density * 100:.2f} %), {res.seconds:.0f} s, peak device memory "
+              f"{format_bytes(peak['total'])} (weights, gradients and optimizer state "
+              f"{format_bytes(peak['state'])}); model written to {cfg.out}", file=sys.stdout)
     return 0

@@ -3,8 +3,8 @@
  * Dense operands are row-major and feature-major: X[n_col, n_vec], one row per feature,
  * so a CSR row streams over contiguous batch columns.
  * Build defines: VEC (vector width), PX_ALIGNED (see common.h), LX, LY (fixed local size),
- * TRANSPOSED (values through Pm), IDX (the index type of Aj, Ai and Ti: ushort when both
- * dimensions fit, else int; proxcl.ops.sparse.index_dtype),
+ * TRANSPOSED (values through Pm), IDX16 (1: the index arrays Aj, Ai and Ti are ushort, IDX,
+ * as when both dimensions fit; 0: int; proxcl.ops.sparse.index_dtype),
  * NV (vectors per work-item, csr_spmm_seg), LANES, GROUP (csr_sddmm), EPW (csr_sddmm_rows),
  * SCAN_LOCAL (scan).  Every *_seg / *_rows kernel is the CPU form of the kernel before it;
  * Device.tuning picks one per device kind.  Host module: proxcl/ops/sparse.py. */
@@ -18,7 +18,12 @@
 #ifndef TRANSPOSED
 #define TRANSPOSED 0
 #endif
-#ifndef IDX
+#ifndef IDX16
+#define IDX16 0
+#endif
+#if IDX16
+#define IDX ushort
+#else
 #define IDX int
 #endif
 

@@ -39,8 +39,9 @@ def index_dtype(shape) -> np.dtype:
     return np.dtype(np.uint16 if max(int(shape[0]), int(shape[1])) <= _U16_MAX else np.int32)
 
 
-def _idx_define(dtype) -> str:
-    return "ushort" if np.dtype(dtype) == np.uint16 else "int"
+def _idx_define(dtype) -> int:
+    """csr.cl's IDX16 define for index arrays of this type."""
+    return int(np.dtype(dtype) == np.uint16)
 
 # GPU form of SDDMM: from this many columns on (a convolution's weight gradient has
 # n = batch x output pixels, 73,728 for LeNet-5's conv1), each entry gets this many lanes.
@@ -134,8 +135,8 @@ class CSRPattern:
         self._transposed = None
 
     @property
-    def idx(self) -> str:
-        """csr.cl's IDX define for this pattern's index arrays."""
+    def idx(self) -> int:
+        """csr.cl's IDX16 define for this pattern's index arrays."""
         return _idx_define(self.indices.dtype)
 
     @property
@@ -149,7 +150,7 @@ class CSRPattern:
             dev, m = self.device, self.shape[0]
             self._rows = dev.empty((self.nnz,), self.indices.dtype, category=self.category)
             if self.nnz:
-                dev.launch(dev.kernel(_FILE, "csr_row_of_entry", IDX=self.idx), (m,),
+                dev.launch(dev.kernel(_FILE, "csr_row_of_entry", IDX16=self.idx), (m,),
                            (dev.tuning.ew_local,), m, self.indptr, self._rows)
         return self._rows
 
@@ -253,7 +254,7 @@ class CSRMatrix:
         ax = dev.empty((nnz,), np.float32, category=category)
         src = dev.empty((nnz,), np.int32, category=category) if return_src else None
         if nnz:
-            dev.launch(dev.kernel(_FILE, "dense_fill_rows", IDX=_idx_define(it)), (m,), (dev.tuning.ew_local,),
+            dev.launch(dev.kernel(_FILE, "dense_fill_rows", IDX16=_idx_define(it)), (m,), (dev.tuning.ew_local,),
                        m, k, a, float(threshold), indptr, aj, ax, src)
         w = cls(CSRPattern(dev, (m, k), indptr, aj, nnz), ax)
         return (w, src) if return_src else w
@@ -359,12 +360,12 @@ class CSRMatrix:
                 if n >= SDDMM_WIDE_N:   # long dot products (conv weight gradients): more lanes each
                     lanes, group = SDDMM_WIDE_LANES, max(1, 256 // SDDMM_WIDE_LANES)
                 kern = dev.kernel(_FILE, "csr_sddmm", VEC=t.sddmm_vec, LANES=lanes, GROUP=group,
-                                  PX_ALIGNED=int(t.aligned and n % t.sddmm_vec == 0), IDX=self.pattern.idx)
+                                  PX_ALIGNED=int(t.aligned and n % t.sddmm_vec == 0), IDX16=self.pattern.idx)
                 dev.launch(kern, (lanes, self.nnz), (lanes, group), self.nnz, n,
                            self.pattern.rows, self.indices, a, b, g, float(scale))
             else:
                 epw, lx = t.sddmm_epw, t.sddmm_group
-                kern = dev.kernel(_FILE, "csr_sddmm_rows", VEC=t.sddmm_vec, EPW=epw, LX=lx, IDX=self.pattern.idx)
+                kern = dev.kernel(_FILE, "csr_sddmm_rows", VEC=t.sddmm_vec, EPW=epw, LX=lx, IDX16=self.pattern.idx)
                 dev.launch(kern, (-(-self.nnz // epw),), (lx,), self.nnz, n,
                            self.pattern.rows, self.indices, a, b, g, float(scale))
         return CSRMatrix(self.pattern, g)
@@ -392,7 +393,7 @@ class CSRMatrix:
         aj = dev.empty((nnz,), self.indices.dtype, category=cat)
         src = dev.empty((nnz,), np.int32, category=cat)
         if nnz:
-            dev.launch(dev.kernel(_FILE, "csr_fill_nonzero", IDX=self.pattern.idx), (m,),
+            dev.launch(dev.kernel(_FILE, "csr_fill_nonzero", IDX16=self.pattern.idx), (m,),
                        (dev.tuning.ew_local,), m, self.indptr, self.indices, self.data, indptr, aj, src)
         pattern = CSRPattern(dev, self.shape, indptr, aj, nnz)
         gathered = [gather(dev, x, src) for x in (self.data, *others)]
@@ -450,7 +451,7 @@ def _scan_rows(dev: Device, m: int, category: str, count) -> cla.Array:
     return indptr
 
 
-def _spmm(dev: Device, shape, ap, aj, ax, pm, x, bias, relu, out, idx: str) -> cla.Array:
+def _spmm(dev: Device, shape, ap, aj, ax, pm, x, bias, relu, out, idx: int) -> cla.Array:
     m, k = shape
     x = dev.to_device(x)
     if x.ndim != 2 or x.shape[0] != k:
@@ -470,13 +471,13 @@ def _spmm(dev: Device, shape, ap, aj, ax, pm, x, bias, relu, out, idx: str) -> c
         tr = int(pm is not None)
         if nv:   # CPU form: a row segment of nv vectors per work-item, rows varying fastest
             lx = t.spmm_rows
-            kern = dev.kernel(_FILE, "csr_spmm_seg", VEC=vec, NV=nv, LX=lx, TRANSPOSED=tr, IDX=idx)
+            kern = dev.kernel(_FILE, "csr_spmm_seg", VEC=vec, NV=nv, LX=lx, TRANSPOSED=tr, IDX16=idx)
             dev.launch(kern, (m, -(-n // (nv * vec))), (lx, 1), m, n, ap, aj, ax, pm, x, out,
                        bias, int(relu))
         else:    # GPU form: work-items coalesced over the batch columns
             lx, ly = t.spmm_local
             kern = dev.kernel(_FILE, "csr_spmm", VEC=vec, LX=lx, LY=ly, TRANSPOSED=tr,
-                              PX_ALIGNED=int(t.aligned and n % vec == 0), IDX=idx)
+                              PX_ALIGNED=int(t.aligned and n % vec == 0), IDX16=idx)
             dev.launch(kern, (-(-n // vec), m), (lx, ly), m, n, ap, aj, ax, pm, x, out,
                        bias, int(relu))
     return out
