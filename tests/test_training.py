@@ -212,8 +212,6 @@ def test_magnitude_prune_keeps_the_largest(dev, scope):
     (dict(out="/tmp/a.proxcl", log="/tmp/a.proxcl"), "same file"),
     (dict(out="/tmp/a.proxcl", checkpoint="/tmp/a.proxcl"), "same file"),
     (dict(init_density=0.0), "init-density"),
-    (dict(init_density=0.05, method="gmp", optimizer="sgd"), "--init-density applies only to --method proximal"),
-    (dict(regrow="random", method="dense", optimizer="sgd"), "--regrow applies only to --method proximal"),
     (dict(init_density=0.05, target_density=0.1), "above --init-density"),
     (dict(regrow="sideways"), "regrow must be"),
     (dict(regrow="random", regrow_fraction=0.0), "regrow-fraction"),
@@ -221,6 +219,16 @@ def test_magnitude_prune_keeps_the_largest(dev, scope):
 def test_bad_configuration_is_one_clear_error(kw, msg):
     with pytest.raises(TrainingError, match=msg):
         _cfg(**kw).validate()
+
+
+@pytest.mark.parametrize("kw, msg", [
+    (dict(init_density=0.05, method="gmp"), "--init-density applies only to --method proximal"),
+    (dict(regrow="random", method="dense"), "--regrow applies only to --method proximal"),
+    (dict(regrow_fraction=0.2), "--regrow-fraction applies only to --method proximal with --regrow"),
+])
+def test_sparse_start_options_belong_to_the_proximal_method(kw, msg):
+    with pytest.raises(TrainingError, match=msg):
+        TrainConfig(**kw).validate()
 
 
 def test_fashion_mnist_short_run_reaches_accuracy_and_sparsity(dev):
