@@ -35,7 +35,13 @@ def add_parser(sub) -> None:
     k.add_argument("--json", metavar="PATH", default=None, help="also write the results as JSON")
     k.add_argument("--repeat", type=int, default=30,
                    help="most timed repetitions per measurement (fewer when one is slow; default 30)")
-    k.add_argument("--quick", action="store_true", help="two shapes, one batch width, two densities")
+    k.add_argument("--quick", action="store_true", help="two shapes, one batch width, two densities "
+                   "(with --large: only the five cases the large-layer bars are set on)")
+    k.add_argument("--large", action="store_true",
+                   help="a second benchmark instead: layers of 4096-16384 rows at 0.5-10 %% density and "
+                        "batch 64-2048, with the transposed SpMM, SDDMM and dense GEMM as well, against torch "
+                        "on the same device kind, and floors that name their bound (DRAM or cache); "
+                        "minutes on a GPU, longer on a CPU")
     k.set_defaults(func=run_kernels)
 
     mod = _model_module()
@@ -71,6 +77,11 @@ def run_kernels(args) -> int:
     if args.repeat < 1:
         raise InputError("--repeat must be at least 1")
     check_writable(args.json, "--json")
+    if args.large:
+        from ..bench import large
+        result = large.run(args.device, quick=args.quick, log=lambda line: print(line, flush=True))
+        finish(result, args.json)
+        return 0
     result = kernels.run(args.device, repeat=args.repeat, quick=args.quick,
                          log=lambda line: print(line, flush=True))
     finish(result, args.json)

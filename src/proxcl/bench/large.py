@@ -1,0 +1,284 @@
+"""Large-layer benchmark (``proxcl bench kernels --large``): the three sparse products of a
+training step and the dense GEMM on layers of thousands of rows, against torch.
+
+Per weight shape W [m, k], batch width n and density d, four operations, each through
+proxcl's public API and through torch on the same device kind (CUDA on a GPU device, the CPU
+otherwise):
+
+* ``W @ X``     SpMM, X [k, n]               peer: torch CSR @ dense (cuSPARSE on CUDA)
+* ``W.T @ D``   transposed SpMM, D [m, n]    peer: the CSR tensor's transpose @ dense
+* ``sddmm``     ``W.sddmm(D, X)``: (D X^T) on W's support      peer: torch.sparse.sampled_addmm
+* ``gemm``      proxcl's dense product of the same W            peer: torch.mm (cuBLAS on CUDA)
+
+Clocks: **dev** is the summed OpenCL profiling events of one call; **api** and **out=** are
+the host clock per call with ``CALLS`` calls queued back to back and one wait, through the
+public call that allocates its result and through the ``out=`` form; **peer** is the same
+back-to-back host clock for torch's call (which allocates its result too).  **vs peer** is
+peer / api: > 1 when proxcl is faster.
+
+Floors: the DRAM floor is the bytes the operation must move (values, indices, row pointers,
+the dense operands once, the result once) over the bandwidth of a large buffer copy.  A sparse
+product with a dense operand also re-reads an n-wide row of that operand for every stored
+entry: ``4 n nnz`` bytes through the caches, timed against the bandwidth of re-reading a
+buffer that stays in them (``probe.cl``'s reread).  The floor is the larger of the two, and
+**bound** names it; **x floor** is dev / floor.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import warnings
+
+import numpy as np
+
+from .. import ops
+from ..ops import HostCSR
+from ..ops.sparse import index_dtype
+from ..runtime import Device
+from .kernels import random_csr_arrays
+from .timing import SETTLE_S, copy_bandwidth, machine_info, time_opencl
+
+# The shapes of docs/PERFORMANCE.md's large-layer bars: (m, k), n
+SHAPES = [((4096, 4096), 1024), ((16384, 4096), 256), ((4096, 16384), 2048), ((8192, 8192), 64)]
+DENSITIES = [0.005, 0.01, 0.02, 0.05, 0.1]
+# The cases the bars are set on: ((m, k), n, density)
+BAR_CASES = [((4096, 4096), 1024, 0.01), ((4096, 4096), 1024, 0.05), ((16384, 4096), 256, 0.01),
+             ((4096, 16384), 2048, 0.02), ((8192, 8192), 64, 0.01)]
+CALLS = 20
+CHECK = 8
+OPS = ("W @ X", "W.T @ D", "sddmm", "gemm")
+PEER = {"W @ X": "torch CSR @ X", "W.T @ D": "torch CSR.t() @ D", "sddmm": "torch sampled_addmm",
+        "gemm": "torch.mm"}
+
+
+def cache_bandwidth(dev: Device, repeat: int = 5) -> tuple[float, int]:
+    """GB/s of re-reading a buffer that stays in the device's caches, and that buffer's size in
+    bytes: the best of buffers of 64 KiB to 16 MiB (no larger than the global memory cache the
+    device reports) and of a few work sizes, so that a floor made with it stays a lower bound."""
+    cache = int(dev.cl_device.global_mem_cache_size or 0) or (1 << 24)
+    sizes = [s for s in (1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 24) if s <= max(cache, 1 << 16)]
+    cpu = dev.tuning.kind == "cpu"
+    vec, rounds = (16, 256) if cpu else (4, 256)
+    kern = dev.kernel("probe.cl", "reread", VEC=vec, ROUNDS=rounds, CONTIG=int(cpu))
+    cus = int(dev.cl_device.max_compute_units)
+    best = (0.0, 0)
+    for size in sizes:
+        nv = size // (4 * vec)                          # >= 1024 vectors: a multiple of ROUNDS
+        src = dev.full((nv * vec,), 1.0)
+        for per_cu in (256, 1024, 4096):
+            work = min(cus * per_cu, nv) // 64 * 64
+            out = dev.empty((work,))
+            times = []
+            for i in range(repeat + 2):
+                ev = dev.launch(kern, (work,), (64,), nv, src, out)
+                ev.wait()
+                if i >= 2:
+                    times.append((ev.profile.end - ev.profile.start) * 1e-9)
+            best = max(best, (4 * vec * rounds * work / statistics.median(times) / 1e9, size))
+    return best
+
+
+def _pipelined_ms(fn, sync, calls: int = CALLS, repeat: int = 5) -> float:
+    """Host milliseconds per call, ``calls`` calls back to back and one ``sync()``; median of
+    ``repeat`` batches after one warm-up batch."""
+    time.sleep(SETTLE_S)
+    for _ in range(2):
+        fn()
+    sync()
+    per_call = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        sync()
+        per_call.append((time.perf_counter() - t0) * 1e3 / calls)
+    return statistics.median(per_call)
+
+
+def floor_bytes(op: str, m: int, k: int, n: int, nnz: int, idx_bytes: int) -> tuple[int, int]:
+    """(DRAM bytes, cache bytes) the operation must move at least."""
+    entries = (4 + idx_bytes) * nnz
+    if op == "W @ X":
+        return entries + 4 * (m + 1) + 4 * k * n + 4 * m * n, 4 * n * nnz
+    if op == "W.T @ D":
+        return entries + 4 * (k + 1) + 4 * m * n + 4 * k * n, 4 * n * nnz
+    if op == "sddmm":                 # both dense operands once, the row and column of every entry
+        return 4 * m * n + 4 * k * n + (4 + 2 * idx_bytes) * nnz, 4 * n * nnz
+    return 4 * (m * k + k * n + m * n), 0
+
+
+class _Peer:
+    """torch on the device kind (CUDA for a GPU device when available, else the CPU)."""
+
+    def __init__(self, dev: Device):
+        try:
+            import torch
+        except ImportError:
+            self.torch = None
+            return
+        self.torch = torch
+        self.cuda = (not dev.is_cpu) and torch.cuda.is_available()
+        self.where = f"CUDA {torch.cuda.get_device_name()}" if self.cuda else \
+            f"CPU, {torch.get_num_threads()} threads"
+
+    def tensor(self, a):
+        t = self.torch.from_numpy(np.ascontiguousarray(a))
+        return t.cuda() if self.cuda else t
+
+    def csr(self, indptr, indices, data, shape):
+        torch = self.torch
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            t = torch.sparse_csr_tensor(torch.from_numpy(indptr.astype(np.int64)),
+                                        torch.from_numpy(indices.astype(np.int64)),
+                                        torch.from_numpy(data), size=shape, check_invariants=False)
+        return t.cuda() if self.cuda else t
+
+    def sync(self):
+        if self.cuda:
+            self.torch.cuda.synchronize()
+
+    def time(self, fn) -> float | None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                return _pipelined_ms(fn, self.sync)
+        except (RuntimeError, NotImplementedError):
+            return None              # an operation this torch build lacks on this device
+
+
+def _rel_err(got, ref) -> float:
+    return float(np.linalg.norm(got - ref) / max(np.linalg.norm(ref), 1e-30))
+
+
+def run(device: str | None = None, *, quick: bool = False, shapes=None, densities=None,
+        seed: int = 0, log=print) -> dict:
+    """Run the benchmark; ``shapes`` [((m, k), n)] and ``densities`` replace the defaults, and
+    ``quick`` runs only the bar cases.  Returns a JSON-ready dict (``rows``: one per operation
+    and case)."""
+    dev = Device(device, profile=True)
+    peer = _Peer(dev)
+    cases = (BAR_CASES if quick and shapes is None else
+             [(s, n, d) for s, n in (shapes or SHAPES) for d in (densities or DENSITIES)])
+    bw = copy_bandwidth(dev)
+    cbw, csize = cache_bandwidth(dev)
+    result = {"benchmark": "kernels-large",
+              "device": {"name": dev.name, "platform": dev.platform_name,
+                         "type": "cpu" if dev.is_cpu else "gpu"},
+              "host": machine_info(), "peer": None if peer.torch is None else peer.where,
+              "torch": None if peer.torch is None else peer.torch.__version__,
+              "copy_bandwidth_gbs": bw, "cache_bandwidth_gbs": cbw, "cache_probe_bytes": csize,
+              "calls": CALLS, "rows": []}
+    log(f"device: {dev.platform_name} | {dev.name}  (copy {bw:.0f} GB/s, cache re-read {cbw:.0f} GB/s "
+        f"on {csize >> 10} KiB)")
+    log(f"peer: torch {result['torch']} on {result['peer']}" if peer.torch else "peer: torch not installed")
+    log(HEADER)
+    rng = np.random.default_rng(seed)
+    t_start = time.perf_counter()
+    gemm_done: dict = {}
+    for (m, k), n, d in cases:
+        for row in _case(dev, peer, rng, (m, k), n, d, bw, cbw, gemm_done):
+            result["rows"].append(row)
+            log(format_row(row))
+    log("")
+    log(LEGEND)
+    result["elapsed_s"] = time.perf_counter() - t_start
+    return result
+
+
+def _case(dev, peer, rng, shape, n, d, bw, cbw, gemm_done) -> list[dict]:
+    (m, k) = shape
+    indptr, indices, data = random_csr_arrays(rng, m, k, d)
+    nnz = int(indices.size)
+    x = rng.standard_normal((k, n)).astype(np.float32)
+    dy = rng.standard_normal((m, n)).astype(np.float32)
+    w = ops.CSRMatrix.from_arrays(indptr, indices, data, shape, dev)
+    xd, dyd = dev.to_device(x), dev.to_device(dy)
+    y, z, g = dev.empty((m, n)), dev.empty((k, n)), dev.empty((nnz,))
+    wt = w.T
+    host = HostCSR(indptr, indices, data, shape).to_dense().astype(np.float64)
+    idx_bytes = np.dtype(index_dtype(shape)).itemsize
+    # references in float64 on a sample: the first CHECK columns of the products, CHECK * 512
+    # entries of the SDDMM (the whole float64 products of the largest cases take minutes)
+    c = min(n, CHECK)
+    ent = np.sort(rng.choice(nnz, size=min(nnz, CHECK * 512), replace=False)) if nnz else np.zeros(0, int)
+    rows_of = np.repeat(np.arange(m), np.diff(indptr))[ent]
+    x64, dy64 = x[:, :c].astype(np.float64), dy[:, :c].astype(np.float64)
+    calls = {"W @ X": (lambda: w @ xd, lambda: w.matmul(xd, out=y), lambda: y.get()[:, :c],
+                       lambda: host @ x64),
+             "W.T @ D": (lambda: wt @ dyd, lambda: w.matmul_t(dyd, out=z), lambda: z.get()[:, :c],
+                         lambda: host.T @ dy64),
+             "sddmm": (lambda: w.sddmm(dyd, xd), lambda: w.sddmm(dyd, xd, out=g), lambda: g.get()[ent],
+                       lambda: np.einsum("en,en->e", dy[rows_of].astype(np.float64),
+                                         x[indices[ent]].astype(np.float64)))}
+    tp = None
+    if peer.torch is not None:
+        tw, tx, tdy = peer.csr(indptr, indices, data, shape), peer.tensor(x), peer.tensor(dy)
+        txt = peer.tensor(x.T)
+        tp = {"W @ X": lambda: tw @ tx, "W.T @ D": lambda: tw.t() @ tdy,
+              "sddmm": lambda: peer.torch.sparse.sampled_addmm(tw, tdy, txt, beta=0.0)}
+    rows = []
+    for op, (api, into, got, ref) in calls.items():
+        tm = time_opencl(dev, into, repeat=10, budget_s=0.3)
+        into()
+        rows.append(_row(op, m, k, n, d, nnz, idx_bytes, tm.device_ms,
+                         _pipelined_ms(api, dev.finish), _pipelined_ms(into, dev.finish),
+                         peer.time(tp[op]) if tp else None, _rel_err(got(), ref()), bw, cbw))
+    if (m, k, n) not in gemm_done:     # the dense product does not depend on the density
+        wf = host.astype(np.float32)
+        wdd = dev.to_device(wf)
+        tm = time_opencl(dev, lambda: ops.gemm(dev, wdd, xd, out=y), repeat=10, budget_s=0.3)
+        ops.gemm(dev, wdd, xd, out=y)
+        err = _rel_err(y.get()[:, :c], host @ x64)
+        pt = None
+        if peer.torch is not None:
+            twd = peer.tensor(wf)
+            pt = peer.time(lambda: peer.torch.mm(twd, tx))
+        gemm_done[(m, k, n)] = _row("gemm", m, k, n, 1.0, m * k, 0, tm.device_ms,
+                                    _pipelined_ms(lambda: ops.gemm(dev, wdd, xd), dev.finish),
+                                    _pipelined_ms(lambda: ops.gemm(dev, wdd, xd, out=y), dev.finish),
+                                    pt, err, bw, cbw)
+        rows.append(gemm_done[(m, k, n)])
+    return rows
+
+
+def _row(op, m, k, n, d, nnz, idx_bytes, dev_ms, api_ms, out_ms, peer_ms, err, bw, cbw) -> dict:
+    dram, cache = floor_bytes(op, m, k, n, nnz, idx_bytes)
+    dram_ms, cache_ms = dram / (bw * 1e9) * 1e3, cache / (cbw * 1e9) * 1e3
+    floor_ms, bound = (cache_ms, "cache") if cache_ms > dram_ms else (dram_ms, "dram")
+    return {"op": op, "m": m, "k": k, "n": n, "density": d, "nnz": nnz,
+            "device_ms": dev_ms, "api_ms": api_ms, "out_ms": out_ms, "peer": PEER[op],
+            "peer_ms": peer_ms, "vs_peer": (peer_ms / api_ms) if peer_ms and api_ms else None,
+            "floor_ms": floor_ms, "bound": bound,
+            "x_floor": (dev_ms / floor_ms) if dev_ms and floor_ms else None, "rel_err": err,
+            "bar": ((m, k), n, d) in BAR_CASES or (op == "gemm" and ((m, k), n) == ((4096, 4096), 1024))}
+
+
+HEADER = ("| op | W | n | dens | nnz | dev | api | out= | peer | vs peer | floor | bound | x floor |\n"
+          "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
+
+LEGEND = "\n".join([
+    "Times in ms.  W @ X: SpMM; W.T @ D: transposed SpMM; sddmm: (D X^T) on W's support; gemm: dense W X.",
+    "  dev      summed OpenCL profiling events of one call",
+    f"  api      host clock per call, {CALLS} public calls (each allocating its result) queued back to back",
+    "  out=     the same with the result array given",
+    "  peer     torch's call, timed like api (torch CSR @ X, CSR.t() @ D, sparse.sampled_addmm, torch.mm)",
+    "  vs peer  peer / api (> 1: proxcl is faster)",
+    "  floor    the larger of DRAM bytes / copy bandwidth and the dense operand's re-reads (4 n nnz",
+    "           bytes) / cache re-read bandwidth; bound names it; x floor = dev / floor",
+    "  bold     the cases the large-layer bars of docs/PERFORMANCE.md are set on"])
+
+
+def _ms(v) -> str:
+    return "-" if v is None else (f"{v:.3f}" if v < 100 else f"{v:.1f}")
+
+
+def format_row(row: dict) -> str:
+    shape = f"{row['m']}x{row['k']}"
+    dens = "dense" if row["op"] == "gemm" else f"{row['density'] * 100:g}%"
+    cells = [row["op"], f"**{shape}**" if row["bar"] else shape, str(row["n"]), dens, str(row["nnz"]),
+             _ms(row["device_ms"]), _ms(row["api_ms"]), _ms(row["out_ms"]), _ms(row["peer_ms"]),
+             "-" if row["vs_peer"] is None else f"{row['vs_peer']:.2f}x", _ms(row["floor_ms"]),
+             row["bound"], "-" if row["x_floor"] is None else f"{row['x_floor']:.1f}"]
+    return "| " + " | ".join(cells) + " |"
