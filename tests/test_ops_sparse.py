@@ -79,13 +79,17 @@ def test_spmm_bias_and_relu_separately(kdev, rng, bias, relu):
     assert rel_err(got.get(), ref) < TOL
 
 
-@pytest.mark.parametrize("n", [1, 7, 8, 63, 64, 65, 127, 129, 256, 1000])
+@pytest.mark.parametrize("n", [1, 7, 8, 63, 64, 65, 127, 128, 129, 256, 384, 1000])
 def test_spmm_batch_widths(kdev, rng, n):
-    """Widths around vector widths and per-work-item column segments."""
+    """Widths around vector widths and per-work-item column segments (the CPU form widens its
+    vectors when whole segments span the batch: 128, 256, 384), both products."""
     a = random_csr(rng, 37, 41, 0.15)
-    x = randn(rng, 41, n)
-    got = CSRMatrix.from_scipy(a, kdev).matmul(x, out=poisoned(kdev, (37, n)))
+    x, d = randn(rng, 41, n), randn(rng, 37, n)
+    w = CSRMatrix.from_scipy(a, kdev)
+    got = w.matmul(x, out=poisoned(kdev, (37, n)))
     assert rel_err(got.get(), a.astype(np.float64) @ x) < TOL
+    got_t = w.matmul_t(d, out=poisoned(kdev, (41, n)))
+    assert rel_err(got_t.get(), a.T.astype(np.float64) @ d) < TOL
 
 
 def test_spmm_long_rows(kdev, rng):

@@ -13,11 +13,14 @@ proxcl_status px_spmm(px_device *dev, int m, int k, cl_mem ap, cl_mem aj, int id
     (void)k;
     if (!m || !n) return PROXCL_OK;
     const px_tuning *t = dev->t;
-    const int vec = t->spmm_vec, nv = t->spmm_nv, tr = pm != NULL;
+    const int nv = t->spmm_nv, tr = pm != NULL;
+    int vec = t->spmm_vec;
     px_kernel *kern;
     px_arg args[] = {PX_I(m), PX_I(n), PX_M(ap), PX_M(aj), PX_M(ax), PX_M(pm), PX_M(x), PX_M(out), PX_M(bias),
                      PX_I(relu)};
     if (nv) {          /* CPU form: a row segment of nv vectors per work-item, rows varying fastest */
+        if (t->spmm_wide_vec && n % (t->spmm_wide_vec * nv) == 0)
+            vec = t->spmm_wide_vec;    /* no partial segment: the wider vectors pay */
         const int lx = t->spmm_rows;
         px_define defs[] = {{"VEC", vec}, {"NV", nv}, {"LX", lx}, {"TRANSPOSED", tr}, {"IDX16", idx16}};
         PX_TRY(px_kernel_get(dev, FILE_, "csr_spmm_seg", defs, 5, &kern, err));

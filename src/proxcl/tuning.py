@@ -31,7 +31,8 @@ class Tuning(Mapping):
     ``aligned`` (vector loads straight from memory where rows allow).
     dense.cl: ``gemm_*`` (``gemm_nv`` > 0 selects the CPU register-block form, ``gemm_nt_rn``
     > 0 the row-dot-product form of A B^T).
-    csr.cl: ``spmm_*`` (``spmm_nv`` > 0: the CPU row-segment form), ``sddmm_*`` (``sddmm_lanes``
+    csr.cl: ``spmm_*`` (``spmm_nv`` > 0: the CPU row-segment form, whose vectors are
+    ``spmm_wide_vec`` wide when a whole number of segments spans the batch), ``sddmm_*`` (``sddmm_lanes``
     > 1: the GPU form with a reduction over lanes), ``scan_local``.
     nn.cl: ``nn_rows`` (local size of the kernels that give a work-item one image row),
     ``nn_reduce`` (RL: work-group of a row sum), ``nn_softmax`` (XL: samples per softmax group).
@@ -48,6 +49,7 @@ class Tuning(Mapping):
     gemm_nt_rm: int
     gemm_nt_rn: int
     spmm_vec: int
+    spmm_wide_vec: int
     spmm_nv: int
     spmm_rows: int
     spmm_local: tuple[int, int]
@@ -84,7 +86,7 @@ _TABLE = {
     "vec": (8, 4), "ew_local": (64, 256), "aligned": (False, True),
     "gemm_rm": (6, 4), "gemm_vec": (8, 2), "gemm_nv": (2, 0), "gemm_rows": (4, 0),
     "gemm_local": ((4, 4), (32, 8)), "gemm_nt_rm": (3, 0), "gemm_nt_rn": (3, 0),
-    "spmm_vec": (8, 2), "spmm_nv": (8, 0), "spmm_rows": (8, 0), "spmm_local": ((4, 4), (32, 8)),
+    "spmm_vec": (8, 2), "spmm_wide_vec": (16, 0), "spmm_nv": (8, 0), "spmm_rows": (8, 0), "spmm_local": ((4, 4), (32, 8)),
     "sddmm_lanes": (1, 8), "sddmm_vec": (8, 4), "sddmm_epw": (4, 1), "sddmm_group": (16, 16),
     "scan_local": (256, 256),
     "nn_rows": (8, 64), "nn_reduce": (64, 256), "nn_softmax": (64, 64),

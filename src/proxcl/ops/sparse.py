@@ -470,6 +470,8 @@ def _spmm(dev: Device, shape, ap, aj, ax, pm, x, bias, relu, out, idx: int) -> c
         vec, nv = t.spmm_vec, t.spmm_nv
         tr = int(pm is not None)
         if nv:   # CPU form: a row segment of nv vectors per work-item, rows varying fastest
+            if t.spmm_wide_vec and n % (t.spmm_wide_vec * nv) == 0:
+                vec = t.spmm_wide_vec      # no partial segment: the wider vectors pay
             lx = t.spmm_rows
             kern = dev.kernel(_FILE, "csr_spmm_seg", VEC=vec, NV=nv, LX=lx, TRANSPOSED=tr, IDX16=idx)
             dev.launch(kern, (m, -(-n // (nv * vec))), (lx, 1), m, n, ap, aj, ax, pm, x, out,
