@@ -3,7 +3,8 @@
 * ``dense``  -- ``kernels/dense.cl``: GEMM, transpose, soft-threshold, DenseMatrix;
 * ``sparse`` -- ``kernels/csr.cl``: CSRMatrix and its products, device-side dense -> CSR and
   compaction, gather/scatter, host CSR helpers;
-* ``nn``     -- ``kernels/nn.cl``: the layer kernels.
+* ``nn``     -- ``kernels/nn.cl``: the layer kernels;
+* ``probe``  -- ``kernels/probe.cl``: device measurements for the benchmarks' floors.
 
 Only these modules (and the optimizers' host code for ``kernels/optim.cl``) build and launch
 kernels."""
