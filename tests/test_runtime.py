@@ -58,6 +58,7 @@ def test_devices_command_lists_the_device():
     out = subprocess.run([sys.executable, "-m", "proxcl.cli", "devices"], capture_output=True,
                          text=True, check=True).stdout
     assert "Portable Computing Language" in out or "OpenCL C" in out
+    assert "used without --device" in out
 
 
 def test_no_platform_exits_2_with_one_line(monkeypatch, capsys):
@@ -83,3 +84,92 @@ def test_launch_sets_only_changed_arguments_and_stays_correct(dev):
             want = [70, 0, -1]
         dev.launch(k, (3,), (64,), n, x, idx, out)
         assert out.get().tolist() == want
+
+
+# ---- device choice on made-up platforms ----------------------------------------------------
+
+T = runtime.cl.device_type
+EVERY = T.CPU | T.GPU | T.ACCELERATOR | T.DEFAULT      # what Oclgrind's device says it is
+
+
+class FakeDevice:
+    opencl_c_version = "OpenCL C 1.2"
+    max_compute_units = 2
+    global_mem_size = 1 << 30
+    local_mem_size = 1 << 15
+    max_work_group_size = 256
+
+    def __init__(self, name, kind):
+        self.name, self.type = name, kind
+
+
+class FakePlatform:
+    def __init__(self, name, *devices):
+        self.name = self.vendor = name
+        self.version = f"OpenCL 3.0 {name} 1.0"
+        self.devices = list(devices)
+
+    def get_devices(self):
+        if not self.devices:   # as ocl-icd answers for a platform without devices
+            raise runtime.cl.LogicError("clGetDeviceIDs", runtime.cl.status_code.DEVICE_NOT_FOUND, "")
+        return self.devices
+
+
+SIM = FakeDevice("Oclgrind Simulator", EVERY)
+CPU = FakeDevice("pthread-cpu", T.CPU)
+GPU = FakeDevice("Radeon", T.GPU)
+EMU = FakeDevice("Intel(R) FPGA Emulation Device", T.ACCELERATOR)
+LLVMPIPE = FakeDevice("llvmpipe (LLVM 15.0.6, 256 bits)", T.CPU)
+
+
+@pytest.fixture
+def platforms(monkeypatch):
+    """Install made-up platforms: platforms(*FakePlatform) replaces cl.get_platforms."""
+    monkeypatch.delenv("PROXCL_DEVICE", raising=False)
+
+    def install(*plats):
+        monkeypatch.setattr(runtime.cl, "get_platforms", lambda: list(plats))
+    return install
+
+
+def test_default_is_a_real_gpu_then_a_cpu_never_a_simulator(platforms):
+    platforms(FakePlatform("Oclgrind", SIM), FakePlatform("Clover"), FakePlatform("PoCL", CPU),
+              FakePlatform("AMD", GPU))
+    assert runtime._select(None) is GPU
+    platforms(FakePlatform("Oclgrind", SIM), FakePlatform("Intel(R) FPGA Emulation Platform", EMU),
+              FakePlatform("PoCL", CPU))
+    assert runtime._select(None) is CPU
+    platforms(FakePlatform("Oclgrind", SIM))
+    with pytest.raises(proxcl.DeviceError, match="only simulators.*Oclgrind"):
+        runtime._select(None)
+
+
+def test_simulators_only_by_name_or_index(platforms):
+    platforms(FakePlatform("Oclgrind", SIM), FakePlatform("Intel(R) FPGA Emulation Platform", EMU),
+              FakePlatform("PoCL", CPU))
+    assert runtime._select("oclgrind") is SIM and runtime._select("0:0") is SIM
+    assert runtime._select("fpga") is EMU
+    assert runtime._select("cpu") is CPU
+    for kind in ("gpu", "accelerator"):
+        with pytest.raises(proxcl.DeviceError, match="simulators aside"):
+            runtime._select(kind)
+
+
+def test_devices_lists_versions_and_flags_the_special_ones(platforms, monkeypatch):
+    platforms(FakePlatform("Oclgrind", SIM), FakePlatform("rusticl", LLVMPIPE), FakePlatform("PoCL", CPU))
+    devs = {d["name"]: d for d in runtime.list_devices()}
+    assert devs["Oclgrind Simulator"]["type"] == "any"
+    assert "chosen only by name or index" in devs["Oclgrind Simulator"]["notes"][0]
+    assert "65,535" in devs[LLVMPIPE.name]["notes"][0]
+    assert devs["pthread-cpu"]["notes"] == [] and devs["pthread-cpu"]["platform_version"] == "OpenCL 3.0 PoCL 1.0"
+    assert [d["name"] for d in devs.values() if d["default"]] == [LLVMPIPE.name]
+    monkeypatch.setenv("PROXCL_DEVICE", "pocl")
+    assert [d["index"] for d in runtime.list_devices() if d["default"]] == ["2:0"]
+
+
+def test_the_default_here_is_no_simulator(monkeypatch):
+    """On this machine's drivers (make test-drivers runs this with PoCL, rusticl, Intel's runtime
+    and Oclgrind all installed): the device chosen without a spec is a real one."""
+    monkeypatch.delenv("PROXCL_DEVICE", raising=False)
+    d = runtime._select(None)
+    assert runtime._simulated(d.platform, d) is None, d.name

@@ -48,50 +48,110 @@ def _platforms() -> list:
     return platforms
 
 
+_KINDS = {"gpu": cl.device_type.GPU, "cpu": cl.device_type.CPU,
+          "accelerator": cl.device_type.ACCELERATOR}
+_EVERY_KIND = cl.device_type.GPU | cl.device_type.CPU | cl.device_type.ACCELERATOR
+_SIMULATOR_WORDS = ("oclgrind", "simulat", "emulat")
+
+
 def _type_name(t: int) -> str:
+    if t & _EVERY_KIND == _EVERY_KIND:
+        return "any"
     for name in ("GPU", "CPU", "ACCELERATOR", "CUSTOM"):
         if t & getattr(cl.device_type, name):
             return name.lower()
     return "other"
 
 
-def list_devices() -> list[dict]:
-    """Every OpenCL device of every platform, as plain dicts (for `proxcl devices`)."""
-    out = []
-    for p_idx, p in enumerate(_platforms()):
+def _simulated(p, d) -> str | None:
+    """Why a device is no real device of any kind, or None: it claims every device type at
+    once (Oclgrind says CPU|GPU|ACCELERATOR|DEFAULT), or its name says simulator or emulator.
+    Such a device is chosen only by its name or index, never by default or by kind."""
+    if d.type & _EVERY_KIND == _EVERY_KIND:
+        return "claims every device type (a simulator)"
+    names = f"{p.name} {p.vendor} {d.name}".lower()
+    if any(w in names for w in _SIMULATOR_WORDS):
+        return "a simulator or emulator"
+    return None
+
+
+def _notes(p, d) -> list[str]:
+    """What `proxcl devices` flags about a device (docs/PORTABILITY.md)."""
+    notes = []
+    why = _simulated(p, d)
+    if why:
+        notes.append(f"{why}: chosen only by name or index")
+    if "llvmpipe" in d.name.lower():
+        notes.append("Mesa llvmpipe (software): at most 65,535 loop iterations per work-item")
+    return notes
+
+
+def _pairs(platforms) -> list:
+    """(platform, device) of every device of every platform, in platform order."""
+    pairs = []
+    for p in platforms:
         try:
-            devices = p.get_devices()
-        except cl.Error:
-            devices = []
-        for d_idx, d in enumerate(devices):
+            pairs += [(p, d) for d in p.get_devices()]
+        except cl.Error:   # a platform without devices (Mesa's with no GPU, rusticl not enabled)
+            pass
+    return pairs
+
+
+def _default(pairs) -> cl.Device:
+    """The first real GPU, else the first CPU, else the first other device that is no
+    simulator (platform order)."""
+    real = [d for p, d in pairs if not _simulated(p, d)]
+    for kind in (cl.device_type.GPU, cl.device_type.CPU):
+        for d in real:
+            if d.type & kind:
+                return d
+    if real:
+        return real[0]
+    names = ", ".join(sorted({p.name.strip() for p, _ in pairs}))
+    raise DeviceError(f"only simulators found ({names}); name one to use it (--device or "
+                      f"${ENV_VAR}), or install a device, e.g.: {POCL_HINT}")
+
+
+def list_devices() -> list[dict]:
+    """Every OpenCL device of every platform, as plain dicts (for `proxcl devices`): with its
+    platform's version, notes on special devices, and whether it is the one a Device made
+    without a spec uses (``$PROXCL_DEVICE``, else the default choice)."""
+    platforms = _platforms()
+    pairs = _pairs(platforms)
+    try:
+        default = _select(os.environ.get(ENV_VAR) or None) if pairs else None
+    except DeviceError:
+        default = None
+    out = []
+    for p_idx, p in enumerate(platforms):
+        for d_idx, (_, d) in enumerate(q for q in pairs if q[0] == p):
             out.append({
                 "index": f"{p_idx}:{d_idx}",
                 "platform": p.name.strip(),
+                "platform_version": p.version.strip(),
                 "name": d.name.strip(),
                 "type": _type_name(d.type),
                 "opencl_c": d.opencl_c_version.strip(),
                 "compute_units": int(d.max_compute_units),
                 "global_mem_bytes": int(d.global_mem_size),
                 "local_mem_bytes": int(d.local_mem_size),
+                "max_work_group_size": int(d.max_work_group_size),
+                "default": d == default,
+                "notes": _notes(p, d),
             })
     return out
 
 
 def _select(spec: str | None) -> cl.Device:
-    """Resolve a device spec: None (first GPU, else first device), "cpu", "gpu",
-    a platform or device name fragment ("pocl", "nvidia"), or "P:D" indices."""
+    """Resolve a device spec: None (the first real GPU, else the first CPU; never a simulator),
+    "cpu", "gpu", "accelerator" (the first real device of that kind), a platform or device name
+    fragment ("pocl", "nvidia", "oclgrind"), or "P:D" indices."""
     platforms = _platforms()
-    pairs = []
-    for p in platforms:
-        try:
-            pairs += [(p, d) for d in p.get_devices()]
-        except cl.Error:
-            pass
+    pairs = _pairs(platforms)
     if not pairs:
         raise DeviceError(f"OpenCL platforms exist but have no devices; install one, e.g.: {POCL_HINT}")
     if spec is None or spec.strip() == "":
-        gpus = [d for _, d in pairs if d.type & cl.device_type.GPU]
-        return (gpus or [pairs[0][1]])[0]
+        return _default(pairs)
     s = spec.strip().lower()
     if ":" in s:
         try:
@@ -100,13 +160,12 @@ def _select(spec: str | None) -> cl.Device:
         except (ValueError, IndexError, cl.Error):
             raise DeviceError(f"device {spec!r}: no such platform:device index pair "
                               f"(see `proxcl devices`)") from None
-    if s in ("cpu", "gpu", "accelerator"):
-        want = {"cpu": cl.device_type.CPU, "gpu": cl.device_type.GPU,
-                "accelerator": cl.device_type.ACCELERATOR}[s]
-        for _, d in pairs:
-            if d.type & want:
+    if s in _KINDS:
+        for p, d in pairs:
+            if d.type & _KINDS[s] and not _simulated(p, d):
                 return d
-        raise DeviceError(f"device {spec!r}: no OpenCL {s.upper()} device (see `proxcl devices`)")
+        raise DeviceError(f"device {spec!r}: no OpenCL {s.upper()} device, simulators aside "
+                          f"(see `proxcl devices`)")
     for p, d in pairs:
         if s in p.name.lower() or s in p.vendor.lower() or s in d.name.lower():
             return d
@@ -127,7 +186,8 @@ class Device:
     """One OpenCL device with its context and in-order queue.
 
     ``Device(spec=None, profile=False)``: spec as for :func:`_select`; with no spec,
-    ``$PROXCL_DEVICE``; with neither, the first GPU or else the first device.
+    ``$PROXCL_DEVICE``; with neither, the first real GPU or else the first CPU (never a
+    simulator such as Oclgrind).
     ``dev.context`` and ``dev.queue`` are the pyopencl objects; ``dev.memory`` (proxcl.memory)
     makes and counts every buffer: the array methods below take its ``category``.
     """

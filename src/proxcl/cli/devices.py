@@ -9,7 +9,10 @@ def add_parser(sub) -> None:
     p = sub.add_parser("devices", help="list OpenCL platforms and devices",
                        description="List every OpenCL platform and device with its index "
                                    "(usable as --device P:D), OpenCL C version, compute units "
-                                   "and memory sizes.")
+                                   "and memory sizes; then each platform's version, the device "
+                                   "used without --device ($PROXCL_DEVICE, else the first real "
+                                   "GPU, else the first CPU) and what is special about a device "
+                                   "(simulators are chosen only by name or index; llvmpipe).")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
 
@@ -27,4 +30,8 @@ def run(args) -> int:
         print(f"{d['index']:<6} {d['platform'][:30]:<30} {d['name'][:34]:<34} {d['type'][:5]:<5} "
               f"{d['opencl_c']:<{cw}} {d['compute_units']:>4} {d['global_mem_bytes'] >> 20:>11} "
               f"{d['local_mem_bytes'] >> 10:>10}")
+    print(f"\n{'index':<6} platform version; the device used without --device, and what is special")
+    for d in devs:   # each platform's version in full, and what is special about the device
+        flags = (["used without --device"] if d["default"] else []) + d["notes"]
+        print(f"{d['index']:<6} {d['platform_version']}" + "".join(f"\n{'':<8}{f}" for f in flags))
     return 0
