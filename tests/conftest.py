@@ -77,3 +77,20 @@ def torch_float32():
     torch.set_default_dtype(torch.float32)
     yield
     torch.set_default_dtype(old)
+
+
+# A loop budget small enough that every split path runs at small sizes: GEMM slices of K, CSR row
+# pieces, column slices of SDDMM and bias gradients, from_dense's column pieces, scan blocks,
+# row pieces of the window kernels, chunks of classes (scan_local must stay below it).
+TIGHT = {"loop_max": 256, "scan_local": 32}
+
+
+@pytest.fixture(scope="module", params=["cpu", "gpu"])
+def tight(request, dev):
+    """The test device in either kernel form with the loop budget of TIGHT."""
+    import dataclasses
+    import proxcl
+    from proxcl.tuning import FORMS
+    d = proxcl.Device(dev.spec)
+    d.tuning = dataclasses.replace(FORMS[request.param], **TIGHT)
+    return d

@@ -48,7 +48,8 @@ def test_gemm_matches_numpy(kdev, rng, M, N, K, trans_a, trans_b, epilogue):
 
 
 @pytest.mark.parametrize("trans_a,trans_b", [(False, False), (False, True), (True, False), (True, True)])
-@pytest.mark.parametrize("M,N,K", [(1, 1, 1), (300, 256, 784), (13, 129, 257), (97, 17, 5)])
+@pytest.mark.parametrize("M,N,K", [(1, 1, 1), pytest.param(300, 256, 784, marks=pytest.mark.big),
+                                   (13, 129, 257), (97, 17, 5)])
 def test_gemm_fixed_shapes(kdev, rng, M, N, K, trans_a, trans_b):
     """Layer-sized products and tile edges in every transpose combination."""
     gemm_case(kdev, rng, M, N, K, trans_a, trans_b, epilogue=(M % 2 == 1))
@@ -66,28 +67,35 @@ def test_gemm_bias_and_relu_separately(kdev, rng, bias, relu):
     assert rel_err(got.get(), ref) < TOL
 
 
+@pytest.mark.big
 @pytest.mark.parametrize("trans_a,trans_b", [(False, True), (True, False)])
 @pytest.mark.parametrize("M,N,K", [(20, 25, 9_217), (50, 13, 4_096), (3, 5, 70_001)])
 def test_gemm_long_inner_dimension_split_k(kdev, rng, M, N, K, trans_a, trans_b):
     """Weight-gradient shapes (K = batch * output pixels): the GPU form splits K into slices
     (checked with split_k) and adds the partial products; bias and ReLU go after the sum."""
     from proxcl.ops.dense import split_k
-    if kdev.tuning["gemm_nv"] == 0:
-        assert split_k(-(-N // kdev.tuning["gemm_vec"]) * -(-M // kdev.tuning["gemm_rm"]), K)[0] > 1
+    t = kdev.tuning
+    if t["gemm_nv"] == 0:
+        assert split_k(-(-N // t["gemm_vec"]) * -(-M // t["gemm_rm"]), K, max_slice=t["loop_max"])[0] > 1
     gemm_case(kdev, rng, M, N, K, trans_a, trans_b, epilogue=True)
     gemm_case(kdev, rng, M, N, K, trans_a, trans_b, epilogue=False)
 
 
 def test_split_k_covers_k_exactly():
+    """Slices cover K; none is longer than max_slice (a work-item's loop budget), and a product
+    with enough output blocks and a K within the budget is not split."""
     from proxcl.ops.dense import split_k
     for items in (1, 35, 1000, 20000):
         for K in (1, 511, 512, 8192, 73_728, 100_003):
-            s, ks = split_k(items, K)
-            assert s >= 1 and ks >= 1 and (s - 1) * ks < K <= s * ks, (items, K, s, ks)
-            if items >= 16384 or K < 512:
-                assert s == 1
+            for max_slice in (100, 8192, 1 << 20):
+                s, ks = split_k(items, K, max_slice=max_slice)
+                assert s >= 1 and ks >= 1 and (s - 1) * ks < K <= s * ks, (items, K, s, ks)
+                assert ks <= max_slice
+                if (items >= 16384 or K < 512) and K <= max_slice:
+                    assert s == 1
 
 
+@pytest.mark.big
 def test_gemm_more_than_65535_columns(kdev, rng):
     gemm_case(kdev, rng, 3, 70_001, 4, False, False, True)
     gemm_case(kdev, rng, 2, 66_000, 3, True, True, False)

@@ -118,6 +118,7 @@ def test_spmm_one_by_one(kdev):
     assert (w.T @ x).get()[0, 0] == np.float32(-7.5)
 
 
+@pytest.mark.big
 def test_spmm_more_than_65535_columns(kdev, rng):
     k = 70_001
     a = random_csr(rng, 6, k, 0.002)

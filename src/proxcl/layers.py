@@ -384,20 +384,24 @@ class _Window(Layer):
             raise InputError(f"{what}: a {self.kh}x{self.kw} window does not fit a {h}x{w} input "
                              f"with padding {self.ph},{self.pw}")
 
-    def _geo(self, n: int, pool: "MaxPool2d | None" = None, out: int = 0) -> cla.Array:
-        """The int32 geometry array G of nn.cl for a batch of n (cached per n and pooling)."""
+    def _geo(self, n: int, pool: "MaxPool2d | None" = None, out: int = 0) -> nn.Geometry:
+        """The geometry G of nn.cl for a batch of n (cached per n and pooling)."""
         key = (n, id(pool), out)
         cache = self.__dict__.setdefault("_geo_cache", {})
         g = cache.get(key)
         if g is None:
-            c, h, w = self.in_shape
-            conv = (c, n, h, w, self.kh, self.kw, self.sh, self.sw, self.ph, self.pw, self.ho, self.wo)
-            window = None if pool is None else (pool.kh, pool.kw, pool.sh, pool.sw, pool.ph, pool.pw,
-                                                pool.ho, pool.wo)
             if len(cache) > 8:
                 cache.clear()
-            g = cache[key] = nn.geometry(self.device, conv, window, out)
+            g = cache[key] = nn.geometry(self.device, *self._windows(n, pool), out)
         return g
+
+    def _windows(self, n: int, pool: "MaxPool2d | None") -> tuple:
+        """(conv, pool) geometry tuples of nn.geometry for a batch of n."""
+        c, h, w = self.in_shape
+        conv = (c, n, h, w, self.kh, self.kw, self.sh, self.sw, self.ph, self.pw, self.ho, self.wo)
+        window = None if pool is None else (pool.kh, pool.kw, pool.sh, pool.sw, pool.ph, pool.pw,
+                                            pool.ho, pool.wo)
+        return conv, window
 
 
 class Conv2d(_Window):
@@ -547,12 +551,16 @@ class Conv2d(_Window):
     # ---- inference without im2col (CSR weights) ----------------------------
     DIRECT_MAX_DENSITY = 0.2
 
-    def direct_ok(self) -> bool:
-        """Whether forward_direct can run: a CSR weight, sparse enough for the direct
-        convolution to beat im2col + SpMM, and taps that fit the packed format."""
+    def direct_ok(self, pool: "MaxPool2d | None" = None) -> bool:
+        """Whether forward_direct can run (followed by ``pool``): a CSR weight, sparse enough for
+        the direct convolution to beat im2col + SpMM, taps that fit the packed format, and
+        work-items whose loops fit the device's budget."""
         w = self.weight.value
-        return (isinstance(w, CSRMatrix) and w.density <= self.DIRECT_MAX_DENSITY
-                and self.in_shape[0] < 32768 and self.kh < 256 and self.kw < 256 and self.wo <= 64)
+        if not (isinstance(w, CSRMatrix) and w.density <= self.DIRECT_MAX_DENSITY
+                and self.in_shape[0] < 32768 and self.kh < 256 and self.kw < 256 and self.wo <= 64):
+            return False
+        values = nn.geometry_values(*self._windows(1, pool), self.out_shape[0])
+        return nn.conv_pool_fits(self.device, values, w.pattern.row_max)
 
     def _taps(self, w: CSRMatrix) -> cla.Array:
         """Ak[nnz]: each entry's (c, ky, kx) packed as c << 16 | ky << 8 | kx, made once per support."""

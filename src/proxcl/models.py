@@ -244,7 +244,7 @@ class Model:
         layers, i = self._exec, 0
         while i < len(layers):
             fused = None if keep else self._fusion.get(i)
-            if fused is not None and layers[i].direct_ok():
+            if fused is not None and layers[i].direct_ok(fused[0]):
                 # inference with a sparse CSR convolution: no im2col; the pooling and the
                 # flatten that follow run inside the same kernel
                 pool, flat, after = fused

@@ -28,7 +28,10 @@ class Tuning(Mapping):
     """Vector widths, blockings and local sizes of one kernel form.
 
     Every kernel file: ``vec`` (its VEC), ``ew_local`` (local size of element-wise kernels),
-    ``aligned`` (vector loads straight from memory where rows allow).
+    ``aligned`` (vector loads straight from memory where rows allow), ``loop_max`` (the most loop
+    iterations one work-item may run, all its loops together: longer inner dimensions, rows and
+    columns are split over work-items or launches; llvmpipe ends a work-item's loops silently
+    after 65,535 iterations in all, docs/PORTABILITY.md).
     dense.cl: ``gemm_*`` (``gemm_nv`` > 0 selects the CPU register-block form, ``gemm_nt_rn``
     > 0 the row-dot-product form of A B^T).
     csr.cl: ``spmm_*`` (``spmm_nv`` > 0: the CPU row-segment form, whose vectors are
@@ -41,6 +44,7 @@ class Tuning(Mapping):
     vec: int
     ew_local: int
     aligned: bool
+    loop_max: int
     gemm_rm: int
     gemm_vec: int
     gemm_nv: int
@@ -83,7 +87,7 @@ _NAMES = tuple(f.name for f in fields(Tuning))
 
 # field: (cpu form, gpu form)
 _TABLE = {
-    "vec": (8, 4), "ew_local": (64, 256), "aligned": (False, True),
+    "vec": (8, 4), "ew_local": (64, 256), "aligned": (False, True), "loop_max": (16384, 16384),
     "gemm_rm": (6, 4), "gemm_vec": (8, 2), "gemm_nv": (2, 0), "gemm_rows": (4, 0),
     "gemm_local": ((4, 4), (32, 8)), "gemm_nt_rm": (3, 0), "gemm_nt_rn": (3, 0),
     "spmm_vec": (8, 2), "spmm_wide_vec": (16, 0), "spmm_nv": (8, 0), "spmm_rows": (8, 0), "spmm_local": ((4, 4), (32, 8)),

@@ -6,8 +6,17 @@
  * TRANSPOSED (values through Pm), IDX16 (1: the index arrays Aj, Ai and Ti are ushort, IDX,
  * as when both dimensions fit; 0: int; proxcl.ops.sparse.index_dtype),
  * NV (vectors per work-item, csr_spmm_seg), LANES, GROUP (csr_sddmm), EPW (csr_sddmm_rows),
- * SCAN_LOCAL (scan).  Every *_seg / *_rows kernel is the CPU form of the kernel before it;
- * Device.tuning picks one per device kind.  Host module: proxcl/ops/sparse.py. */
+ * SCAN_LOCAL, SCAN_CHUNK (scan).  Every *_seg / *_rows kernel is the CPU form of the kernel
+ * before it; Device.tuning picks one per device kind.  Host module: proxcl/ops/sparse.py.
+ *
+ * No work-item loops over a whole row, column range or array: the host splits rows longer than
+ * its loop budget into pieces (a row pointer array over the same entries, whose piece sums
+ * csr_sum_pieces adds), and the kernels below take slices of columns from their launch's size
+ * (llvmpipe ends a work-item's loops silently after 65,535 iterations in all).
+ *
+ * Summation order: every SpMM output is one accumulator that adds its row's (or piece's)
+ * entries in entry order, in the interior and in an edge column segment alike (no per-column
+ * scalar loop there: Intel's compiler reordered one), and pieces are added in order. */
 
 #ifndef LX
 #define LX 4
@@ -52,23 +61,28 @@ void csr_spmm(const int m, const int n,
     if (i >= m || c0 >= n) return;
     const int start = Ap[i], end = Ap[i + 1];
     const float b = bias ? bias[i] : 0.0f;
-    __global float *y = Y + (size_t)i * n;
+    __global float *y = Y + (size_t)i * n + c0;
+    floatV acc = (floatV)(0.0f);
     if (c0 + VEC <= n) {
-        floatV acc = (floatV)(0.0f);
         _Pragma("unroll 4")
         for (int p = start; p < end; ++p)
             acc += (floatV)(PX_VAL(p)) * VLOAD(X + (size_t)Aj[p] * n + c0);
-        acc += (floatV)(b);
-        if (relu) acc = PX_RELU(acc);
-        VSTORE(acc, y + c0);
-    } else {
-        for (int c = c0; c < n; ++c) {
-            float acc = 0.0f;
-            for (int p = start; p < end; ++p)
-                acc += PX_VAL(p) * X[(size_t)Aj[p] * n + c];
-            acc += b;
-            y[c] = relu ? (acc > 0.0f ? acc : 0.0f) : acc;
+    } else {   /* cut by the right edge: columns past n load as zeros, one loop as above */
+        for (int p = start; p < end; ++p) {
+            __global const float *x = X + (size_t)Aj[p] * n + c0;
+            float t[VEC];
+            _Pragma("unroll") for (int l = 0; l < VEC; ++l) t[l] = c0 + l < n ? x[l] : 0.0f;
+            acc += (floatV)(PX_VAL(p)) * VLOAD_E(t);
         }
+    }
+    acc += (floatV)(b);
+    if (relu) acc = PX_RELU(acc);
+    if (c0 + VEC <= n) {
+        VSTORE(acc, y);
+    } else {
+        float t[VEC];
+        VSTORE_E(acc, t);
+        _Pragma("unroll") for (int l = 0; l < VEC; ++l) if (c0 + l < n) y[l] = t[l];
     }
 }
 
@@ -76,8 +90,8 @@ void csr_spmm(const int m, const int n,
  * Same product and shapes as csr_spmm.  Work-item (x, y): row x, columns
  * [y*NV*VEC, (y+1)*NV*VEC); Aj/Ax of the row are read once per segment and every X row
  * segment is NV vector loads.  Rows vary fastest, so consecutive work-groups share one
- * column segment of X (k * NV*VEC floats), which stays in the core's cache.  A segment that
- * the batch width cuts short falls back to one vector (then one column) at a time. */
+ * column segment of X (k * NV*VEC floats), which stays in the core's cache.  In a segment that
+ * the batch width cuts short, columns past n load as zeros and are not stored. */
 #ifndef NV
 #define NV 8
 #endif
@@ -99,6 +113,24 @@ void csr_spmm(const int m, const int n,
 #define PX_SEG_ZERO(j) floatV acc##j = (floatV)(0.0f);
 #define PX_SEG_FMA(j) acc##j += av * VLOAD(x + (j) * VEC);
 #define PX_SEG_OUT(j) { floatV v = acc##j + (floatV)(b); if (relu) v = PX_RELU(v); VSTORE(v, y + (j) * VEC); }
+#define PX_SEG_FMA_EDGE(j)                                                                     \
+    if (c0 + ((j) + 1) * VEC <= n) {                                                           \
+        acc##j += av * VLOAD(x + (j) * VEC);                                                   \
+    } else if (c0 + (j) * VEC < n) {                                                           \
+        float t[VEC];                                                                          \
+        _Pragma("unroll") for (int l = 0; l < VEC; ++l)                                        \
+            t[l] = c0 + (j) * VEC + l < n ? x[(j) * VEC + l] : 0.0f;                           \
+        acc##j += av * VLOAD_E(t);                                                             \
+    }
+#define PX_SEG_OUT_EDGE(j)                                                                     \
+    if (c0 + (j) * VEC < n) {                                                                  \
+        floatV v = acc##j + (floatV)(b);                                                       \
+        if (relu) v = PX_RELU(v);                                                              \
+        float t[VEC];                                                                          \
+        VSTORE_E(v, t);                                                                        \
+        _Pragma("unroll") for (int l = 0; l < VEC; ++l)                                        \
+            if (c0 + (j) * VEC + l < n) y[(j) * VEC + l] = t[l];                               \
+    }
 
 __kernel __attribute__((reqd_work_group_size(LX, 1, 1)))
 void csr_spmm_seg(const int m, const int n,
@@ -113,8 +145,8 @@ void csr_spmm_seg(const int m, const int n,
     const int start = Ap[i], end = Ap[i + 1];
     const float b = bias ? bias[i] : 0.0f;
     __global float *y = Y + (size_t)i * n + c0;
+    PX_REP(PX_SEG_ZERO)
     if (c0 + NV * VEC <= n) {
-        PX_REP(PX_SEG_ZERO)
         for (int p = start; p < end; ++p) {
             const floatV av = (floatV)(PX_VAL(p));
             __global const float *x = X + (size_t)Aj[p] * n + c0;
@@ -123,22 +155,28 @@ void csr_spmm_seg(const int m, const int n,
         PX_REP(PX_SEG_OUT)
         return;
     }
-    int c = c0;
-    for (; c + VEC <= n; c += VEC) {
-        floatV acc = (floatV)(0.0f);
-        for (int p = start; p < end; ++p)
-            acc += (floatV)(PX_VAL(p)) * VLOAD(X + (size_t)Aj[p] * n + c);
-        acc += (floatV)(b);
-        if (relu) acc = PX_RELU(acc);
-        VSTORE(acc, Y + (size_t)i * n + c);
+    for (int p = start; p < end; ++p) {
+        const floatV av = (floatV)(PX_VAL(p));
+        __global const float *x = X + (size_t)Aj[p] * n + c0;
+        PX_REP(PX_SEG_FMA_EDGE)
     }
-    for (; c < n; ++c) {
-        float acc = 0.0f;
-        for (int p = start; p < end; ++p)
-            acc += PX_VAL(p) * X[(size_t)Aj[p] * n + c];
-        acc += b;
-        Y[(size_t)i * n + c] = relu ? (acc > 0.0f ? acc : 0.0f) : acc;
-    }
+    PX_REP(PX_SEG_OUT_EDGE)
+}
+
+/* Y[i, c] = sum of part[s, c] over the pieces s in [Rp[i], Rp[i+1]) of row i, in order
+ * (+ bias[i]) (relu): the rows of an SpMM whose long rows were split into pieces.
+ * Rp[m+1], part[pieces, n], Y[m, n], bias[m] or NULL.  Work-item (c, i).  O(pieces * n). */
+__kernel void csr_sum_pieces(const int m, const int n, __global const int *restrict Rp,
+                             __global const float *restrict part, __global float *restrict Y,
+                             __global const float *restrict bias, const int relu)
+{
+    const int c = get_global_id(0);
+    const int i = get_global_id(1);
+    if (i >= m || c >= n) return;
+    float acc = 0.0f;
+    for (int s = Rp[i]; s < Rp[i + 1]; ++s) acc += part[(size_t)s * n + c];
+    if (bias) acc += bias[i];
+    Y[(size_t)i * n + c] = relu ? (acc > 0.0f ? acc : 0.0f) : acc;
 }
 
 #ifndef LANES
@@ -148,10 +186,22 @@ void csr_spmm_seg(const int m, const int n,
 #define GROUP 16
 #endif
 
+/* Column slices of the SDDMM kernels: a launch with S slices (its size in the dimension after
+ * the entries; 1 when it has no such dimension) gives slice z the columns [cb, cb + len) of
+ * every dot product, with CS = ceil(n / S) rounded up to VEC, cb = z*CS, and writes its partial
+ * sums to G + z*nnz (the host adds the slices in order).  Slices keep long dot products (a
+ * convolution's weight gradient over batch x output pixels) within a work-item's loop budget. */
+#define PX_COL_SLICE(dim)                                                                      \
+    const int S_ = get_global_size(dim);                                                       \
+    const int CS_ = ((n + S_ - 1) / S_ + VEC - 1) / VEC * VEC;                                 \
+    const int cb = get_global_id(dim) * CS_;                                                   \
+    const int len = PX_MAX(0, PX_MIN(CS_, n - cb));                                            \
+    G += get_global_id(dim) * (size_t)nnz
+
 /* Sampled dense-dense product on a CSR pattern, GPU form:
  * G[p] = scale * sum_c A[Ai[p], c] * B[Aj[p], c]      Ai[nnz] (row of each entry), Aj[nnz],
  * A[m, n], B[k, n], G[nnz].  LANES work-items share one entry (coalesced over c) and reduce
- * in local memory; GROUP entries per work-group.  O(nnz * n). */
+ * in local memory; GROUP entries per work-group; column slices in dimension 2.  O(nnz * n). */
 __kernel __attribute__((reqd_work_group_size(LANES, GROUP, 1)))
 void csr_sddmm(const int nnz, const int n,
                __global const IDX *restrict Ai, __global const IDX *restrict Aj,
@@ -160,15 +210,16 @@ void csr_sddmm(const int nnz, const int n,
 {
     const int lane = get_local_id(0);
     const int p = get_global_id(1);
+    PX_COL_SLICE(2);
     float s = 0.0f;
     if (p < nnz) {
-        __global const float *a = A + (size_t)Ai[p] * n;
-        __global const float *b = B + (size_t)Aj[p] * n;
+        __global const float *a = A + (size_t)Ai[p] * n + cb;
+        __global const float *b = B + (size_t)Aj[p] * n + cb;
         floatV acc = (floatV)(0.0f);
-        for (int c = lane * VEC; c + VEC <= n; c += LANES * VEC)
+        for (int c = lane * VEC; c + VEC <= len; c += LANES * VEC)
             acc += VLOAD(a + c) * VLOAD(b + c);
         s = px_hsum(acc);
-        for (int t = (n / VEC) * VEC + lane; t < n; t += LANES)
+        for (int t = (len / VEC) * VEC + lane; t < len; t += LANES)
             s += a[t] * b[t];
     }
 #if LANES > 1
@@ -188,7 +239,8 @@ void csr_sddmm(const int nnz, const int n,
 /* Sampled dense-dense product, CPU form: same product and shapes as csr_sddmm.  Work-item q
  * takes the EPW consecutive entries [q*EPW, q*EPW + EPW); when they share one row (the usual
  * case: entries of a row are contiguous) each vector of A's row is loaded once for all of
- * them, else each entry is done alone.  Two vector accumulators per entry.  O(nnz * n). */
+ * them, else each entry is done alone.  Two vector accumulators per entry.  Column slices in
+ * dimension 1.  O(nnz * n). */
 #ifndef EPW
 #define EPW 4
 #endif
@@ -200,14 +252,15 @@ void csr_sddmm_rows(const int nnz, const int n,
 {
     const int p0 = get_global_id(0) * EPW;
     if (p0 >= nnz) return;
+    PX_COL_SLICE(1);
     const int cnt = PX_MIN(EPW, nnz - p0);
-    const int nv = (n / VEC) * VEC;
+    const int nv = (len / VEC) * VEC;
     if (cnt == EPW && Ai[p0] == Ai[p0 + EPW - 1]) {
-        __global const float *a = A + (size_t)Ai[p0] * n;
+        __global const float *a = A + (size_t)Ai[p0] * n + cb;
         __global const float *b[EPW];
         floatV acc[EPW];
         _Pragma("unroll") for (int e = 0; e < EPW; ++e) {
-            b[e] = B + (size_t)Aj[p0 + e] * n;
+            b[e] = B + (size_t)Aj[p0 + e] * n + cb;
             acc[e] = (floatV)(0.0f);
         }
         for (int c = 0; c < nv; c += VEC) {
@@ -216,14 +269,14 @@ void csr_sddmm_rows(const int nnz, const int n,
         }
         _Pragma("unroll") for (int e = 0; e < EPW; ++e) {
             float s = px_hsum(acc[e]);
-            for (int c = nv; c < n; ++c) s += a[c] * b[e][c];
+            for (int c = nv; c < len; ++c) s += a[c] * b[e][c];
             G[p0 + e] = s * scale;
         }
         return;
     }
     for (int e = 0; e < cnt; ++e) {
-        __global const float *a = A + (size_t)Ai[p0 + e] * n;
-        __global const float *b = B + (size_t)Aj[p0 + e] * n;
+        __global const float *a = A + (size_t)Ai[p0 + e] * n + cb;
+        __global const float *b = B + (size_t)Aj[p0 + e] * n + cb;
         floatV acc0 = (floatV)(0.0f), acc1 = (floatV)(0.0f);
         int c = 0;
         for (; c + 2 * VEC <= nv; c += 2 * VEC) {
@@ -232,36 +285,53 @@ void csr_sddmm_rows(const int nnz, const int n,
         }
         if (c < nv) acc0 += VLOAD(a + c) * VLOAD(b + c);
         float s = px_hsum(acc0 + acc1);
-        for (c = nv; c < n; ++c) s += a[c] * b[c];
+        for (c = nv; c < len; ++c) s += a[c] * b[c];
         G[p0 + e] = s * scale;
     }
 }
 
-/* Row index of every entry: Ai[p] = i for Ap[i] <= p < Ap[i+1].      Ap[m+1], Ai[nnz]. */
+/* Row index of every entry: Ai[p] = i for Ap[i] <= p < Ap[i+1].      Ap[m+1], Ai[nnz = Ap[m]].
+ * Work-item p: a binary search of Ap (at most 32 steps, however long the rows). */
 __kernel void csr_row_of_entry(const int m, __global const int *restrict Ap,
                                __global IDX *restrict Ai)
 {
-    const int i = get_global_id(0);
-    if (i >= m) return;
-    for (int p = Ap[i]; p < Ap[i + 1]; ++p) Ai[p] = (IDX)i;
+    const int p = get_global_id(0);
+    if (p >= Ap[m]) return;
+    int lo = 0, hi = m;            /* Ap[lo] <= p < Ap[hi] */
+    while (hi - lo > 1) {
+        const int mid = lo + (hi - lo) / 2;
+        if (Ap[mid] <= p) lo = mid; else hi = mid;
+    }
+    Ai[p] = (IDX)lo;
 }
 
 /* ---- building and compacting CSR on the device: count per row, scan, fill ---- */
 
-/* cnt[i] = #{ j : |D[i, j]| > thr }      D[m, k] dense, cnt[m]. */
+/* Column pieces of dense_count_rows / dense_fill_rows: a launch with S pieces per row (its size
+ * in dimension 1; 1 for a 1-D launch) gives work-item (i, z) the columns [jb, je) of row i,
+ * KS = ceil(k / S), jb = z*KS: the piece i*S + z of the row-major order. */
+#define PX_ROW_PIECE                                                                           \
+    const int S = get_global_size(1);                                                          \
+    const int KS = (k + S - 1) / S;                                                            \
+    const int jb = get_global_id(1) * KS, je = PX_MIN(k, jb + KS);                            \
+    const size_t piece = (size_t)i * S + get_global_id(1)
+
+/* cnt[i*S + z] = #{ j in piece z of row i : |D[i, j]| > thr }      D[m, k] dense, cnt[m*S]. */
 __kernel void dense_count_rows(const int m, const int k, __global const float *restrict D,
                                const float thr, __global int *restrict cnt)
 {
     const int i = get_global_id(0);
     if (i >= m) return;
+    PX_ROW_PIECE;
     __global const float *d = D + (size_t)i * k;
     int c = 0;
-    for (int j = 0; j < k; ++j) c += (d[j] > thr) | (d[j] < -thr);
-    cnt[i] = c;
+    for (int j = jb; j < je; ++j) c += (d[j] > thr) | (d[j] < -thr);
+    cnt[piece] = c;
 }
 
-/* Fill a CSR matrix from D with the row pointers of the scan:  Aj[nnz], Ax[nnz], and, if
- * Src != NULL, Src[p] = i*k + j (the flat dense position of each entry). */
+/* Fill a CSR matrix from D with the pointers Ap[m*S + 1] of the scan of dense_count_rows'
+ * counts:  Aj[nnz], Ax[nnz], and, if Src != NULL, Src[p] = i*k + j (the flat dense position of
+ * each entry).  The row pointers are Ap[i*S]. */
 __kernel void dense_fill_rows(const int m, const int k, __global const float *restrict D,
                               const float thr, __global const int *restrict Ap,
                               __global IDX *restrict Aj, __global float *restrict Ax,
@@ -269,9 +339,10 @@ __kernel void dense_fill_rows(const int m, const int k, __global const float *re
 {
     const int i = get_global_id(0);
     if (i >= m) return;
+    PX_ROW_PIECE;
     __global const float *d = D + (size_t)i * k;
-    int p = Ap[i];
-    for (int j = 0; j < k; ++j) {
+    int p = Ap[piece];
+    for (int j = jb; j < je; ++j) {
         const float v = d[j];
         if (v > thr || v < -thr) {
             Aj[p] = (IDX)j;
@@ -282,7 +353,8 @@ __kernel void dense_fill_rows(const int m, const int k, __global const float *re
     }
 }
 
-/* cnt[i] = #{ p in row i : Ax[p] != 0 }      Ap[m+1], Ax[nnz], cnt[m]. */
+/* cnt[i] = #{ p in row i : Ax[p] != 0 }      Ap[m+1], Ax[nnz], cnt[m].  (Rows longer than the
+ * loop budget come as pieces: Ap is then the pieces' pointer array.) */
 __kernel void csr_count_nonzero(const int m, __global const int *restrict Ap,
                                 __global const float *restrict Ax, __global int *restrict cnt)
 {
@@ -331,24 +403,32 @@ __kernel void scatter_f32(const int n, __global const float *restrict x,
 #ifndef SCAN_LOCAL
 #define SCAN_LOCAL 256
 #endif
+#ifndef SCAN_CHUNK
+#define SCAN_CHUNK 4096
+#endif
 
-/* Exclusive scan of cnt[m] into Ap[m+1] (Ap[m] = total) in one work-group of SCAN_LOCAL:
- * each work-item sums a contiguous chunk, the chunk sums are scanned, then written out. O(m). */
+/* Exclusive scan of cnt[m] into Ap[m+1] (Ap[m] = total), a block of at most
+ * SCAN_LOCAL * SCAN_CHUNK counts per launch in one work-group of SCAN_LOCAL: this launch scans
+ * cnt[first, end) into Ap[first, end] starting from Ap[first] (0 when first == 0), which the
+ * launch of the block before wrote as its total.  Each work-item sums a contiguous chunk of at
+ * most SCAN_CHUNK, the chunk sums are scanned, then written out.  O(m). */
 __kernel __attribute__((reqd_work_group_size(SCAN_LOCAL, 1, 1)))
-void scan_counts(const int m, __global const int *restrict cnt, __global int *restrict Ap)
+void scan_counts(const int m, __global const int *restrict cnt, __global int *restrict Ap,
+                 const int first)
 {
     __local int part[SCAN_LOCAL];
     const int t = get_local_id(0);
-    const int chunk = (m + SCAN_LOCAL - 1) / SCAN_LOCAL;
-    const int lo = min(m, t * chunk), hi = min(m, lo + chunk);
+    const int end = first + min(m - first, SCAN_LOCAL * SCAN_CHUNK);
+    const int chunk = (end - first + SCAN_LOCAL - 1) / SCAN_LOCAL;
+    const int lo = min(end, first + t * chunk), hi = min(end, lo + chunk);
     int s = 0;
     for (int i = lo; i < hi; ++i) s += cnt[i];
     part[t] = s;
     barrier(CLK_LOCAL_MEM_FENCE);
     if (t == 0) {
-        int run = 0;
+        int run = first ? Ap[first] : 0;
         for (int u = 0; u < SCAN_LOCAL; ++u) { const int v = part[u]; part[u] = run; run += v; }
-        Ap[m] = run;
+        Ap[end] = run;
     }
     barrier(CLK_LOCAL_MEM_FENCE);
     int run = part[t];

@@ -19,9 +19,18 @@
 
 #if TRANS_A
 #define A_AT(i, k) A[(size_t)(k) * M + (i)]   /* A stored [K, M] */
+#define A_SHIFT(kb) (A += (size_t)(kb) * M)
 #else
 #define A_AT(i, k) A[(size_t)(i) * K + (k)]   /* A stored [M, K] */
+#define A_SHIFT(kb) (A += (kb))
 #endif
+
+/* Split-K: the work-items of slice z take k in [kb, kb + KK) and write a partial product to
+ * C + z*M*N, which gemm_sum_slices adds in a fixed order (bias and relu then go there).  This
+ * shifts the operands to the slice: rows kb.. of B (and of A when stored [K, M]), columns kb..
+ * of A stored [M, K].  The slices keep every work-item's loop over k short: llvmpipe ends a
+ * work-item's loops silently after 65,535 iterations in all (docs/PORTABILITY.md). */
+#define GEMM_SLICE(z, kb) do { B += (size_t)(kb) * N; A_SHIFT(kb); C += (size_t)(z) * M * N; } while (0)
 
 /* C[M, N] = op(A)[M, K] B[K, N] (+ bias[M] per row) (relu)      B[K, N], C[M, N].
  * Work-item (x, y, z): rows [y*RM, y*RM + RM), columns [x*VEC, x*VEC + VEC), and the slice
@@ -37,43 +46,41 @@ void gemm(const int M, const int N, const int K,
     const int c0 = get_global_id(0) * VEC;
     const int i0 = get_global_id(1) * RM;
     if (i0 >= M || c0 >= N) return;
-    {
-        const int z = get_global_id(2);
-        const int kb = z * KS;
-        /* shift the operands to the slice: rows kb.. of B (and of A when stored [K, M]) */
-        B += (size_t)kb * N;
-#if TRANS_A
-        A += (size_t)kb * M;
-#else
-        A += kb;
-#endif
-        C += (size_t)z * M * N;
-    }
-    const int KK = PX_MIN(KS, K - get_global_id(2) * KS);
+    const int KK = PX_MIN(KS, K - (int)get_global_id(2) * KS);
+    GEMM_SLICE(get_global_id(2), get_global_id(2) * KS);
     int rows[RM];
     _Pragma("unroll") for (int r = 0; r < RM; ++r) rows[r] = PX_MIN(i0 + r, M - 1);   /* clamp: loads stay in range */
-    if (c0 + VEC <= N) {
-        floatV acc[RM];
-        _Pragma("unroll") for (int r = 0; r < RM; ++r) acc[r] = (floatV)(0.0f);
+    floatV acc[RM];
+    _Pragma("unroll") for (int r = 0; r < RM; ++r) acc[r] = (floatV)(0.0f);
+    const int full = c0 + VEC <= N;
+    if (full) {
         for (int k = 0; k < KK; ++k) {
             const floatV b = VLOAD(B + (size_t)k * N + c0);
             _Pragma("unroll") for (int r = 0; r < RM; ++r) acc[r] += (floatV)(A_AT(rows[r], k)) * b;
         }
-        for (int r = 0; r < RM && i0 + r < M; ++r) {
-            floatV v = acc[r];
-            if (bias) v += (floatV)(bias[i0 + r]);
-            if (relu) v = PX_RELU(v);
-            VSTORE(v, C + (size_t)(i0 + r) * N + c0);
-        }
     } else {
-        for (int r = 0; r < RM && i0 + r < M; ++r) {
-            for (int c = c0; c < N; ++c) {
-                float acc = 0.0f;
-                for (int k = 0; k < KK; ++k) acc += A_AT(i0 + r, k) * B[(size_t)k * N + c];
-                if (bias) acc += bias[i0 + r];
-                if (relu) acc = acc > 0.0f ? acc : 0.0f;
-                C[(size_t)(i0 + r) * N + c] = acc;
-            }
+        /* the block cut by the right edge: columns past N load as zeros (one loop over k, as
+         * in the interior, so a work-item's loop count stays KK) */
+        for (int k = 0; k < KK; ++k) {
+            float t[VEC];
+            _Pragma("unroll") for (int l = 0; l < VEC; ++l)
+                t[l] = c0 + l < N ? B[(size_t)k * N + c0 + l] : 0.0f;
+            const floatV b = VLOAD_E(t);
+            _Pragma("unroll") for (int r = 0; r < RM; ++r) acc[r] += (floatV)(A_AT(rows[r], k)) * b;
+        }
+    }
+    _Pragma("unroll") for (int r = 0; r < RM; ++r) {
+        if (i0 + r >= M) break;
+        floatV v = acc[r];
+        if (bias) v += (floatV)(bias[i0 + r]);
+        if (relu) v = PX_RELU(v);
+        if (full) {
+            VSTORE(v, C + (size_t)(i0 + r) * N + c0);
+        } else {
+            float t[VEC];
+            VSTORE_E(v, t);
+            _Pragma("unroll") for (int l = 0; l < VEC; ++l)
+                if (c0 + l < N) C[(size_t)(i0 + r) * N + c0 + l] = t[l];
         }
     }
 }
@@ -84,7 +91,7 @@ void gemm(const int M, const int N, const int K,
 
 /* gemm_blk's inner loop over k, with LOADB(j) giving the j-th vector of B's row k at c0. */
 #define GEMM_BLK_ACCUMULATE(LOADB)                                                            \
-    for (int k = 0; k < K; ++k) {                                                              \
+    for (int k = 0; k < KK; ++k) {                                                             \
         __global const float *b = B + (size_t)k * N + c0;                                      \
         floatV bv[NV];                                                                         \
         _Pragma("unroll") for (int j = 0; j < NV; ++j) LOADB(j);                               \
@@ -110,6 +117,8 @@ void gemm(const int M, const int N, const int K,
  * vector multiply-adds.  Row blocks vary fastest, so neighbouring work-items share one
  * K x NV*VEC panel of B in cache.  Blocks cut by the matrix edge keep the blocking (clamped
  * row loads, zero-filled column loads, guarded stores).
+ * Split-K: a launch with S = get_global_size(2) slices gives slice z the k in [z*KS, z*KS + KS),
+ * KS = ceil(K / S), written to C + z*M*N (see GEMM_SLICE); a 2-D launch is one slice.
  * O(M N K). */
 __kernel __attribute__((reqd_work_group_size(LX, 1, 1)))
 void gemm_blk(const int M, const int N, const int K,
@@ -119,6 +128,9 @@ void gemm_blk(const int M, const int N, const int K,
     const int i0 = get_global_id(0) * RM;
     const int c0 = get_global_id(1) * (NV * VEC);
     if (i0 >= M || c0 >= N) return;
+    const int KS = (K + (int)get_global_size(2) - 1) / (int)get_global_size(2);
+    const int KK = PX_MAX(0, PX_MIN(KS, K - (int)get_global_id(2) * KS));
+    GEMM_SLICE(get_global_id(2), get_global_id(2) * KS);
     /* Rows past M load row M-1 (their sums are not stored); in a block cut by the right edge,
      * columns past N load as zeros and are not stored.  Interior blocks, the common case, take
      * plain vector loads and stores. */
@@ -160,7 +172,8 @@ void gemm_blk(const int M, const int N, const int K,
  * (the CPU form of NT products: weight gradients, K = batch or batch x output pixels).
  * Work-item (x, y): rows [x*RM, x*RM + RM) of A and [y*RN, y*RN + RN) of B; RM*RN vector
  * accumulators along k, summed across lanes at the end.  Rows past M or N load row M-1 or
- * N-1 and are not stored.  O(M N K). */
+ * N-1 and are not stored.  Split-K as gemm_blk's, with KS rounded up to a multiple of VEC.
+ * O(M N K). */
 __kernel __attribute__((reqd_work_group_size(LX, 1, 1)))
 void gemm_nt_blk(const int M, const int N, const int K,
                  __global const float *restrict A, __global const float *restrict B,
@@ -169,14 +182,19 @@ void gemm_nt_blk(const int M, const int N, const int K,
     const int i0 = get_global_id(0) * RM;
     const int j0 = get_global_id(1) * RN;
     if (i0 >= M || j0 >= N) return;
+    const int S = get_global_size(2);
+    const int KS = ((K + S - 1) / S + VEC - 1) / VEC * VEC;
+    const int kb = get_global_id(2) * KS;
+    const int KK = PX_MAX(0, PX_MIN(KS, K - kb));
+    C += get_global_id(2) * (size_t)M * N;
     __global const float *a[RM];
     __global const float *b[RN];
-    _Pragma("unroll") for (int r = 0; r < RM; ++r) a[r] = A + (size_t)PX_MIN(i0 + r, M - 1) * K;
-    _Pragma("unroll") for (int c = 0; c < RN; ++c) b[c] = B + (size_t)PX_MIN(j0 + c, N - 1) * K;
+    _Pragma("unroll") for (int r = 0; r < RM; ++r) a[r] = A + (size_t)PX_MIN(i0 + r, M - 1) * K + kb;
+    _Pragma("unroll") for (int c = 0; c < RN; ++c) b[c] = B + (size_t)PX_MIN(j0 + c, N - 1) * K + kb;
     floatV acc[RM][RN];
     _Pragma("unroll") for (int r = 0; r < RM; ++r)
         _Pragma("unroll") for (int c = 0; c < RN; ++c) acc[r][c] = (floatV)(0.0f);
-    const int kv = K / VEC * VEC;
+    const int kv = KK / VEC * VEC;
     for (int k = 0; k < kv; k += VEC) {
         floatV av[RM], bv[RN];
         _Pragma("unroll") for (int r = 0; r < RM; ++r) av[r] = VLOAD(a[r] + k);
@@ -190,7 +208,7 @@ void gemm_nt_blk(const int M, const int N, const int K,
         _Pragma("unroll") for (int c = 0; c < RN; ++c) {
             if (j0 + c >= N) break;
             float v = px_hsum(acc[r][c]);
-            for (int k = kv; k < K; ++k) v += a[r][k] * b[c][k];
+            for (int k = kv; k < KK; ++k) v += a[r][k] * b[c][k];
             v += bb;
             C[(size_t)(i0 + r) * N + j0 + c] = relu ? (v > 0.0f ? v : 0.0f) : v;
         }

@@ -25,9 +25,17 @@
 #define GEO_POOL const int QH = G[12], QW = G[13], QSH = G[14], QSW = G[15], QPH = G[16], \
     QPW = G[17], Hp = G[18], Wp = G[19], O = G[20]
 
+/* The row kernels (im2col, col2im, maxpool_fwd/bwd) give each work-item one image row, or with
+ * S = get_global_size(2) > 1 the piece z = get_global_id(2) of S of its columns: the columns
+ * [x0, x1) of a row of width w, so the index arithmetic (integer divisions) is paid once per
+ * piece, not once per element, and a work-item's loops stay within the host's budget
+ * (llvmpipe ends them silently after 65,535 iterations in all).  A 2-D launch is one piece. */
+#define PX_COL_PIECE(w)                                                                        \
+    const int S_ = get_global_size(2);                                                         \
+    const int x0 = get_global_id(2) * (((w) + S_ - 1) / S_);                                   \
+    const int x1 = PX_MIN((w), x0 + ((w) + S_ - 1) / S_)
+
 /* ---- convolution as a product: im2col and its adjoint (col2im, written as a gather) ----
- * These kernels give each work-item one image row (all of its columns), so the index
- * arithmetic (integer divisions) is paid once per row, not once per element.
  * Both work on a chunk of the batch: the N samples n0 .. n0+N-1 of an X (or dX) of NX samples
  * (n0 = 0, NX = N for the whole batch); cols holds the chunk's columns only. */
 
@@ -46,18 +54,19 @@ __kernel void im2col(__global const int *restrict G, __global const float *restr
     const int ky = t % KH, c = t / KH;
     const int oy = g % Ho, n = g / Ho;
     const int iy = oy * SH - PH + ky;
+    PX_COL_PIECE(Wo);
     __global float *out = cols + (size_t)r * N * Ho * Wo + (size_t)g * Wo;
     if (iy < 0 || iy >= H) {
-        for (int ox = 0; ox < Wo; ++ox) out[ox] = 0.0f;
+        for (int ox = x0; ox < x1; ++ox) out[ox] = 0.0f;
         return;
     }
     __global const float *x = X + (((size_t)c * NX + n0 + n) * H + iy) * W - PW + kx;
     if (SW == 1 && PW == 0 && kx + Wo <= W) {
-        for (int ox = 0; ox < Wo; ++ox) out[ox] = x[ox];
+        for (int ox = x0; ox < x1; ++ox) out[ox] = x[ox];
     } else {
-        for (int ox = 0; ox < Wo; ++ox) {
+        for (int ox = x0; ox < x1; ++ox) {
             const int ix = ox * SW - PW + kx;
-            out[ox] = (ix >= 0 && ix < W) ? x[ox * SW] : 0.0f;
+            out[ox] = (ix >= 0 && ix < W) ? x[(size_t)ox * SW] : 0.0f;
         }
     }
 }
@@ -73,9 +82,10 @@ __kernel void col2im(__global const int *restrict G, __global const float *restr
     const int c = get_global_id(1);
     if (g >= N * H || c >= C) return;
     const int iy = g % H, n = g / H;
+    PX_COL_PIECE(W);
     const size_t NP = (size_t)N * Ho * Wo;
     __global float *dx = dX + ((size_t)c * NX + n0 + n) * H * W + (size_t)iy * W;
-    for (int ix = 0; ix < W; ++ix) dx[ix] = 0.0f;
+    for (int ix = x0; ix < x1; ++ix) dx[ix] = 0.0f;
     for (int ky = 0; ky < KH; ++ky) {
         const int y = iy + PH - ky;
         if (y < 0 || y % SH) continue;
@@ -86,10 +96,10 @@ __kernel void col2im(__global const int *restrict G, __global const float *restr
                                       + (size_t)(n * Ho + oy) * Wo;
             if (SW == 1) {
                 /* ox = ix + PW - kx in [0, Wo) */
-                const int lo = PX_MAX(0, kx - PW), hi = PX_MIN(W, Wo + kx - PW);
+                const int lo = PX_MAX(x0, kx - PW), hi = PX_MIN(x1, Wo + kx - PW);
                 for (int ix = lo; ix < hi; ++ix) dx[ix] += d[ix + PW - kx];
             } else {
-                for (int ix = 0; ix < W; ++ix) {
+                for (int ix = x0; ix < x1; ++ix) {
                     const int x = ix + PW - kx;
                     if (x < 0 || x % SW) continue;
                     const int ox = x / SW;
@@ -118,7 +128,8 @@ __kernel void maxpool_fwd(__global const int *restrict G, __global const float *
     __global const float *x = X + ((size_t)c * N + n) * H * W;
     const size_t o0 = ((size_t)c * N * Ho + g) * Wo;
     const int ylo = PX_MAX(0, oy * SH - PH), yhi = PX_MIN(H, oy * SH - PH + KH);
-    for (int ox = 0; ox < Wo; ++ox) {
+    PX_COL_PIECE(Wo);
+    for (int ox = x0; ox < x1; ++ox) {
         const int xlo = PX_MAX(0, ox * SW - PW), xhi = PX_MIN(W, ox * SW - PW + KW);
         float best = x[ylo * W + xlo];
         int arg = ylo * W + xlo;
@@ -150,7 +161,8 @@ __kernel void maxpool_bwd(__global const int *restrict G, __global const float *
     const int ylo = PX_MAX(0, (iy + PH - KH + SH) / SH), yhi = PX_MIN(Ho - 1, (iy + PH) / SH);
     const size_t base = ((size_t)c * N + n) * Ho * Wo;
     __global float *dx = dX + ((size_t)c * N + n) * H * W + (size_t)iy * W;
-    for (int ix = 0; ix < W; ++ix) {
+    PX_COL_PIECE(W);
+    for (int ix = x0; ix < x1; ++ix) {
         const int me = iy * W + ix;
         const int xlo = PX_MAX(0, (ix + PW - KW + SW) / SW), xhi = PX_MIN(Wo - 1, (ix + PW) / SW);
         float acc = 0.0f;
@@ -250,7 +262,10 @@ __kernel void add_into(const int n, __global float *restrict Y, __global const f
 
 /* db[m] = sum_j dY[i, j] over the rows of dY[m, n] (one work-group of RL per row).
  * With relu != 0, first dY[i, j] = Y[i, j] > 0 ? dY[i, j] : 0 in place (the backward of a
- * fused ReLU, Y[m, n] its output).  db may be NULL (then only the mask).  O(m n). */
+ * fused ReLU, Y[m, n] its output).  db may be NULL (then only the mask).  Column slices: a
+ * launch with S = get_global_size(1) slices gives work-group (i, z) the columns [jb, jb + len),
+ * CS = ceil(n / S) rounded up to VEC, jb = z*CS, and writes its partial sum to db[z*m + i]
+ * (the host adds the slices in order).  O(m n). */
 __kernel __attribute__((reqd_work_group_size(RL, 1, 1)))
 void bias_grad(const int m, const int n, __global float *restrict dY,
                __global const float *restrict Y, const int relu, __global float *restrict db)
@@ -258,12 +273,15 @@ void bias_grad(const int m, const int n, __global float *restrict dY,
     __local float part[RL];
     const int lid = get_local_id(0);
     const int i = get_group_id(0);
+    const int S = get_global_size(1);
+    const int CS = ((n + S - 1) / S + VEC - 1) / VEC * VEC;
+    const int jb = get_global_id(1) * CS, len = PX_MAX(0, PX_MIN(CS, n - jb));
     float s = 0.0f;
     if (i < m) {
-        __global float *d = dY + (size_t)i * n;
-        __global const float *y = Y ? Y + (size_t)i * n : 0;
+        __global float *d = dY + (size_t)i * n + jb;
+        __global const float *y = Y ? Y + (size_t)i * n + jb : 0;
         if (relu) {
-            for (int j = lid; j < n; j += RL) {
+            for (int j = lid; j < len; j += RL) {
                 const float v = y[j] > 0.0f ? d[j] : 0.0f;
                 d[j] = v;
                 s += v;
@@ -271,9 +289,9 @@ void bias_grad(const int m, const int n, __global float *restrict dY,
         } else {
             floatV acc = (floatV)(0.0f);
             int j = lid * VEC;
-            for (; j + VEC <= n; j += RL * VEC) acc += VLOAD(d + j);
+            for (; j + VEC <= len; j += RL * VEC) acc += VLOAD(d + j);
             s = px_hsum(acc);
-            for (int t = (n / VEC) * VEC + lid; t < n; t += RL) s += d[t];
+            for (int t = (len / VEC) * VEC + lid; t < len; t += RL) s += d[t];
         }
     }
     part[lid] = s;
@@ -282,7 +300,7 @@ void bias_grad(const int m, const int n, __global float *restrict dY,
         if (lid < w) part[lid] += part[lid + w];
         barrier(CLK_LOCAL_MEM_FENCE);
     }
-    if (lid == 0 && i < m && db) db[i] = part[0];
+    if (lid == 0 && i < m && db) db[get_global_id(1) * (size_t)m + i] = part[0];
 }
 
 /* ---- softmax cross-entropy, accuracy ---- */
@@ -292,7 +310,8 @@ void bias_grad(const int m, const int n, __global float *restrict dY,
  *   with labels L[N] != NULL:  loss_n = logsumexp(Z[:, n]) - Z[L[n], n],
  *   correct_n = (first argmax == L[n]), and if dZ != NULL, dZ[k, n] = gscale * (P[k, n] - [k == L[n]]).
  * Partial[2 g], Partial[2 g + 1]: the sums of loss_n and correct_n over work-group g (XL samples).
- * O(K N). */
+ * A work-item loops 3K times: for more classes than the loop budget allows, the host runs the
+ * two kernels after this one instead.  O(K N). */
 __kernel __attribute__((reqd_work_group_size(XL, 1, 1)))
 void softmax_xent(const int K, const int N, __global const float *restrict Z,
                   __global const int *restrict L, __global float *restrict dZ, const float gscale,
@@ -333,6 +352,88 @@ void softmax_xent(const int K, const int N, __global const float *restrict Z,
         barrier(CLK_LOCAL_MEM_FENCE);
     }
     if (lid == 0 && Partial) {
+        Partial[2 * get_group_id(0)] = ls[0];
+        Partial[2 * get_group_id(0) + 1] = cs[0];
+    }
+}
+
+/* Softmax cross-entropy over many classes, in two launches over the work-items (n, z) of S
+ * chunks of classes (S = get_global_size(1), chunk z = classes [kb, ke), CK = ceil(K / S)), so
+ * that no work-item loops over all K classes.  Same results as softmax_xent (up to rounding).
+ * softmax_chunk_stats: Stats[(z*N + n)*3 + 0..2] = the chunk's max, its first argmax (an int
+ * stored bit for bit as a float) and sum_k exp(Z[k, n] - max).      Z[K, N], Stats[S*N*3]. */
+#define PX_CLASS_CHUNK                                                                         \
+    const int S = get_global_size(1), z = get_global_id(1);                                    \
+    const int kb = z * ((K + S - 1) / S), ke = PX_MIN(K, kb + (K + S - 1) / S)
+
+__kernel void softmax_chunk_stats(const int K, const int N, __global const float *restrict Z,
+                                  __global float *restrict Stats)
+{
+    const int n = get_global_id(0);
+    if (n >= N) return;
+    PX_CLASS_CHUNK;
+    float mx = -INFINITY;
+    int am = kb;
+    for (int k = kb; k < ke; ++k) {
+        const float v = Z[(size_t)k * N + n];
+        if (v > mx) { mx = v; am = k; }
+    }
+    float s = 0.0f;
+    for (int k = kb; k < ke; ++k) s += exp(Z[(size_t)k * N + n] - mx);
+    __global float *st = Stats + ((size_t)z * N + n) * 3;
+    st[0] = mx;
+    st[1] = as_float(am);
+    st[2] = s;
+}
+
+/* The outputs of softmax_xent from the chunks' Stats: every work-item combines the S chunks
+ * (in order, so the first argmax wins), then writes P and dZ over its chunk; the work-groups
+ * of chunk 0 (XL samples each) write the Partial sums of loss and correct. */
+__kernel __attribute__((reqd_work_group_size(XL, 1, 1)))
+void softmax_xent_chunks(const int K, const int N, __global const float *restrict Z,
+                         __global const int *restrict L, __global float *restrict dZ,
+                         const float gscale, __global float *restrict P,
+                         __global float *restrict Partial, __global const float *restrict Stats)
+{
+    __local float ls[XL], cs[XL];
+    const int lid = get_local_id(0);
+    const int n = get_global_id(0);
+    PX_CLASS_CHUNK;
+    float loss = 0.0f, corr = 0.0f;
+    if (n < N) {
+        float mx = -INFINITY;
+        int am = 0;
+        for (int u = 0; u < S; ++u) {
+            const float v = Stats[((size_t)u * N + n) * 3];
+            if (v > mx) { mx = v; am = as_int(Stats[((size_t)u * N + n) * 3 + 1]); }
+        }
+        float s = 0.0f;
+        for (int u = 0; u < S; ++u) {
+            __global const float *st = Stats + ((size_t)u * N + n) * 3;
+            s += st[2] * exp(st[0] - mx);
+        }
+        const int y = L ? L[n] : -1;
+        if (L) {
+            loss = mx + log(s) - Z[(size_t)y * N + n];
+            corr = am == y ? 1.0f : 0.0f;
+        }
+        if (P || dZ) {
+            const float inv = 1.0f / s;
+            for (int k = kb; k < ke; ++k) {
+                const float p = exp(Z[(size_t)k * N + n] - mx) * inv;
+                if (P) P[(size_t)k * N + n] = p;
+                if (dZ) dZ[(size_t)k * N + n] = gscale * (k == y ? p - 1.0f : p);
+            }
+        }
+    }
+    ls[lid] = loss;
+    cs[lid] = corr;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int w = XL / 2; w > 0; w >>= 1) {
+        if (lid < w) { ls[lid] += ls[lid + w]; cs[lid] += cs[lid + w]; }
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    if (lid == 0 && Partial && z == 0) {
         Partial[2 * get_group_id(0)] = ls[0];
         Partial[2 * get_group_id(0) + 1] = cs[0];
     }

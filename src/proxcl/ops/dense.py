@@ -79,20 +79,39 @@ def gemm(dev: Device, a, b, *, trans_a: bool = False, trans_b: bool = False,
     return out
 
 
+def _gemm_sliced(dev: Device, t, kernel, gsize, lsize, K: int, max_slice: int, out, bias, relu,
+                 *args) -> None:
+    """Launch a CPU-form GEMM kernel (gemm_blk, gemm_nt_blk: ``M, N, K, *args, C, bias, relu``)
+    whose slices of K come from the launch's third dimension: one slice when K fits
+    ``max_slice``, else partial products that sum_slices adds (bias and relu there)."""
+    M, N = out.shape
+    slices = -(-K // max_slice)
+    if slices == 1:
+        dev.launch(kernel, gsize + (1,), lsize + (1,), M, N, K, *args, out, bias, int(relu))
+        return
+    part = dev.empty((slices, M, N))
+    dev.launch(kernel, gsize + (slices,), lsize + (1,), M, N, K, *args, part, None, 0)
+    sum_slices(dev, part, out, bias=bias, relu=relu)
+
+
 def _gemm_nt_rows(dev: Device, t, a, b, out, bias, relu) -> None:
-    """CPU form of A B^T: dot products of rows, no transposed copy of B."""
+    """CPU form of A B^T: dot products of rows, no transposed copy of B.  A work-item's loop
+    runs KS / vec times plus its rm*rn tails of fewer than vec."""
     (M, N), K = out.shape, a.shape[1]
-    rm, rn, lx = t.gemm_nt_rm, t.gemm_nt_rn, t.gemm_rows
-    k = dev.kernel(_FILE, "gemm_nt_blk", VEC=t.gemm_vec, RM=rm, RN=rn, LX=lx)
-    dev.launch(k, (-(-M // rm), -(-N // rn)), (lx, 1), M, N, K, a, b, out, bias, int(relu))
+    vec, rm, rn, lx = t.gemm_vec, t.gemm_nt_rm, t.gemm_nt_rn, t.gemm_rows
+    k = dev.kernel(_FILE, "gemm_nt_blk", VEC=vec, RM=rm, RN=rn, LX=lx)
+    max_slice = (t.loop_max - rm * rn * vec) * vec
+    _gemm_sliced(dev, t, k, (-(-M // rm), -(-N // rn)), (lx, 1), K, max_slice, out, bias, relu, a, b)
 
 
 def _gemm_blocks(dev: Device, t, a, b, out, bias, relu, trans_a) -> None:
-    """CPU form: an rm x nv*vec block of C in registers, row blocks varying fastest."""
+    """CPU form: an rm x nv*vec block of C in registers, row blocks varying fastest.  A
+    work-item runs one of two loops over its KS values of k (interior or edge block)."""
     (M, N), K = out.shape, b.shape[0]
     vec, rm, nv, lx = t.gemm_vec, t.gemm_rm, t.gemm_nv, t.gemm_rows
     k = dev.kernel(_FILE, "gemm_blk", VEC=vec, RM=rm, NV=nv, LX=lx, TRANS_A=int(trans_a))
-    dev.launch(k, (-(-M // rm), -(-N // (nv * vec))), (lx, 1), M, N, K, a, b, out, bias, int(relu))
+    _gemm_sliced(dev, t, k, (-(-M // rm), -(-N // (nv * vec))), (lx, 1), K, t.loop_max // 2,
+                 out, bias, relu, a, b)
 
 
 def _gemm_columns(dev: Device, t, a, b, out, bias, relu, trans_a) -> None:
@@ -104,25 +123,42 @@ def _gemm_columns(dev: Device, t, a, b, out, bias, relu, trans_a) -> None:
     k = dev.kernel(_FILE, "gemm", VEC=vec, RM=rm, LX=lx, LY=ly, TRANS_A=int(trans_a),
                    PX_ALIGNED=int(t.aligned and N % vec == 0))
     gx, gy = -(-N // vec), -(-M // rm)
-    slices, ks = split_k(gx * gy, K)
+    slices, ks = split_k(gx * gy, K, max_slice=t.loop_max // 2)
     if slices == 1:
         dev.launch(k, (gx, gy, 1), (lx, ly, 1), M, N, K, a, b, out, bias, int(relu), K)
     else:
         part = dev.empty((slices, M, N))
         dev.launch(k, (gx, gy, slices), (lx, ly, 1), M, N, K, a, b, part, None, 0, ks)
-        dev.launch(dev.kernel(_FILE, "gemm_sum_slices"), (M * N,), (t.ew_local,),
-                   M * N, N, slices, part, out, bias, int(relu))
+        sum_slices(dev, part, out, bias=bias, relu=relu)
 
 
-def split_k(items: int, K: int, *, target: int = 16384, min_slice: int = 256) -> tuple[int, int]:
+def split_k(items: int, K: int, *, max_slice: int, target: int = 16384,
+            min_slice: int = 256) -> tuple[int, int]:
     """(slices, k per slice) for the GPU GEMM: a product with few output blocks and a long inner
     dimension (weight gradients over a whole batch: K = N*Ho*Wo) gets split along K so that the
-    device has about ``target`` work-items; the partial products are added in a fixed order."""
-    if items >= target or K < 2 * min_slice:
-        return 1, K
-    slices = min(-(-target // items), K // min_slice, 256)
+    device has about ``target`` work-items; the partial products are added in a fixed order.
+    No slice is longer than ``max_slice`` (a work-item's loop budget), whatever the blocks."""
+    slices = 1
+    if items < target and K >= 2 * min_slice:
+        slices = min(-(-target // items), K // min_slice, 256)
+    slices = max(slices, -(-K // max_slice))
     ks = -(-K // slices)
     return -(-K // ks), ks
+
+
+def sum_slices(dev: Device, part: cla.Array, out: cla.Array, *, bias=None, relu: bool = False) -> None:
+    """out = the sum of part[S, *out.shape] over its first axis, slices added in order
+    (+ bias per row of out, ReLU): the reduction of every split product (split-K GEMMs,
+    column-sliced SDDMM and bias gradients)."""
+    slices = part.shape[0]
+    size = out.size
+    if slices > dev.tuning.loop_max:
+        raise InputError(f"a product split into {slices} slices: more than this device's "
+                         f"{dev.tuning.loop_max} per work-item (inner dimension too long)")
+    cols = out.shape[-1] if out.ndim > 1 else 1
+    if size:
+        dev.launch(dev.kernel(_FILE, "gemm_sum_slices"), (size,), (dev.tuning.ew_local,),
+                   size, cols, slices, part, out, bias, int(relu))
 
 
 def soft_threshold(dev: Device, z, tau, *, scale: float = 1.0, out=None) -> cla.Array:

@@ -4,17 +4,27 @@ convolution).  Owns nn.cl's build defines (VEC, RL, XL) and work sizes (``nn_*``
 :class:`proxcl.tuning.Tuning`); every function launches one kernel on device arrays.
 
 Layouts (DESIGN.md): flat activations ``[F, N]``, spatial ones channel-major ``[C, N, H, W]``.
-Window kernels take the int32 geometry array G of :func:`geometry`.
+Window kernels take the :class:`Geometry` of :func:`geometry` (nn.cl's int32 array G).
+
+No work-item runs more than ``loop_max`` loop iterations (llvmpipe ends them silently after
+65,535): the row kernels cut long rows into pieces of columns, the bias gradient cuts long rows
+into column slices, softmax cross-entropy over many classes runs in chunks of classes, and
+:func:`conv_pool_fits` says when the direct convolution would loop too long.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import pyopencl.array as cla
 
+from ..errors import InputError
 from ..runtime import Device
+from .dense import sum_slices
 
-__all__ = ["geometry", "im2col", "col2im", "col_block", "add_into", "maxpool_fwd", "maxpool_bwd", "csr_conv_pool",
+__all__ = ["Geometry", "geometry", "geometry_values", "conv_pool_fits", "im2col", "col2im", "col_block",
+           "add_into", "maxpool_fwd", "maxpool_bwd", "csr_conv_pool",
            "relu_fwd", "relu_bwd", "dropout", "mix32", "batch_to_channel_major",
            "samples_to_features", "channel_major_to_features", "features_to_channel_major",
            "bias_grad", "softmax_xent", "softmax_partial_shape"]
@@ -28,9 +38,17 @@ def _kernel(dev: Device, name: str):
     return dev.kernel(_FILE, name, VEC=t.vec, RL=t.nn_reduce, XL=t.nn_softmax)
 
 
-def _rows(dev: Device, name: str, rows: int, cols: int, *args) -> None:
-    """Launch a kernel that gives a work-item one image row: global (rows, cols)."""
-    dev.launch(_kernel(dev, name), (rows, cols), (dev.tuning.nn_rows, 1), *args)
+def _rows(dev: Device, name: str, rows: int, cols: int, width: int, per_col: int, fixed: int,
+          *args) -> None:
+    """Launch a kernel that gives a work-item one image row of ``width`` columns: global
+    (rows, cols, pieces), the rows cut into pieces of columns so that a work-item's loops,
+    ``per_col`` iterations per column plus ``fixed``, stay within loop_max."""
+    room = (dev.tuning.loop_max - fixed) // per_col
+    if room < 1:
+        raise InputError(f"{name}: a window this large needs more than {dev.tuning.loop_max} "
+                         "loop iterations per work-item on this device")
+    pieces = -(-width // room)
+    dev.launch(_kernel(dev, name), (rows, cols, pieces), (dev.tuning.nn_rows, 1, 1), *args)
 
 
 def _each(dev: Device, name: str, n: int, *args) -> None:
@@ -40,8 +58,16 @@ def _each(dev: Device, name: str, n: int, *args) -> None:
 
 # ---- windows: convolution as a product, max pooling, the direct sparse convolution ----
 
-def geometry(dev: Device, conv, pool=None, out_channels: int = 0) -> cla.Array:
-    """The int32 array G of nn.cl: ``conv`` = (C, N, H, W, KH, KW, SH, SW, PH, PW, Ho, Wo); for
+class Geometry(NamedTuple):
+    """nn.cl's int32 array G on the device (``array``) and its values on the host (``values``:
+    C, N, H, W, KH, KW, SH, SW, PH, PW, Ho, Wo and, for csr_conv_pool, QH, QW, QSH, QSW, QPH,
+    QPW, Hp, Wp, O), which the launches size their pieces by."""
+    array: cla.Array
+    values: tuple
+
+
+def geometry_values(conv, pool=None, out_channels: int = 0) -> tuple:
+    """The values of G: ``conv`` = (C, N, H, W, KH, KW, SH, SW, PH, PW, Ho, Wo); for
     csr_conv_pool also the pooling ``pool`` = (QH, QW, QSH, QSW, QPH, QPW, Hp, Wp) (a 1x1 pool
     of stride 1 when None) and the output channels."""
     vals = [int(v) for v in conv]
@@ -49,32 +75,41 @@ def geometry(dev: Device, conv, pool=None, out_channels: int = 0) -> cla.Array:
         vals += [int(v) for v in pool] + [int(out_channels)]
     elif out_channels:
         vals += [1, 1, 1, 1, 0, 0, vals[10], vals[11], int(out_channels)]
-    return dev.to_device(np.array(vals, np.int32), np.int32, category="activations")
+    return tuple(vals)
 
 
-def im2col(dev: Device, g: cla.Array, x: cla.Array, cols: cla.Array, out_rows: int, n0: int = 0) -> None:
+def geometry(dev: Device, conv, pool=None, out_channels: int = 0) -> Geometry:
+    """The geometry G of nn.cl on the device, from the values of :func:`geometry_values`."""
+    vals = geometry_values(conv, pool, out_channels)
+    return Geometry(dev.to_device(np.array(vals, np.int32), np.int32, category="activations"), vals)
+
+
+def im2col(dev: Device, g: Geometry, x: cla.Array, cols: cla.Array, out_rows: int, n0: int = 0) -> None:
     """cols[C*KH*KW, N*Ho*Wo] from the samples n0 .. n0+N-1 of x[C, NX, H, W] (G's batch is the
     chunk's N); out_rows = N*Ho."""
-    _rows(dev, "im2col", out_rows, cols.shape[0], g, x, cols, n0, x.shape[1])
+    wo = g.values[11]
+    _rows(dev, "im2col", out_rows, cols.shape[0], wo, 3, 0, g.array, x, cols, n0, x.shape[1])
 
 
-def col2im(dev: Device, g: cla.Array, dcols: cla.Array, dx: cla.Array, n0: int = 0, n: int | None = None) -> None:
+def col2im(dev: Device, g: Geometry, dcols: cla.Array, dx: cla.Array, n0: int = 0, n: int | None = None) -> None:
     """The samples n0 .. n0+n-1 of dx[C, NX, H, W] = the adjoint of im2col applied to dcols (a
     gather, no atomics); n (G's batch) defaults to all of dx."""
-    c, nx, h = dx.shape[:3]
+    c, nx, h, w = dx.shape
     n = nx if n is None else n
-    _rows(dev, "col2im", n * h, c, g, dcols, dx, n0, nx)
+    kh, kw = g.values[4:6]
+    _rows(dev, "col2im", n * h, c, w, 1 + kh * kw, kh * (1 + kw), g.array, dcols, dx, n0, nx)
 
 
 def col_block(dev: Device, y: cla.Array, yc: cla.Array, off: int, to_y: bool) -> None:
     """Between a block of y[M, ld] and yc[R, L]: the R rows and L columns of y that start at its
     flat position ``off`` (row off // ld, column off % ld).  yc = that block (to_y False) or the
-    block = yc (to_y True)."""
+    block = yc (to_y True).  A work-item moves VEC columns of one row."""
     ld = y.shape[1]
     r, L = yc.shape
     if off < 0 or off % ld + L > ld or off // ld + r > y.shape[0]:
         raise ValueError(f"col_block: a {r}x{L} block at {off} does not fit {tuple(y.shape)}")
-    _rows(dev, "col_block", -(-L // dev.tuning.vec), r, r, L, ld, off, y, yc, int(to_y))
+    dev.launch(_kernel(dev, "col_block"), (-(-L // dev.tuning.vec), r), (dev.tuning.nn_rows, 1),
+               r, L, ld, off, y, yc, int(to_y))
 
 
 def add_into(dev: Device, y: cla.Array, x: cla.Array) -> None:
@@ -82,26 +117,40 @@ def add_into(dev: Device, y: cla.Array, x: cla.Array) -> None:
     _each(dev, "add_into", y.size, y.size, y, x)
 
 
-def maxpool_fwd(dev: Device, g: cla.Array, x: cla.Array, y: cla.Array, idx: cla.Array | None,
+def maxpool_fwd(dev: Device, g: Geometry, x: cla.Array, y: cla.Array, idx: cla.Array | None,
                 relu: bool) -> None:
     """y[C, N, Ho, Wo] = window maxima of x (then ReLU); idx: the winners, or None."""
-    c, n, ho = y.shape[:3]
-    _rows(dev, "maxpool_fwd", n * ho, c, g, x, y, idx, int(relu))
+    c, n, ho, wo = y.shape
+    kh, kw = g.values[4:6]
+    _rows(dev, "maxpool_fwd", n * ho, c, wo, 1 + kh * (1 + kw), 0, g.array, x, y, idx, int(relu))
 
 
-def maxpool_bwd(dev: Device, g: cla.Array, dy: cla.Array, idx: cla.Array, y: cla.Array,
+def maxpool_bwd(dev: Device, g: Geometry, dy: cla.Array, idx: cla.Array, y: cla.Array,
                 relu: bool, dx: cla.Array) -> None:
     """dx[C, N, H, W] from dy over the windows that chose each pixel (idx from maxpool_fwd)."""
-    c, n, h = dx.shape[:3]
-    _rows(dev, "maxpool_bwd", n * h, c, g, dy, idx, y, int(relu), dx)
+    c, n, h, w = dx.shape
+    kh, kw, sh, sw = g.values[4:8]
+    wy, wx = (kh - 1) // sh + 1, (kw - 1) // sw + 1       # windows holding a pixel, per axis
+    _rows(dev, "maxpool_bwd", n * h, c, w, 1 + wy * (1 + wx), 0, g.array, dy, idx, y, int(relu), dx)
 
 
-def csr_conv_pool(dev: Device, g: cla.Array, w, taps: cla.Array, bias, x: cla.Array, y: cla.Array,
+def conv_pool_fits(dev: Device, values, row_max: int) -> bool:
+    """Whether csr_conv_pool's work-items stay within loop_max for the geometry ``values`` (of
+    :func:`geometry_values`) and a CSR weight whose longest row has ``row_max`` entries (else
+    the convolution goes through im2col and SpMM)."""
+    wo = values[11]
+    qh, qw, wp = values[12], values[13], values[19]
+    per_row = wo + row_max * (1 + wo) + wp * (1 + qw)
+    return 2 * wp + qh * (1 + per_row) <= dev.tuning.loop_max
+
+
+def csr_conv_pool(dev: Device, g: Geometry, w, taps: cla.Array, bias, x: cla.Array, y: cla.Array,
                   relu: bool, flat: bool, out_rows: int) -> None:
     """The convolution straight from the CSR weight w (its entries' taps packed as
-    c << 16 | ky << 8 | kx), fused with the pooling in G; out_rows = N*Hp."""
-    _rows(dev, "csr_conv_pool", out_rows, w.shape[0], g, w.indptr, taps, w.data, bias, x, y,
-          int(relu), int(flat))
+    c << 16 | ky << 8 | kx), fused with the pooling in G; out_rows = N*Hp.  Only where
+    :func:`conv_pool_fits`."""
+    dev.launch(_kernel(dev, "csr_conv_pool"), (out_rows, w.shape[0]), (dev.tuning.nn_rows, 1),
+               g.array, w.indptr, taps, w.data, bias, x, y, int(relu), int(flat))
 
 
 # ---- element-wise: ReLU, dropout ----
@@ -163,10 +212,18 @@ def features_to_channel_major(dev: Device, d: cla.Array, out: cla.Array, c: int,
 
 def bias_grad(dev: Device, dy: cla.Array, y: cla.Array | None, relu: bool, db: cla.Array | None) -> None:
     """With relu, dy[m, n] masked in place by y > 0 (a fused ReLU's backward); db[m] = the row
-    sums of dy (db None: only the mask)."""
+    sums of dy (db None: only the mask).  Rows longer than a work-group's loop budget are cut
+    into column slices whose partial sums are added in order."""
     m, n = dy.shape
-    rl = dev.tuning.nn_reduce
-    dev.launch(_kernel(dev, "bias_grad"), (m * rl,), (rl,), m, n, dy, y if relu else None, int(relu), db)
+    t = dev.tuning
+    rl = t.nn_reduce
+    slice_max = (t.loop_max - 16) * rl // 2 // t.vec * t.vec   # both paths' loops, the reduction
+    slices = -(-n // slice_max)
+    part = db if db is None or slices == 1 else dev.empty((slices, m), np.float32)
+    dev.launch(_kernel(dev, "bias_grad"), (m * rl, slices), (rl, 1), m, n, dy, y if relu else None,
+               int(relu), part)
+    if part is not db:
+        sum_slices(dev, part, db)
 
 
 def softmax_partial_shape(dev: Device, n: int) -> tuple[int, int]:
@@ -184,6 +241,19 @@ def softmax_xent(dev: Device, z: cla.Array, labels: cla.Array | None, *, dz: cla
     k, n = z.shape
     if labels is not None and partial is None:
         partial = dev.empty(softmax_partial_shape(dev, n), np.float32)
-    dev.launch(_kernel(dev, "softmax_xent"), (n,), (dev.tuning.nn_softmax,), k, n, z, labels, dz,
-               float(gscale), probs, partial if labels is not None else None)
-    return partial if labels is not None else None
+    partial = partial if labels is not None else None
+    t = dev.tuning
+    xl = t.nn_softmax
+    if 3 * k + 16 <= t.loop_max:
+        dev.launch(_kernel(dev, "softmax_xent"), (n,), (xl,), k, n, z, labels, dz, float(gscale),
+                   probs, partial)
+        return partial
+    # many classes: chunks of classes, each work-item's loops (2 chunk + chunks) within loop_max
+    chunks = -(-k // ((t.loop_max - 16) // 3))
+    if 2 * chunks + (t.loop_max - 16) // 3 > t.loop_max:
+        raise InputError(f"softmax over {k} classes: too many for this device's loop budget")
+    stats = dev.empty((chunks, n, 3), np.float32)
+    dev.launch(_kernel(dev, "softmax_chunk_stats"), (n, chunks), (xl, 1), k, n, z, stats)
+    dev.launch(_kernel(dev, "softmax_xent_chunks"), (n, chunks), (xl, 1), k, n, z, labels, dz,
+               float(gscale), probs, partial, stats)
+    return partial

@@ -14,10 +14,16 @@ The transposed structure (Tp, Ti, Pm) is a stable sort of the entries by column,
 per support on the host; entries stay in ascending row order inside each column, so every
 product is deterministic (no atomics).  A support only changes by ``compact`` (dropping
 entries that became exactly zero) or ``from_dense``, each of which makes a new pattern.
+
+No work-item loops over more than the device's ``loop_max`` (llvmpipe ends a work-item's loops
+after 65,535 iterations): a row with more entries than that is cut into pieces (:func:`row_pieces`,
+made once per support on the host) whose partial products ``csr_sum_pieces`` adds; SDDMM's dot
+products and from_dense's rows are cut into column slices; the scan runs in blocks.
 """
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import NamedTuple
 
 import numpy as np
@@ -26,6 +32,7 @@ import pyopencl.array as cla
 from ..errors import InputError
 from ..memory import category_of
 from ..runtime import Device, default_device
+from .dense import sum_slices
 
 _FILE = "csr.cl"
 _I32_MAX = np.iinfo(np.int32).max
@@ -117,6 +124,29 @@ class HostCSR(NamedTuple):
         return entry_rows(self.indptr) * self.shape[1] + self.indices
 
 
+class RowPieces(NamedTuple):
+    """The rows of a CSR support cut into pieces of at most ``limit`` entries (the entries stay
+    where they are): piece s is entries [Qp[s], Qp[s+1]), row i is pieces [Rp[i], Rp[i+1])
+    (none for an empty row).  Qp and Rp on the device, Rp also on the host."""
+    count: int
+    qp: cla.Array
+    rp: cla.Array
+    rp_host: np.ndarray
+
+
+def row_pieces(indptr: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """(Qp, Rp) of :class:`RowPieces` for host row pointers ``indptr``: every row cut into
+    pieces of ``limit`` entries, the last one shorter."""
+    indptr = np.asarray(indptr, np.int64)
+    lens = np.diff(indptr)
+    per_row = -(-lens // limit)
+    rp = np.zeros(lens.size + 1, np.int64)
+    np.cumsum(per_row, out=rp[1:])
+    row = np.repeat(np.arange(lens.size), per_row)
+    starts = indptr[:-1][row] + (np.arange(rp[-1]) - rp[:-1][row]) * limit
+    return np.append(starts, indptr[-1]).astype(np.int32), rp.astype(np.int32)
+
+
 class CSRPattern:
     """The support of a CSR matrix on the device: shape, Ap[m+1] (int32), Aj[nnz] (of
     :func:`index_dtype`), and the structures derived from them, built on first use in the memory
@@ -133,6 +163,7 @@ class CSRPattern:
         self.nnz = int(nnz)
         self._rows = None
         self._transposed = None
+        self._pieces: dict = {}
 
     @property
     def idx(self) -> int:
@@ -150,7 +181,7 @@ class CSRPattern:
             dev, m = self.device, self.shape[0]
             self._rows = dev.empty((self.nnz,), self.indices.dtype, category=self.category)
             if self.nnz:
-                dev.launch(dev.kernel(_FILE, "csr_row_of_entry", IDX16=self.idx), (m,),
+                dev.launch(dev.kernel(_FILE, "csr_row_of_entry", IDX16=self.idx), (self.nnz,),
                            (dev.tuning.ew_local,), m, self.indptr, self._rows)
         return self._rows
 
@@ -166,17 +197,47 @@ class CSRPattern:
             order = np.argsort(aj, kind="stable").astype(np.int32)
             tp = np.zeros(k + 1, np.int32)
             np.cumsum(np.bincount(aj, minlength=k), out=tp[1:])
+            self._tp_host = tp
             self._transposed = (dev.to_device(tp, np.int32, category=cat),
                                 dev.to_device(ai[order], self.indices.dtype, category=cat),
                                 dev.to_device(order, np.int32, category=cat))
         return self._transposed
 
     def drop_derived(self) -> None:
-        """Free the derived structures (the row of every entry, the transposed structure); they
-        are built again on first use.  A support about to be replaced frees them first, so that
-        the old and the new support are not both held in full."""
+        """Free the derived structures (the row of every entry, the transposed structure, the
+        rows' pieces); they are built again on first use.  A support about to be replaced frees
+        them first, so that the old and the new support are not both held in full."""
         self._rows = None
         self._transposed = None
+        self._pieces = {}
+
+    @cached_property
+    def row_max(self) -> int:
+        """The most entries of a row (read back once per support)."""
+        return int(np.diff(self.indptr.get()).max()) if self.nnz and self.shape[0] else 0
+
+    def pieces(self, limit: int, transposed: bool = False) -> RowPieces | None:
+        """The rows (of the transpose, with ``transposed``) cut into pieces of at most ``limit``
+        entries, or None when no row is longer (made once per support and limit, in the
+        support's memory category)."""
+        key = (limit, transposed)
+        if key not in self._pieces:
+            got = None
+            if self.nnz > limit:   # else no row can be longer
+                if transposed:
+                    self.transposed
+                    ptr = self._tp_host
+                longest = int(np.diff(ptr).max()) if transposed else self.row_max
+                if longest > limit:
+                    qp, rp = row_pieces(ptr if transposed else self.indptr.get(), limit)
+                    if np.diff(rp).max() > self.device.tuning.loop_max:   # csr_sum_pieces' loop
+                        raise InputError(f"a CSR row of more than {limit} x "
+                                         f"{self.device.tuning.loop_max} entries")
+                    dev, cat = self.device, self.category
+                    got = RowPieces(int(qp.size - 1), dev.to_device(qp, np.int32, category=cat),
+                                    dev.to_device(rp, np.int32, category=cat), rp)
+            self._pieces[key] = got
+        return self._pieces[key]
 
     @property
     def nbytes(self) -> int:
@@ -245,17 +306,20 @@ class CSRMatrix:
         m, k = a.shape
         if m * k > _I32_MAX:
             raise InputError("from_dense: matrix has more than 2^31-1 elements")
-        indptr = _scan_rows(dev, m, category, lambda cnt: dev.launch(
-            dev.kernel(_FILE, "dense_count_rows"), (m,), (dev.tuning.ew_local,),
-            m, k, a, float(threshold), cnt))
-        nnz = int(indptr[m:].get()[0])
+        # rows longer than the loop budget go in pieces of columns (piece i*S + z of the scan)
+        s = max(1, -(-k // dev.tuning.loop_max))
+        gsize, lsize = (m, s), (dev.tuning.ew_local, 1)
+        ptr = _scan_rows(dev, m * s, category, lambda cnt: dev.launch(
+            dev.kernel(_FILE, "dense_count_rows"), gsize, lsize, m, k, a, float(threshold), cnt))
+        nnz = int(ptr[m * s:].get()[0])
         it = index_dtype((m, k))
         aj = dev.empty((nnz,), it, category=category)
         ax = dev.empty((nnz,), np.float32, category=category)
         src = dev.empty((nnz,), np.int32, category=category) if return_src else None
         if nnz:
-            dev.launch(dev.kernel(_FILE, "dense_fill_rows", IDX16=_idx_define(it)), (m,), (dev.tuning.ew_local,),
-                       m, k, a, float(threshold), indptr, aj, ax, src)
+            dev.launch(dev.kernel(_FILE, "dense_fill_rows", IDX16=_idx_define(it)), gsize, lsize,
+                       m, k, a, float(threshold), ptr, aj, ax, src)
+        indptr = ptr if s == 1 else dev.to_device(ptr.get()[::s], np.int32, category=category)
         w = cls(CSRPattern(dev, (m, k), indptr, aj, nnz), ax)
         return (w, src) if return_src else w
 
@@ -322,14 +386,17 @@ class CSRMatrix:
     # ---- products ----------------------------------------------------------
     def matmul(self, x, *, bias=None, relu: bool = False, out=None) -> cla.Array:
         """Y = W X (+ bias[:, None]) (ReLU);  X [k, n] numpy or device array -> Y [m, n]."""
+        pieces = self.pattern.pieces(_spmm_piece(self.device))
         return _spmm(self.device, self.shape, self.indptr, self.indices, self.data, None,
-                     x, bias, relu, out, self.pattern.idx)
+                     x, bias, relu, out, self.pattern.idx, pieces)
 
     def matmul_t(self, d, *, out=None) -> cla.Array:
         """Z = W^T D;  D [m, n] -> Z [k, n], through the transpose permutation."""
         tp, ti, pm = self.pattern.transposed
+        pieces = self.pattern.pieces(_spmm_piece(self.device), transposed=True)
         m, k = self.shape
-        return _spmm(self.device, (k, m), tp, ti, self.data, pm, d, None, False, out, self.pattern.idx)
+        return _spmm(self.device, (k, m), tp, ti, self.data, pm, d, None, False, out, self.pattern.idx,
+                     pieces)
 
     def __matmul__(self, x) -> cla.Array:
         return self.matmul(x)
@@ -355,19 +422,28 @@ class CSRMatrix:
         if self.nnz:
             n = a.shape[1]
             t = dev.tuning
+            vec = t.sddmm_vec
             if t.sddmm_lanes > 1:
                 lanes, group = t.sddmm_lanes, t.sddmm_group
                 if n >= SDDMM_WIDE_N:   # long dot products (conv weight gradients): more lanes each
                     lanes, group = SDDMM_WIDE_LANES, max(1, 256 // SDDMM_WIDE_LANES)
-                kern = dev.kernel(_FILE, "csr_sddmm", VEC=t.sddmm_vec, LANES=lanes, GROUP=group,
-                                  PX_ALIGNED=int(t.aligned and n % t.sddmm_vec == 0), IDX16=self.pattern.idx)
-                dev.launch(kern, (lanes, self.nnz), (lanes, group), self.nnz, n,
-                           self.pattern.rows, self.indices, a, b, g, float(scale))
+                kern = dev.kernel(_FILE, "csr_sddmm", VEC=vec, LANES=lanes, GROUP=group,
+                                  PX_ALIGNED=int(t.aligned and n % vec == 0), IDX16=self.pattern.idx)
+                gsize, lsize = (lanes, self.nnz), (lanes, group)
+                # a lane's loops: its share of a slice's vectors, a tail, the reduction
+                slice_max = (t.loop_max - vec - 16) * lanes * vec
             else:
                 epw, lx = t.sddmm_epw, t.sddmm_group
-                kern = dev.kernel(_FILE, "csr_sddmm_rows", VEC=t.sddmm_vec, EPW=epw, LX=lx, IDX16=self.pattern.idx)
-                dev.launch(kern, (-(-self.nnz // epw),), (lx,), self.nnz, n,
-                           self.pattern.rows, self.indices, a, b, g, float(scale))
+                kern = dev.kernel(_FILE, "csr_sddmm_rows", VEC=vec, EPW=epw, LX=lx, IDX16=self.pattern.idx)
+                gsize, lsize = (-(-self.nnz // epw),), (lx,)
+                # both paths' loops: slice/vec shared, epw * slice/(2 vec) apart, tails
+                slice_max = (t.loop_max - 3 * epw * (vec + 2)) * 2 * vec // (epw + 2)
+            slices = -(-n // (slice_max // vec * vec))
+            part = g if slices == 1 else dev.empty((slices, self.nnz), np.float32)
+            dev.launch(kern, gsize + (slices,), lsize + (1,), self.nnz, n,
+                       self.pattern.rows, self.indices, a, b, part, float(scale))
+            if slices > 1:
+                sum_slices(dev, part, g)
         return CSRMatrix(self.pattern, g)
 
     # ---- support changes ---------------------------------------------------
@@ -379,14 +455,16 @@ class CSRMatrix:
         dropped, W and ``others`` come back unchanged.  With return_src, a third item: the int32
         device array Src[nnz'] of the kept entries' old positions (None when nothing changed)."""
         dev = self.device
-        m = self.shape[0]
         if self.nnz == 0:
             return (self, list(others), None) if return_src else (self, list(others))
         cat = self.pattern.category
-        indptr = _scan_rows(dev, m, cat, lambda cnt: dev.launch(
+        # count and fill per row, or per piece of at most loop_max entries where rows are longer
+        pieces = self.pattern.pieces(dev.tuning.loop_max)
+        m, ap = (self.shape[0], self.indptr) if pieces is None else (pieces.count, pieces.qp)
+        ptr = _scan_rows(dev, m, cat, lambda cnt: dev.launch(
             dev.kernel(_FILE, "csr_count_nonzero"), (m,), (dev.tuning.ew_local,),
-            m, self.indptr, self.data, cnt))
-        nnz = int(indptr[m:].get()[0])
+            m, ap, self.data, cnt))
+        nnz = int(ptr[m:].get()[0])
         if nnz == self.nnz:
             return (self, list(others), None) if return_src else (self, list(others))
         self.pattern.drop_derived()
@@ -394,7 +472,8 @@ class CSRMatrix:
         src = dev.empty((nnz,), np.int32, category=cat)
         if nnz:
             dev.launch(dev.kernel(_FILE, "csr_fill_nonzero", IDX16=self.pattern.idx), (m,),
-                       (dev.tuning.ew_local,), m, self.indptr, self.indices, self.data, indptr, aj, src)
+                       (dev.tuning.ew_local,), m, ap, self.indices, self.data, ptr, aj, src)
+        indptr = ptr if pieces is None else dev.to_device(ptr.get()[pieces.rp_host], np.int32, category=cat)
         pattern = CSRPattern(dev, self.shape, indptr, aj, nnz)
         gathered = [gather(dev, x, src) for x in (self.data, *others)]
         out = CSRMatrix(pattern, gathered[0])
@@ -439,7 +518,8 @@ def scatter(dev: Device, x: cla.Array, idx: cla.Array, size: int) -> cla.Array:
 
 def _scan_rows(dev: Device, m: int, category: str, count) -> cla.Array:
     """Row pointers Ap[m+1] (in ``category``) from per-row counts that ``count(cnt)`` writes
-    into cnt[m]."""
+    into cnt[m]: one launch per block of scan_local * chunk counts, each work-item's loops
+    within loop_max."""
     indptr = dev.empty((m + 1,), np.int32, category=category)
     if m == 0:
         indptr.fill(np.int32(0))
@@ -447,11 +527,21 @@ def _scan_rows(dev: Device, m: int, category: str, count) -> cla.Array:
     cnt = dev.empty((m,), np.int32, category=category)
     count(cnt)
     sl = dev.tuning.scan_local
-    dev.launch(dev.kernel(_FILE, "scan_counts", SCAN_LOCAL=sl), (sl,), (sl,), m, cnt, indptr)
+    chunk = (dev.tuning.loop_max - sl) // 2
+    kern = dev.kernel(_FILE, "scan_counts", SCAN_LOCAL=sl, SCAN_CHUNK=chunk)
+    for first in range(0, m, sl * chunk):
+        dev.launch(kern, (sl,), (sl,), m, cnt, indptr, first)
     return indptr
 
 
-def _spmm(dev: Device, shape, ap, aj, ax, pm, x, bias, relu, out, idx: int) -> cla.Array:
+def _spmm_piece(dev: Device) -> int:
+    """The most entries of a row one SpMM work-item takes: both of its loops (full and edge
+    column segments) within loop_max."""
+    return dev.tuning.loop_max // 2
+
+
+def _spmm(dev: Device, shape, ap, aj, ax, pm, x, bias, relu, out, idx: int,
+          pieces: RowPieces | None) -> cla.Array:
     m, k = shape
     x = dev.to_device(x)
     if x.ndim != 2 or x.shape[0] != k:
@@ -465,21 +555,33 @@ def _spmm(dev: Device, shape, ap, aj, ax, pm, x, bias, relu, out, idx: int) -> c
         out = dev.empty((m, n), np.float32)
     elif out.shape != (m, n) or out.dtype != np.float32:
         raise InputError(f"out must be float32 ({m}, {n}), got {out.dtype} {out.shape}")
-    if m and n:
-        t = dev.tuning
-        vec, nv = t.spmm_vec, t.spmm_nv
-        tr = int(pm is not None)
-        if nv:   # CPU form: a row segment of nv vectors per work-item, rows varying fastest
-            if t.spmm_wide_vec and n % (t.spmm_wide_vec * nv) == 0:
-                vec = t.spmm_wide_vec      # no partial segment: the wider vectors pay
-            lx = t.spmm_rows
-            kern = dev.kernel(_FILE, "csr_spmm_seg", VEC=vec, NV=nv, LX=lx, TRANSPOSED=tr, IDX16=idx)
-            dev.launch(kern, (m, -(-n // (nv * vec))), (lx, 1), m, n, ap, aj, ax, pm, x, out,
-                       bias, int(relu))
-        else:    # GPU form: work-items coalesced over the batch columns
-            lx, ly = t.spmm_local
-            kern = dev.kernel(_FILE, "csr_spmm", VEC=vec, LX=lx, LY=ly, TRANSPOSED=tr,
-                              PX_ALIGNED=int(t.aligned and n % vec == 0), IDX16=idx)
-            dev.launch(kern, (-(-n // vec), m), (lx, ly), m, n, ap, aj, ax, pm, x, out,
-                       bias, int(relu))
+    if not (m and n):
+        return out
+    if pieces is not None:   # long rows: the products of the pieces, then their sums per row
+        part = dev.empty((pieces.count, n), np.float32)
+        _spmm_rows(dev, pieces.count, n, pieces.qp, aj, ax, pm, x, part, None, False, idx)
+        dev.launch(dev.kernel(_FILE, "csr_sum_pieces"), (n, m), (dev.tuning.ew_local, 1),
+                   m, n, pieces.rp, part, out, bias, int(relu))
+    else:
+        _spmm_rows(dev, m, n, ap, aj, ax, pm, x, out, bias, relu, idx)
     return out
+
+
+def _spmm_rows(dev: Device, m, n, ap, aj, ax, pm, x, out, bias, relu, idx: int) -> None:
+    """One SpMM launch over the m rows of (ap, aj): the CPU or GPU form (IDX16 = idx)."""
+    t = dev.tuning
+    vec, nv = t.spmm_vec, t.spmm_nv
+    tr = int(pm is not None)
+    if nv:   # CPU form: a row segment of nv vectors per work-item, rows varying fastest
+        if t.spmm_wide_vec and n % (t.spmm_wide_vec * nv) == 0:
+            vec = t.spmm_wide_vec      # no partial segment: the wider vectors pay
+        lx = t.spmm_rows
+        kern = dev.kernel(_FILE, "csr_spmm_seg", VEC=vec, NV=nv, LX=lx, TRANSPOSED=tr, IDX16=idx)
+        dev.launch(kern, (m, -(-n // (nv * vec))), (lx, 1), m, n, ap, aj, ax, pm, x, out,
+                   bias, int(relu))
+    else:    # GPU form: work-items coalesced over the batch columns
+        lx, ly = t.spmm_local
+        kern = dev.kernel(_FILE, "csr_spmm", VEC=vec, LX=lx, LY=ly, TRANSPOSED=tr,
+                          PX_ALIGNED=int(t.aligned and n % vec == 0), IDX16=idx)
+        dev.launch(kern, (-(-n // vec), m), (lx, ly), m, n, ap, aj, ax, pm, x, out,
+                   bias, int(relu))
