@@ -391,7 +391,10 @@ def test_compact_drops_exact_zeros(kdev, rng):
     assert list(srcs) == ["fc2.weight"]
     assert np.array_equal(srcs["fc2.weight"].get(), np.flatnonzero(vals))
     assert p.value.nnz == np.count_nonzero(vals) and p.grad.size == p.value.nnz
-    assert np.array_equal(model.forward(x), before)
+    # The same logits up to rounding: the rows only lose 0 * x terms and SpMM adds a row's entries
+    # in order, but OpenCL promises no rounding for a sum over other terms (Intel's compiler
+    # reordered an earlier form of the row loop, docs/PORTABILITY.md), so not bit for bit.
+    assert rel_err(model.forward(x), before) < 1e-6
     assert model.compact() == {}
     _, g = model.loss_and_grads(x, y)
     assert np.all(g["fc2.weight"][model.state_dict()["fc2.weight"] == 0] == 0)
