@@ -11,7 +11,7 @@
  *
  * No work-item loops over a whole row, column range or array: the host splits rows longer than
  * its loop budget into pieces (a row pointer array over the same entries, whose piece sums
- * csr_sum_pieces adds), and the kernels below take slices of columns from their launch's size
+ * csr_sum_pieces adds), and the kernels below take slices of columns from their launch sizes
  * (llvmpipe ends a work-item's loops silently after 65,535 iterations in all).
  *
  * Summation order: every SpMM output is one accumulator that adds its row's (or piece's)
@@ -68,22 +68,13 @@ void csr_spmm(const int m, const int n,
         for (int p = start; p < end; ++p)
             acc += (floatV)(PX_VAL(p)) * VLOAD(X + (size_t)Aj[p] * n + c0);
     } else {   /* cut by the right edge: columns past n load as zeros, one loop as above */
-        for (int p = start; p < end; ++p) {
-            __global const float *x = X + (size_t)Aj[p] * n + c0;
-            float t[VEC];
-            _Pragma("unroll") for (int l = 0; l < VEC; ++l) t[l] = c0 + l < n ? x[l] : 0.0f;
-            acc += (floatV)(PX_VAL(p)) * VLOAD_E(t);
-        }
+        for (int p = start; p < end; ++p)
+            acc += (floatV)(PX_VAL(p)) * VLOAD_PART(X + (size_t)Aj[p] * n + c0, n - c0);
     }
     acc += (floatV)(b);
     if (relu) acc = PX_RELU(acc);
-    if (c0 + VEC <= n) {
-        VSTORE(acc, y);
-    } else {
-        float t[VEC];
-        VSTORE_E(acc, t);
-        _Pragma("unroll") for (int l = 0; l < VEC; ++l) if (c0 + l < n) y[l] = t[l];
-    }
+    if (c0 + VEC <= n) VSTORE(acc, y);
+    else VSTORE_PART(acc, y, n - c0);
 }
 
 /* ---- SpMM, CPU form: one work-item holds a row segment of NV vectors in registers ----
@@ -113,23 +104,16 @@ void csr_spmm(const int m, const int n,
 #define PX_SEG_ZERO(j) floatV acc##j = (floatV)(0.0f);
 #define PX_SEG_FMA(j) acc##j += av * VLOAD(x + (j) * VEC);
 #define PX_SEG_OUT(j) { floatV v = acc##j + (floatV)(b); if (relu) v = PX_RELU(v); VSTORE(v, y + (j) * VEC); }
+/* the edge segment: vector j holds n - c0 - j*VEC columns (all VEC, some, or none) */
 #define PX_SEG_FMA_EDGE(j)                                                                     \
-    if (c0 + ((j) + 1) * VEC <= n) {                                                           \
-        acc##j += av * VLOAD(x + (j) * VEC);                                                   \
-    } else if (c0 + (j) * VEC < n) {                                                           \
-        float t[VEC];                                                                          \
-        _Pragma("unroll") for (int l = 0; l < VEC; ++l)                                        \
-            t[l] = c0 + (j) * VEC + l < n ? x[(j) * VEC + l] : 0.0f;                           \
-        acc##j += av * VLOAD_E(t);                                                             \
-    }
+    if (c0 + ((j) + 1) * VEC <= n) acc##j += av * VLOAD(x + (j) * VEC);                         \
+    else if (c0 + (j) * VEC < n) acc##j += av * VLOAD_PART(x + (j) * VEC, n - c0 - (j) * VEC);
 #define PX_SEG_OUT_EDGE(j)                                                                     \
     if (c0 + (j) * VEC < n) {                                                                  \
         floatV v = acc##j + (floatV)(b);                                                       \
         if (relu) v = PX_RELU(v);                                                              \
-        float t[VEC];                                                                          \
-        VSTORE_E(v, t);                                                                        \
-        _Pragma("unroll") for (int l = 0; l < VEC; ++l)                                        \
-            if (c0 + (j) * VEC + l < n) y[(j) * VEC + l] = t[l];                               \
+        if (c0 + ((j) + 1) * VEC <= n) VSTORE(v, y + (j) * VEC);                               \
+        else VSTORE_PART(v, y + (j) * VEC, n - c0 - (j) * VEC);                                \
     }
 
 __kernel __attribute__((reqd_work_group_size(LX, 1, 1)))
@@ -186,17 +170,17 @@ __kernel void csr_sum_pieces(const int m, const int n, __global const int *restr
 #define GROUP 16
 #endif
 
-/* Column slices of the SDDMM kernels: a launch with S slices (its size in the dimension after
- * the entries; 1 when it has no such dimension) gives slice z the columns [cb, cb + len) of
- * every dot product, with CS = ceil(n / S) rounded up to VEC, cb = z*CS, and writes its partial
- * sums to G + z*nnz (the host adds the slices in order).  Slices keep long dot products (a
- * convolution's weight gradient over batch x output pixels) within a work-item's loop budget. */
+/* Column slices of the SDDMM kernels (PX_SPLIT, common.h): a launch with S slices in the
+ * dimension after the entries gives slice z the columns
+ * [cb, cb + len) of every dot product, with CS = ceil(n / S) rounded up to VEC, cb = z*CS, and
+ * writes its partial sums to G + z*nnz (the host adds the slices in order).  Slices keep long
+ * dot products (a convolution's weight gradient over batch x output pixels) within a
+ * work-item's loop budget. */
 #define PX_COL_SLICE(dim)                                                                      \
-    const int S_ = get_global_size(dim);                                                       \
-    const int CS_ = ((n + S_ - 1) / S_ + VEC - 1) / VEC * VEC;                                 \
-    const int cb = get_global_id(dim) * CS_;                                                   \
+    const int CS_ = PX_VEC_UP(PX_PART(n, PX_SLICES(dim)));                                     \
+    const int cb = PX_SLICE(dim) * CS_;                                                        \
     const int len = PX_MAX(0, PX_MIN(CS_, n - cb));                                            \
-    G += get_global_id(dim) * (size_t)nnz
+    G += PX_SLICE(dim) * (size_t)nnz
 
 /* Sampled dense-dense product on a CSR pattern, GPU form:
  * G[p] = scale * sum_c A[Ai[p], c] * B[Aj[p], c]      Ai[nnz] (row of each entry), Aj[nnz],
@@ -307,14 +291,14 @@ __kernel void csr_row_of_entry(const int m, __global const int *restrict Ap,
 
 /* ---- building and compacting CSR on the device: count per row, scan, fill ---- */
 
-/* Column pieces of dense_count_rows / dense_fill_rows: a launch with S pieces per row (its size
- * in dimension 1; 1 for a 1-D launch) gives work-item (i, z) the columns [jb, je) of row i,
- * KS = ceil(k / S), jb = z*KS: the piece i*S + z of the row-major order. */
+/* Column pieces of dense_count_rows / dense_fill_rows (PX_SPLIT, common.h): a launch with S
+ * pieces per row in dimension 1 gives work-item (i, z) the columns
+ * [jb, je) of row i, KS = ceil(k / S), jb = z*KS: the piece i*S + z of the row-major order. */
 #define PX_ROW_PIECE                                                                           \
-    const int S = get_global_size(1);                                                          \
-    const int KS = (k + S - 1) / S;                                                            \
-    const int jb = get_global_id(1) * KS, je = PX_MIN(k, jb + KS);                            \
-    const size_t piece = (size_t)i * S + get_global_id(1)
+    const int S = PX_SLICES(1);                                                                \
+    const int KS = PX_PART(k, S);                                                              \
+    const int jb = PX_SLICE(1) * KS, je = PX_MIN(k, jb + KS);                                 \
+    const size_t piece = (size_t)i * S + PX_SLICE(1)
 
 /* cnt[i*S + z] = #{ j in piece z of row i : |D[i, j]| > thr }      D[m, k] dense, cnt[m*S]. */
 __kernel void dense_count_rows(const int m, const int k, __global const float *restrict D,

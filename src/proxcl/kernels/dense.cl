@@ -46,8 +46,8 @@ void gemm(const int M, const int N, const int K,
     const int c0 = get_global_id(0) * VEC;
     const int i0 = get_global_id(1) * RM;
     if (i0 >= M || c0 >= N) return;
-    const int KK = PX_MIN(KS, K - (int)get_global_id(2) * KS);
-    GEMM_SLICE(get_global_id(2), get_global_id(2) * KS);
+    const int KK = PX_MIN(KS, K - (int)get_group_id(2) * KS);
+    GEMM_SLICE(get_group_id(2), get_group_id(2) * KS);
     int rows[RM];
     _Pragma("unroll") for (int r = 0; r < RM; ++r) rows[r] = PX_MIN(i0 + r, M - 1);   /* clamp: loads stay in range */
     floatV acc[RM];
@@ -62,10 +62,7 @@ void gemm(const int M, const int N, const int K,
         /* the block cut by the right edge: columns past N load as zeros (one loop over k, as
          * in the interior, so a work-item's loop count stays KK) */
         for (int k = 0; k < KK; ++k) {
-            float t[VEC];
-            _Pragma("unroll") for (int l = 0; l < VEC; ++l)
-                t[l] = c0 + l < N ? B[(size_t)k * N + c0 + l] : 0.0f;
-            const floatV b = VLOAD_E(t);
+            const floatV b = VLOAD_PART(B + (size_t)k * N + c0, N - c0);
             _Pragma("unroll") for (int r = 0; r < RM; ++r) acc[r] += (floatV)(A_AT(rows[r], k)) * b;
         }
     }
@@ -74,14 +71,8 @@ void gemm(const int M, const int N, const int K,
         floatV v = acc[r];
         if (bias) v += (floatV)(bias[i0 + r]);
         if (relu) v = PX_RELU(v);
-        if (full) {
-            VSTORE(v, C + (size_t)(i0 + r) * N + c0);
-        } else {
-            float t[VEC];
-            VSTORE_E(v, t);
-            _Pragma("unroll") for (int l = 0; l < VEC; ++l)
-                if (c0 + l < N) C[(size_t)(i0 + r) * N + c0 + l] = t[l];
-        }
+        if (full) VSTORE(v, C + (size_t)(i0 + r) * N + c0);
+        else VSTORE_PART(v, C + (size_t)(i0 + r) * N + c0, N - c0);
     }
 }
 
@@ -117,8 +108,8 @@ void gemm(const int M, const int N, const int K,
  * vector multiply-adds.  Row blocks vary fastest, so neighbouring work-items share one
  * K x NV*VEC panel of B in cache.  Blocks cut by the matrix edge keep the blocking (clamped
  * row loads, zero-filled column loads, guarded stores).
- * Split-K: a launch with S = get_global_size(2) slices gives slice z the k in [z*KS, z*KS + KS),
- * KS = ceil(K / S), written to C + z*M*N (see GEMM_SLICE); a 2-D launch is one slice.
+ * Split-K (PX_SPLIT, common.h): a launch with S slices in dimension 2 gives slice z the k in
+ * [z*KS, z*KS + KS), KS = ceil(K / S), written to C + z*M*N (see GEMM_SLICE).
  * O(M N K). */
 __kernel __attribute__((reqd_work_group_size(LX, 1, 1)))
 void gemm_blk(const int M, const int N, const int K,
@@ -128,9 +119,9 @@ void gemm_blk(const int M, const int N, const int K,
     const int i0 = get_global_id(0) * RM;
     const int c0 = get_global_id(1) * (NV * VEC);
     if (i0 >= M || c0 >= N) return;
-    const int KS = (K + (int)get_global_size(2) - 1) / (int)get_global_size(2);
-    const int KK = PX_MAX(0, PX_MIN(KS, K - (int)get_global_id(2) * KS));
-    GEMM_SLICE(get_global_id(2), get_global_id(2) * KS);
+    const int KS = PX_PART(K, PX_SLICES(2));
+    const int KK = PX_MAX(0, PX_MIN(KS, K - PX_SLICE(2) * KS));
+    GEMM_SLICE(PX_SLICE(2), PX_SLICE(2) * KS);
     /* Rows past M load row M-1 (their sums are not stored); in a block cut by the right edge,
      * columns past N load as zeros and are not stored.  Interior blocks, the common case, take
      * plain vector loads and stores. */
@@ -182,11 +173,10 @@ void gemm_nt_blk(const int M, const int N, const int K,
     const int i0 = get_global_id(0) * RM;
     const int j0 = get_global_id(1) * RN;
     if (i0 >= M || j0 >= N) return;
-    const int S = get_global_size(2);
-    const int KS = ((K + S - 1) / S + VEC - 1) / VEC * VEC;
-    const int kb = get_global_id(2) * KS;
+    const int KS = PX_VEC_UP(PX_PART(K, PX_SLICES(2)));
+    const int kb = PX_SLICE(2) * KS;
     const int KK = PX_MAX(0, PX_MIN(KS, K - kb));
-    C += get_global_id(2) * (size_t)M * N;
+    C += PX_SLICE(2) * (size_t)M * N;
     __global const float *a[RM];
     __global const float *b[RN];
     _Pragma("unroll") for (int r = 0; r < RM; ++r) a[r] = A + (size_t)PX_MIN(i0 + r, M - 1) * K + kb;

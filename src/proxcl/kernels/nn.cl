@@ -25,15 +25,14 @@
 #define GEO_POOL const int QH = G[12], QW = G[13], QSH = G[14], QSW = G[15], QPH = G[16], \
     QPW = G[17], Hp = G[18], Wp = G[19], O = G[20]
 
-/* The row kernels (im2col, col2im, maxpool_fwd/bwd) give each work-item one image row, or with
- * S = get_global_size(2) > 1 the piece z = get_global_id(2) of S of its columns: the columns
- * [x0, x1) of a row of width w, so the index arithmetic (integer divisions) is paid once per
- * piece, not once per element, and a work-item's loops stay within the host's budget
- * (llvmpipe ends them silently after 65,535 iterations in all).  A 2-D launch is one piece. */
+/* The row kernels (im2col, col2im, maxpool_fwd/bwd) give each work-item one image row, or built
+ * with PX_SPLIT (common.h) and S pieces in launch dimension 2, the piece z of its columns: the
+ * columns [x0, x1) of a row of width w, so the index arithmetic (integer divisions) is paid
+ * once per piece, not once per element, and a work-item's loops stay within the host's budget
+ * (llvmpipe ends them silently after 65,535 iterations in all). */
 #define PX_COL_PIECE(w)                                                                        \
-    const int S_ = get_global_size(2);                                                         \
-    const int x0 = get_global_id(2) * (((w) + S_ - 1) / S_);                                   \
-    const int x1 = PX_MIN((w), x0 + ((w) + S_ - 1) / S_)
+    const int CW_ = PX_PART((w), PX_SLICES(2));                                                \
+    const int x0 = PX_SLICE(2) * CW_, x1 = PX_MIN((w), x0 + CW_)
 
 /* ---- convolution as a product: im2col and its adjoint (col2im, written as a gather) ----
  * Both work on a chunk of the batch: the N samples n0 .. n0+N-1 of an X (or dX) of NX samples
@@ -262,8 +261,8 @@ __kernel void add_into(const int n, __global float *restrict Y, __global const f
 
 /* db[m] = sum_j dY[i, j] over the rows of dY[m, n] (one work-group of RL per row).
  * With relu != 0, first dY[i, j] = Y[i, j] > 0 ? dY[i, j] : 0 in place (the backward of a
- * fused ReLU, Y[m, n] its output).  db may be NULL (then only the mask).  Column slices: a
- * launch with S = get_global_size(1) slices gives work-group (i, z) the columns [jb, jb + len),
+ * fused ReLU, Y[m, n] its output).  db may be NULL (then only the mask).  Column slices
+ * (PX_SPLIT, common.h): S slices in dimension 1 give work-group (i, z) the columns [jb, jb + len),
  * CS = ceil(n / S) rounded up to VEC, jb = z*CS, and writes its partial sum to db[z*m + i]
  * (the host adds the slices in order).  O(m n). */
 __kernel __attribute__((reqd_work_group_size(RL, 1, 1)))
@@ -273,9 +272,8 @@ void bias_grad(const int m, const int n, __global float *restrict dY,
     __local float part[RL];
     const int lid = get_local_id(0);
     const int i = get_group_id(0);
-    const int S = get_global_size(1);
-    const int CS = ((n + S - 1) / S + VEC - 1) / VEC * VEC;
-    const int jb = get_global_id(1) * CS, len = PX_MAX(0, PX_MIN(CS, n - jb));
+    const int CS = PX_VEC_UP(PX_PART(n, PX_SLICES(1)));
+    const int jb = PX_SLICE(1) * CS, len = PX_MAX(0, PX_MIN(CS, n - jb));
     float s = 0.0f;
     if (i < m) {
         __global float *d = dY + (size_t)i * n + jb;
@@ -300,7 +298,7 @@ void bias_grad(const int m, const int n, __global float *restrict dY,
         if (lid < w) part[lid] += part[lid + w];
         barrier(CLK_LOCAL_MEM_FENCE);
     }
-    if (lid == 0 && i < m && db) db[get_global_id(1) * (size_t)m + i] = part[0];
+    if (lid == 0 && i < m && db) db[PX_SLICE(1) * (size_t)m + i] = part[0];
 }
 
 /* ---- softmax cross-entropy, accuracy ---- */
@@ -312,13 +310,52 @@ void bias_grad(const int m, const int n, __global float *restrict dY,
  * Partial[2 g], Partial[2 g + 1]: the sums of loss_n and correct_n over work-group g (XL samples).
  * A work-item loops 3K times: for more classes than the loop budget allows, the host runs the
  * two kernels after this one instead.  O(K N). */
+/* Sample n's outputs once its max mx, first argmax am and sum s = sum_k exp(Z[k, n] - mx) are
+ * known: P and dZ over the classes [kb, ke), and with labels *loss and *corr. */
+inline void px_softmax_out(const int N, const int n, const int kb, const int ke,
+                           __global const float *Z, __global const int *L, __global float *dZ,
+                           const float gscale, __global float *P, const float mx, const int am,
+                           const float s, float *loss, float *corr)
+{
+    const int y = L ? L[n] : -1;
+    if (L) {
+        *loss = mx + log(s) - Z[(size_t)y * N + n];
+        *corr = am == y ? 1.0f : 0.0f;
+    }
+    if (P || dZ) {
+        const float inv = 1.0f / s;
+        for (int k = kb; k < ke; ++k) {
+            const float p = exp(Z[(size_t)k * N + n] - mx) * inv;
+            if (P) P[(size_t)k * N + n] = p;
+            if (dZ) dZ[(size_t)k * N + n] = gscale * (k == y ? p - 1.0f : p);
+        }
+    }
+}
+
+/* The work-group's sums of loss and corr into Partial[2 g], Partial[2 g + 1] (when write). */
+inline void px_softmax_partial(const float loss, const float corr, __local float *ls,
+                               __local float *cs, __global float *Partial, const int write)
+{
+    const int lid = get_local_id(0);
+    ls[lid] = loss;
+    cs[lid] = corr;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int w = XL / 2; w > 0; w >>= 1) {
+        if (lid < w) { ls[lid] += ls[lid + w]; cs[lid] += cs[lid + w]; }
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    if (lid == 0 && Partial && write) {
+        Partial[2 * get_group_id(0)] = ls[0];
+        Partial[2 * get_group_id(0) + 1] = cs[0];
+    }
+}
+
 __kernel __attribute__((reqd_work_group_size(XL, 1, 1)))
 void softmax_xent(const int K, const int N, __global const float *restrict Z,
                   __global const int *restrict L, __global float *restrict dZ, const float gscale,
                   __global float *restrict P, __global float *restrict Partial)
 {
     __local float ls[XL], cs[XL];
-    const int lid = get_local_id(0);
     const int n = get_global_id(0);
     float loss = 0.0f, corr = 0.0f;
     if (n < N) {
@@ -330,41 +367,19 @@ void softmax_xent(const int K, const int N, __global const float *restrict Z,
         }
         float s = 0.0f;
         for (int k = 0; k < K; ++k) s += exp(Z[(size_t)k * N + n] - mx);
-        const int y = L ? L[n] : -1;
-        if (L) {
-            loss = mx + log(s) - Z[(size_t)y * N + n];
-            corr = am == y ? 1.0f : 0.0f;
-        }
-        if (P || dZ) {
-            const float inv = 1.0f / s;
-            for (int k = 0; k < K; ++k) {
-                const float p = exp(Z[(size_t)k * N + n] - mx) * inv;
-                if (P) P[(size_t)k * N + n] = p;
-                if (dZ) dZ[(size_t)k * N + n] = gscale * (k == y ? p - 1.0f : p);
-            }
-        }
+        px_softmax_out(N, n, 0, K, Z, L, dZ, gscale, P, mx, am, s, &loss, &corr);
     }
-    ls[lid] = loss;
-    cs[lid] = corr;
-    barrier(CLK_LOCAL_MEM_FENCE);
-    for (int w = XL / 2; w > 0; w >>= 1) {
-        if (lid < w) { ls[lid] += ls[lid + w]; cs[lid] += cs[lid + w]; }
-        barrier(CLK_LOCAL_MEM_FENCE);
-    }
-    if (lid == 0 && Partial) {
-        Partial[2 * get_group_id(0)] = ls[0];
-        Partial[2 * get_group_id(0) + 1] = cs[0];
-    }
+    px_softmax_partial(loss, corr, ls, cs, Partial, 1);
 }
 
 /* Softmax cross-entropy over many classes, in two launches over the work-items (n, z) of S
- * chunks of classes (S = get_global_size(1), chunk z = classes [kb, ke), CK = ceil(K / S)), so
+ * chunks of classes (S = get_num_groups(1), chunk z = classes [kb, ke), CK = ceil(K / S)), so
  * that no work-item loops over all K classes.  Same results as softmax_xent (up to rounding).
  * softmax_chunk_stats: Stats[(z*N + n)*3 + 0..2] = the chunk's max, its first argmax (an int
  * stored bit for bit as a float) and sum_k exp(Z[k, n] - max).      Z[K, N], Stats[S*N*3]. */
 #define PX_CLASS_CHUNK                                                                         \
-    const int S = get_global_size(1), z = get_global_id(1);                                    \
-    const int kb = z * ((K + S - 1) / S), ke = PX_MIN(K, kb + (K + S - 1) / S)
+    const int S = get_num_groups(1), z = get_group_id(1), CK_ = PX_PART(K, S);                \
+    const int kb = z * CK_, ke = PX_MIN(K, kb + CK_)
 
 __kernel void softmax_chunk_stats(const int K, const int N, __global const float *restrict Z,
                                   __global float *restrict Stats)
@@ -396,7 +411,6 @@ void softmax_xent_chunks(const int K, const int N, __global const float *restric
                          __global float *restrict Partial, __global const float *restrict Stats)
 {
     __local float ls[XL], cs[XL];
-    const int lid = get_local_id(0);
     const int n = get_global_id(0);
     PX_CLASS_CHUNK;
     float loss = 0.0f, corr = 0.0f;
@@ -412,31 +426,9 @@ void softmax_xent_chunks(const int K, const int N, __global const float *restric
             __global const float *st = Stats + ((size_t)u * N + n) * 3;
             s += st[2] * exp(st[0] - mx);
         }
-        const int y = L ? L[n] : -1;
-        if (L) {
-            loss = mx + log(s) - Z[(size_t)y * N + n];
-            corr = am == y ? 1.0f : 0.0f;
-        }
-        if (P || dZ) {
-            const float inv = 1.0f / s;
-            for (int k = kb; k < ke; ++k) {
-                const float p = exp(Z[(size_t)k * N + n] - mx) * inv;
-                if (P) P[(size_t)k * N + n] = p;
-                if (dZ) dZ[(size_t)k * N + n] = gscale * (k == y ? p - 1.0f : p);
-            }
-        }
+        px_softmax_out(N, n, kb, ke, Z, L, dZ, gscale, P, mx, am, s, &loss, &corr);
     }
-    ls[lid] = loss;
-    cs[lid] = corr;
-    barrier(CLK_LOCAL_MEM_FENCE);
-    for (int w = XL / 2; w > 0; w >>= 1) {
-        if (lid < w) { ls[lid] += ls[lid + w]; cs[lid] += cs[lid + w]; }
-        barrier(CLK_LOCAL_MEM_FENCE);
-    }
-    if (lid == 0 && Partial && z == 0) {
-        Partial[2 * get_group_id(0)] = ls[0];
-        Partial[2 * get_group_id(0) + 1] = cs[0];
-    }
+    px_softmax_partial(loss, corr, ls, cs, Partial, z == 0);
 }
 
 /* ---- direct sparse convolution (inference) ---- */

@@ -79,18 +79,19 @@ def gemm(dev: Device, a, b, *, trans_a: bool = False, trans_b: bool = False,
     return out
 
 
-def _gemm_sliced(dev: Device, t, kernel, gsize, lsize, K: int, max_slice: int, out, bias, relu,
-                 *args) -> None:
-    """Launch a CPU-form GEMM kernel (gemm_blk, gemm_nt_blk: ``M, N, K, *args, C, bias, relu``)
-    whose slices of K come from the launch's third dimension: one slice when K fits
-    ``max_slice``, else partial products that sum_slices adds (bias and relu there)."""
+def _gemm_sliced(dev: Device, name: str, defines: dict, gsize, lsize, K: int, max_slice: int,
+                 out, bias, relu, *args) -> None:
+    """Launch a CPU-form GEMM kernel (gemm_blk, gemm_nt_blk: ``M, N, K, *args, C, bias, relu``):
+    whole when K fits ``max_slice``, else built with PX_SPLIT and launched with slices of K in
+    its third dimension, whose partial products sum_slices adds (bias and relu there)."""
     M, N = out.shape
     slices = -(-K // max_slice)
     if slices == 1:
-        dev.launch(kernel, gsize + (1,), lsize + (1,), M, N, K, *args, out, bias, int(relu))
+        dev.launch(dev.kernel(_FILE, name, **defines), gsize, lsize, M, N, K, *args, out, bias, int(relu))
         return
     part = dev.empty((slices, M, N))
-    dev.launch(kernel, gsize + (slices,), lsize + (1,), M, N, K, *args, part, None, 0)
+    dev.launch(dev.kernel(_FILE, name, PX_SPLIT=1, **defines), gsize + (slices,), lsize + (1,),
+               M, N, K, *args, part, None, 0)
     sum_slices(dev, part, out, bias=bias, relu=relu)
 
 
@@ -99,9 +100,9 @@ def _gemm_nt_rows(dev: Device, t, a, b, out, bias, relu) -> None:
     runs KS / vec times plus its rm*rn tails of fewer than vec."""
     (M, N), K = out.shape, a.shape[1]
     vec, rm, rn, lx = t.gemm_vec, t.gemm_nt_rm, t.gemm_nt_rn, t.gemm_rows
-    k = dev.kernel(_FILE, "gemm_nt_blk", VEC=vec, RM=rm, RN=rn, LX=lx)
     max_slice = (t.loop_max - rm * rn * vec) * vec
-    _gemm_sliced(dev, t, k, (-(-M // rm), -(-N // rn)), (lx, 1), K, max_slice, out, bias, relu, a, b)
+    _gemm_sliced(dev, "gemm_nt_blk", dict(VEC=vec, RM=rm, RN=rn, LX=lx), (-(-M // rm), -(-N // rn)),
+                 (lx, 1), K, max_slice, out, bias, relu, a, b)
 
 
 def _gemm_blocks(dev: Device, t, a, b, out, bias, relu, trans_a) -> None:
@@ -109,9 +110,8 @@ def _gemm_blocks(dev: Device, t, a, b, out, bias, relu, trans_a) -> None:
     work-item runs one of two loops over its KS values of k (interior or edge block)."""
     (M, N), K = out.shape, b.shape[0]
     vec, rm, nv, lx = t.gemm_vec, t.gemm_rm, t.gemm_nv, t.gemm_rows
-    k = dev.kernel(_FILE, "gemm_blk", VEC=vec, RM=rm, NV=nv, LX=lx, TRANS_A=int(trans_a))
-    _gemm_sliced(dev, t, k, (-(-M // rm), -(-N // (nv * vec))), (lx, 1), K, t.loop_max // 2,
-                 out, bias, relu, a, b)
+    _gemm_sliced(dev, "gemm_blk", dict(VEC=vec, RM=rm, NV=nv, LX=lx, TRANS_A=int(trans_a)),
+                 (-(-M // rm), -(-N // (nv * vec))), (lx, 1), K, t.loop_max // 2, out, bias, relu, a, b)
 
 
 def _gemm_columns(dev: Device, t, a, b, out, bias, relu, trans_a) -> None:

@@ -32,10 +32,12 @@ __all__ = ["Geometry", "geometry", "geometry_values", "conv_pool_fits", "im2col"
 _FILE = "nn.cl"
 
 
-def _kernel(dev: Device, name: str):
-    """A kernel of nn.cl (one program per device and kernel form: the defines never vary)."""
+def _kernel(dev: Device, name: str, split: bool = False):
+    """A kernel of nn.cl: one program per device and kernel form, and one built with PX_SPLIT
+    for launches that cut rows into slices."""
     t = dev.tuning
-    return dev.kernel(_FILE, name, VEC=t.vec, RL=t.nn_reduce, XL=t.nn_softmax)
+    split = {"PX_SPLIT": 1} if split else {}
+    return dev.kernel(_FILE, name, VEC=t.vec, RL=t.nn_reduce, XL=t.nn_softmax, **split)
 
 
 def _rows(dev: Device, name: str, rows: int, cols: int, width: int, per_col: int, fixed: int,
@@ -48,7 +50,10 @@ def _rows(dev: Device, name: str, rows: int, cols: int, width: int, per_col: int
         raise InputError(f"{name}: a window this large needs more than {dev.tuning.loop_max} "
                          "loop iterations per work-item on this device")
     pieces = -(-width // room)
-    dev.launch(_kernel(dev, name), (rows, cols, pieces), (dev.tuning.nn_rows, 1, 1), *args)
+    if pieces == 1:
+        dev.launch(_kernel(dev, name), (rows, cols), (dev.tuning.nn_rows, 1), *args)
+    else:
+        dev.launch(_kernel(dev, name, True), (rows, cols, pieces), (dev.tuning.nn_rows, 1, 1), *args)
 
 
 def _each(dev: Device, name: str, n: int, *args) -> None:
@@ -219,10 +224,13 @@ def bias_grad(dev: Device, dy: cla.Array, y: cla.Array | None, relu: bool, db: c
     rl = t.nn_reduce
     slice_max = (t.loop_max - 16) * rl // 2 // t.vec * t.vec   # both paths' loops, the reduction
     slices = -(-n // slice_max)
-    part = db if db is None or slices == 1 else dev.empty((slices, m), np.float32)
-    dev.launch(_kernel(dev, "bias_grad"), (m * rl, slices), (rl, 1), m, n, dy, y if relu else None,
-               int(relu), part)
-    if part is not db:
+    args = (m, n, dy, y if relu else None, int(relu))
+    if slices == 1:
+        dev.launch(_kernel(dev, "bias_grad"), (m * rl,), (rl,), *args, db)
+        return
+    part = None if db is None else dev.empty((slices, m), np.float32)
+    dev.launch(_kernel(dev, "bias_grad", True), (m * rl, slices), (rl, 1), *args, part)
+    if db is not None:
         sum_slices(dev, part, db)
 
 

@@ -308,16 +308,17 @@ class CSRMatrix:
             raise InputError("from_dense: matrix has more than 2^31-1 elements")
         # rows longer than the loop budget go in pieces of columns (piece i*S + z of the scan)
         s = max(1, -(-k // dev.tuning.loop_max))
-        gsize, lsize = (m, s), (dev.tuning.ew_local, 1)
+        gsize, lsize = ((m,), (dev.tuning.ew_local,)) if s == 1 else ((m, s), (dev.tuning.ew_local, 1))
+        split = {"PX_SPLIT": 1} if s > 1 else {}
         ptr = _scan_rows(dev, m * s, category, lambda cnt: dev.launch(
-            dev.kernel(_FILE, "dense_count_rows"), gsize, lsize, m, k, a, float(threshold), cnt))
+            dev.kernel(_FILE, "dense_count_rows", **split), gsize, lsize, m, k, a, float(threshold), cnt))
         nnz = int(ptr[m * s:].get()[0])
         it = index_dtype((m, k))
         aj = dev.empty((nnz,), it, category=category)
         ax = dev.empty((nnz,), np.float32, category=category)
         src = dev.empty((nnz,), np.int32, category=category) if return_src else None
         if nnz:
-            dev.launch(dev.kernel(_FILE, "dense_fill_rows", IDX16=_idx_define(it)), gsize, lsize,
+            dev.launch(dev.kernel(_FILE, "dense_fill_rows", IDX16=_idx_define(it), **split), gsize, lsize,
                        m, k, a, float(threshold), ptr, aj, ax, src)
         indptr = ptr if s == 1 else dev.to_device(ptr.get()[::s], np.int32, category=category)
         w = cls(CSRPattern(dev, (m, k), indptr, aj, nnz), ax)
@@ -427,22 +428,26 @@ class CSRMatrix:
                 lanes, group = t.sddmm_lanes, t.sddmm_group
                 if n >= SDDMM_WIDE_N:   # long dot products (conv weight gradients): more lanes each
                     lanes, group = SDDMM_WIDE_LANES, max(1, 256 // SDDMM_WIDE_LANES)
-                kern = dev.kernel(_FILE, "csr_sddmm", VEC=vec, LANES=lanes, GROUP=group,
-                                  PX_ALIGNED=int(t.aligned and n % vec == 0), IDX16=self.pattern.idx)
+                name, defines = "csr_sddmm", dict(VEC=vec, LANES=lanes, GROUP=group,
+                                                   PX_ALIGNED=int(t.aligned and n % vec == 0),
+                                                   IDX16=self.pattern.idx)
                 gsize, lsize = (lanes, self.nnz), (lanes, group)
                 # a lane's loops: its share of a slice's vectors, a tail, the reduction
                 slice_max = (t.loop_max - vec - 16) * lanes * vec
             else:
                 epw, lx = t.sddmm_epw, t.sddmm_group
-                kern = dev.kernel(_FILE, "csr_sddmm_rows", VEC=vec, EPW=epw, LX=lx, IDX16=self.pattern.idx)
+                name, defines = "csr_sddmm_rows", dict(VEC=vec, EPW=epw, LX=lx, IDX16=self.pattern.idx)
                 gsize, lsize = (-(-self.nnz // epw),), (lx,)
                 # both paths' loops: slice/vec shared, epw * slice/(2 vec) apart, tails
                 slice_max = (t.loop_max - 3 * epw * (vec + 2)) * 2 * vec // (epw + 2)
             slices = -(-n // (slice_max // vec * vec))
-            part = g if slices == 1 else dev.empty((slices, self.nnz), np.float32)
-            dev.launch(kern, gsize + (slices,), lsize + (1,), self.nnz, n,
-                       self.pattern.rows, self.indices, a, b, part, float(scale))
-            if slices > 1:
+            args = (self.nnz, n, self.pattern.rows, self.indices, a, b)
+            if slices == 1:
+                dev.launch(dev.kernel(_FILE, name, **defines), gsize, lsize, *args, g, float(scale))
+            else:   # column slices, added in order
+                part = dev.empty((slices, self.nnz), np.float32)
+                dev.launch(dev.kernel(_FILE, name, PX_SPLIT=1, **defines), gsize + (slices,),
+                           lsize + (1,), *args, part, float(scale))
                 sum_slices(dev, part, g)
         return CSRMatrix(self.pattern, g)
 
