@@ -183,13 +183,14 @@ def test_compaction_of_long_rows(tight, rng):
 
 @big
 def test_from_dense_and_compaction_past_the_limit(kdev, rng):
-    """Rows of 70,000 columns; 2.1 million rows, more than one scan block."""
+    """Rows of 70,000 columns; 8.5 million rows: 66,000 loop iterations per work-item of a
+    single scan launch, three blocks here."""
     d = randn(rng, 3, 70_000)
     d[np.abs(d) < 1.0] = 0.0
     from_dense_check(kdev, d)
     compact_check(kdev, rng, long_rows(rng, 3, 70_000, 0.1), 0.5)
-    _, names = launched(kdev, lambda: from_dense_check(kdev, randn(rng, 2_100_000, 1)))
-    assert names.count("scan_counts") == 2
+    _, names = launched(kdev, lambda: from_dense_check(kdev, randn(rng, 8_500_000, 1)))
+    assert names.count("scan_counts") == 3
 
 
 # ---- window kernels: rows cut into pieces of columns ------------------------------------
@@ -298,10 +299,11 @@ def softmax_check(dev, rng, k, n):
     loss = F.cross_entropy(zt, torch.tensor(y))
     loss.backward()
     part = part.get().astype(np.float64)
-    assert abs(part[:, 0].sum() / n - loss.item()) < TOL * max(1.0, abs(loss.item()))
+    tol = 1e-4   # as test_layers' softmax: a float32 sum of up to 70,000 exponentials rounds
+    assert abs(part[:, 0].sum() / n - loss.item()) < tol * max(1.0, abs(loss.item()))
     assert int(part[:, 1].sum()) == int(np.sum(z.argmax(1) == y))
-    assert rel_err(dz.get().T, zt.grad.numpy()) < TOL
-    assert rel_err(probs.get().T, torch.softmax(zt, 1).detach().numpy()) < TOL
+    assert rel_err(dz.get().T, zt.grad.numpy()) < tol
+    assert rel_err(probs.get().T, torch.softmax(zt, 1).detach().numpy()) < tol
     return names
 
 

@@ -78,11 +78,10 @@ def _simulated(p, d) -> str | None:
 def _notes(p, d) -> list[str]:
     """What `proxcl devices` flags about a device (docs/PORTABILITY.md)."""
     notes = []
-    why = _simulated(p, d)
-    if why:
-        notes.append(f"{why}: chosen only by name or index")
+    if _simulated(p, d):
+        notes.append("simulator: chosen only by name or index")
     if "llvmpipe" in d.name.lower():
-        notes.append("Mesa llvmpipe (software): at most 65,535 loop iterations per work-item")
+        notes.append("llvmpipe: loops end at 65,535 iterations")
     return notes
 
 

@@ -87,7 +87,7 @@ _NAMES = tuple(f.name for f in fields(Tuning))
 
 # field: (cpu form, gpu form)
 _TABLE = {
-    "vec": (8, 4), "ew_local": (64, 256), "aligned": (False, True), "loop_max": (16384, 16384),
+    "vec": (8, 4), "ew_local": (64, 256), "aligned": (False, True), "loop_max": (32768, 32768),
     "gemm_rm": (6, 4), "gemm_vec": (8, 2), "gemm_nv": (2, 0), "gemm_rows": (4, 0),
     "gemm_local": ((4, 4), (32, 8)), "gemm_nt_rm": (3, 0), "gemm_nt_rn": (3, 0),
     "spmm_vec": (8, 2), "spmm_wide_vec": (16, 0), "spmm_nv": (8, 0), "spmm_rows": (8, 0), "spmm_local": ((4, 4), (32, 8)),
