@@ -402,43 +402,99 @@ def _trace(path):
     return out
 
 
-@pytest.mark.parametrize("form", ["cpu", "gpu"])
-def test_launches_are_the_python_runtimes(crt, dev, files, data_dir, tmp_path, monkeypatch, form):
-    """Kernel, build options, global and local sizes and every scalar argument, launch by launch:
-    inference of dense and CSR LeNets (the direct sparse convolution, split-K GEMMs) and the second
-    training step of debiasing."""
-    import proxcl
-    monkeypatch.setenv("PROXCL_TUNING", form)
-    d = proxcl.Device(dev.spec)
+def _compare_launches(crt, d, files, data_dir, tmp_path, monkeypatch, trained=(("lenet5", "csr"),)) -> list:
+    """Kernel, build options, global and local sizes and every scalar argument, launch by launch,
+    of proxcl-run against the Python runtime on device d: inference of dense and CSR LeNets (with
+    the classes and probabilities they give), and for each (model, kind) of ``trained`` the second
+    training step of debiasing.  Returns every launch of the C runs."""
+    from proxcl.optim import make_optimizer
+    from proxcl.schedules import make_lr_schedule
     x = normalise(files["x"][:37], NORM["mean"], NORM["std"])
     np.save(tmp_path / "x.npy", files["x"][:37])
+    traced = []
     for key in (("lenet300", "dense", False), ("lenet5", "dense", False), ("lenet5", "csr", True),
                 ("lenet300", "csr", False)):
         trace = tmp_path / f"{'-'.join(map(str, key))}.jsonl"
-        run(crt, "predict", files[key], tmp_path / "x.npy", env={"PROXCL_TRACE": str(trace)})
+        r = run(crt, "predict", files[key], tmp_path / "x.npy", "--json", env={"PROXCL_TRACE": str(trace)})
         model = mf.load(files[key], device=d)
         with monkeypatch.context() as mp:
             calls = _record(mp, d)
-            model.predict_proba(x)
+            probs = model.predict_proba(x)
+        traced += _trace(trace)
         assert _trace(trace) == calls, key
+        rows = [json.loads(line) for line in r.stdout.splitlines()]
+        assert [row["class"] for row in rows] == list(probs.argmax(1)), key
+        np.testing.assert_allclose([row["probability"] for row in rows], probs.max(1), rtol=1e-5)
     # training: the C run's second step against Python's second step, at the same learning rate
-    from proxcl.optim import make_optimizer
-    from proxcl.schedules import make_lr_schedule
-    path, trace = files[("lenet5", "csr", False)], tmp_path / "train.jsonl"
-    run(crt, "finetune", path, "--data", data_dir, "--out", tmp_path / "o", "--max-steps", 2, "--no-shuffle",
-        "--batch-size", 96, "--quiet", env={"PROXCL_TRACE": str(trace)})
-    model = mf.load(path, device=d)
-    model.to_sparse(None)
-    opt, sched = make_optimizer("sgd", lr=0.005, momentum=0.9, device=d), make_lr_schedule("cosine", 0.005, 1)
-    xb, yb = normalise(files["x"][:96], NORM["mean"], NORM["std"]), np.arange(96) % 10
-    model.train_batch(*model.prepare_batch(xb, yb))
-    opt.step(model.params, lr=sched.lr_at(0, 0, 4))           # 300 images in batches of 96: 4 steps
-    with monkeypatch.context() as mp:
-        calls = _record(mp, d)
+    for name, kind in trained:
+        path, trace = files[(name, kind, False)], tmp_path / f"train-{name}-{kind}.jsonl"
+        run(crt, "finetune", path, "--data", data_dir, "--out", tmp_path / "o", "--max-steps", 2, "--no-shuffle",
+            "--batch-size", 96, "--quiet", env={"PROXCL_TRACE": str(trace)})
+        model = mf.load(path, device=d)
+        model.to_sparse(None)
+        opt, sched = make_optimizer("sgd", lr=0.005, momentum=0.9, device=d), make_lr_schedule("cosine", 0.005, 1)
+        xb, yb = normalise(files["x"][:96], NORM["mean"], NORM["std"]), np.arange(96) % 10
         model.train_batch(*model.prepare_batch(xb, yb))
-        opt.step(model.params, lr=sched.lr_at(0, 1, 4))
-    steps = _trace(trace)                                     # then the evaluation of the test split
-    assert steps[len(calls):2 * len(calls)] == calls
+        opt.step(model.params, lr=sched.lr_at(0, 0, 4))           # 300 images in batches of 96: 4 steps
+        with monkeypatch.context() as mp:
+            calls = _record(mp, d)
+            model.train_batch(*model.prepare_batch(xb, yb))
+            opt.step(model.params, lr=sched.lr_at(0, 1, 4))
+        steps = _trace(trace)                                     # then the evaluation of the test split
+        traced += steps
+        assert steps[len(calls):2 * len(calls)] == calls, (name, kind)
+    return traced
+
+
+@pytest.mark.parametrize("form", ["cpu", "gpu"])
+def test_launches_are_the_python_runtimes(crt, dev, files, data_dir, tmp_path, monkeypatch, form):
+    """The launches of inference (the direct sparse convolution, split-K GEMMs) and of a training step."""
+    import proxcl
+    monkeypatch.setenv("PROXCL_TUNING", form)
+    _compare_launches(crt, proxcl.Device(dev.spec), files, data_dir, tmp_path, monkeypatch)
+
+
+TIGHT_LOOP_MAX = 256      # as tests/conftest.py's TIGHT: every split path at LeNet sizes
+
+
+@pytest.fixture(scope="session")
+def crt_tight(tmp_path_factory):
+    """The sanitizer build of the C runtime with a loop budget of TIGHT_LOOP_MAX in both kernel forms:
+    built from a copy of the package whose tuning table says so (the table the build embeds)."""
+    import re as re_
+    d = tmp_path_factory.mktemp("crt-tight")
+    pkg = d / "proxcl"
+    shutil.copytree(ROOT / "src" / "proxcl", pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    tuning = pkg / "tuning.py"
+    text, count = re_.subn(r'"loop_max": \(\d+, \d+\)', f'"loop_max": ({TIGHT_LOOP_MAX}, {TIGHT_LOOP_MAX})',
+                           tuning.read_text())
+    assert count == 1, "tuning.py's table has no loop_max entry to change"
+    tuning.write_text(text)
+    _build("asan", f"ASAN_OUT={d / 'build'}", f"PKG={pkg}")
+    return d / "build"
+
+
+@pytest.mark.parametrize("form", ["cpu", "gpu"])
+def test_launches_split_as_the_python_runtimes(crt_tight, dev, files, data_dir, tmp_path, monkeypatch, form):
+    """With a loop budget of 256 in both runtimes, the C runtime splits every long loop as the Python
+    runtime does, launch by launch, and gives the same classes: GEMM slices of K, CSR row pieces of a
+    weight and of its transpose (a dense LeNet-300 trained as CSR), column slices of bias gradients
+    (and of SDDMM in the CPU form), col2im rows in pieces, im2col where the direct convolution's
+    loops would not fit."""
+    import dataclasses
+    import proxcl
+    from proxcl.tuning import FORMS
+    monkeypatch.setenv("PROXCL_TUNING", form)
+    d = proxcl.Device(dev.spec)
+    # the scan's work-group (Python's from_dense; the C runtime converts on the host) below the budget
+    d.tuning = dataclasses.replace(FORMS[form], loop_max=TIGHT_LOOP_MAX, scan_local=32)
+    traced = _compare_launches(crt_tight, d, files, data_dir, tmp_path, monkeypatch,
+                               trained=(("lenet5", "csr"), ("lenet300", "dense")))
+    kernels = {t["kernel"] for t in traced}
+    split = {t["kernel"] for t in traced if "-DPX_SPLIT=1" in t["options"]}
+    assert {"gemm_sum_slices", "csr_sum_pieces", "im2col"} <= kernels, kernels
+    assert {"col2im", "bias_grad"} | ({"gemm_blk", "csr_sddmm_rows"} if form == "cpu" else set()) <= split, split
+    assert any(t["kernel"] == "gemm" and t["global"][2] > 1 for t in traced) or form == "cpu"
 
 
 # ---- the library, the generated header, the cross build -------------------------------------------

@@ -45,6 +45,7 @@ static proxcl_status transpose_structure(px_device *dev, px_param *p, proxcl_err
         s = px_buffer_from(dev, tp, (size_t)(k + 1) * 4, &p->tp, err);
         if (s == PROXCL_OK) s = upload_index(dev, p, ti, nnz, &p->ti, err);
         if (s == PROXCL_OK) s = px_buffer_from(dev, pm, (size_t)nnz * 4, &p->pm, err);
+        if (s == PROXCL_OK) s = px_row_pieces(dev, tp, k, &p->pieces[1], err);
     }
     free(tp);
     free(ti);
@@ -81,6 +82,10 @@ static proxcl_status upload_param(px_device *dev, px_param *p, const px_layer *L
     PX_TRY(px_buffer_from(dev, p->indptr, (size_t)(p->rows + 1) * 4, &p->ap, err));
     p->idx16 = p->rows <= 65535 && p->cols <= 65535;
     PX_TRY(upload_index(dev, p, p->indices, p->nnz, &p->aj, err));
+    p->row_max = 0;
+    for (int i = 0; i < p->rows; ++i)
+        if (p->indptr[i + 1] - p->indptr[i] > p->row_max) p->row_max = p->indptr[i + 1] - p->indptr[i];
+    PX_TRY(px_row_pieces(dev, p->indptr, p->rows, &p->pieces[0], err));
     PX_TRY(entry_arrays(dev, p, L, err));
     return transpose_structure(dev, p, err);
 }
@@ -90,6 +95,8 @@ static void release_param(px_param *p)
     cl_mem *m[] = {&p->data, &p->grad, &p->ap, &p->aj, &p->ai, &p->tp, &p->ti, &p->pm, &p->taps, &p->state[0],
                    &p->state[1]};
     for (size_t i = 0; i < sizeof m / sizeof *m; ++i) px_release(m[i]);
+    px_pieces_release(&p->pieces[0]);
+    px_pieces_release(&p->pieces[1]);
 }
 
 proxcl_status px_net_upload(px_net *net, proxcl_error *err)
@@ -168,24 +175,31 @@ static proxcl_status slot(px_net *net, cl_mem *m, size_t bytes, proxcl_error *er
     return px_buffer(&net->dev, bytes, m, err);
 }
 
-/* nn.cl's int32 geometry array G (ops.nn.geometry): a convolution or pooling, and for the direct
- * convolution its pooling (a 1x1 pool of stride 1 when none) and output channels */
+/* The values of nn.cl's int32 geometry array G (ops.nn.geometry_values): a convolution or pooling,
+ * and for the direct convolution its pooling (a 1x1 pool of stride 1 when none) and output
+ * channels.  Returns how many there are. */
+static int geometry_values(const px_layer *L, int n, const px_layer *pool, int direct, int32_t g[21])
+{
+    int32_t conv[12] = {L->in_shape[0], n, L->in_shape[1], L->in_shape[2], L->kh, L->kw, L->sh, L->sw, L->ph,
+                        L->pw, L->ho, L->wo};
+    memcpy(g, conv, sizeof conv);
+    if (!direct) return 12;
+    int32_t extra[9] = {1, 1, 1, 1, 0, 0, L->ho, L->wo, L->out};
+    if (pool) {
+        int32_t q[9] = {pool->kh, pool->kw, pool->sh, pool->sw, pool->ph, pool->pw, pool->ho, pool->wo, L->out};
+        memcpy(extra, q, sizeof q);
+    }
+    memcpy(g + 12, extra, sizeof extra);
+    return 21;
+}
+
+/* G on the device (ops.nn.geometry) */
 static proxcl_status geometry(px_net *net, cl_mem *m, const px_layer *L, int n, const px_layer *pool, int direct,
                               proxcl_error *err)
 {
     if (*m) return PROXCL_OK;
-    int32_t g[21] = {L->in_shape[0], n, L->in_shape[1], L->in_shape[2], L->kh, L->kw, L->sh, L->sw, L->ph, L->pw,
-                     L->ho, L->wo};
-    int count = 12;
-    if (direct) {
-        int32_t extra[9] = {1, 1, 1, 1, 0, 0, L->ho, L->wo, L->out};
-        if (pool) {
-            int32_t q[9] = {pool->kh, pool->kw, pool->sh, pool->sw, pool->ph, pool->pw, pool->ho, pool->wo, L->out};
-            memcpy(extra, q, sizeof q);
-        }
-        memcpy(g + 12, extra, sizeof extra);
-        count = 21;
-    }
+    int32_t g[21];
+    int count = geometry_values(L, n, pool, direct, g);
     return px_buffer_from(&net->dev, g, (size_t)count * 4, m, err);
 }
 
@@ -196,13 +210,15 @@ static proxcl_status matmul(px_net *net, const px_param *w, cl_mem x, int n, con
 {
     cl_mem b = bias ? bias->data : NULL;
     if (w->csr)
-        return px_spmm(&net->dev, w->rows, w->cols, w->ap, w->aj, w->idx16, w->data, NULL, x, n, b, relu, y, err);
+        return px_spmm(&net->dev, w->rows, w->cols, w->ap, w->aj, w->idx16, w->data, NULL, &w->pieces[0], x, n, b,
+                       relu, y, err);
     return px_gemm(&net->dev, w->data, x, y, w->rows, n, w->cols, 0, b, relu, err);
 }
 
 static proxcl_status matmul_t(px_net *net, const px_param *w, cl_mem d, int n, cl_mem out, proxcl_error *err)
 {
-    return px_spmm(&net->dev, w->cols, w->rows, w->tp, w->ti, w->idx16, w->data, w->pm, d, n, NULL, 0, out, err);
+    return px_spmm(&net->dev, w->cols, w->rows, w->tp, w->ti, w->idx16, w->data, w->pm, &w->pieces[1], d, n, NULL, 0,
+                   out, err);
 }
 
 /* ---- convolutions in batch chunks (layers.Conv2d: the im2col buffer above COLS_LIMIT) ---- */
@@ -234,8 +250,8 @@ static proxcl_status im2col(px_net *net, int e, px_lbuf *b, const px_layer *L, c
     cl_mem *g = nc == n ? &b->geo : nc == step ? &b->geo_chunk[0] : &b->geo_chunk[1];
     PX_TRY(geometry(net, g, L, nc, NULL, 0, err));
     px_arg args[] = {PX_M(*g), PX_M(x), PX_M(cols), PX_I(n0), PX_I(n)};
-    PX_TRY(px_nn_rows(&net->dev, "im2col", (size_t)nc * L->ho, (size_t)L->in_shape[0] * L->kh * L->kw, args, 5,
-                      err));
+    PX_TRY(px_nn_row_pieces(&net->dev, "im2col", (size_t)nc * L->ho, (size_t)L->in_shape[0] * L->kh * L->kw, L->wo,
+                            3, 0, args, 5, err));
     net->cols_owner = e;
     net->cols_n0 = n0;
     net->cols_nc = nc;
@@ -266,6 +282,14 @@ static proxcl_status conv_forward_chunks(px_net *net, int e, px_lbuf *b, const p
     return PROXCL_OK;
 }
 
+/* col2im over `rows` image rows (ops.nn.col2im): a work-item's loops, 1 + KH*KW per column of
+ * the input row plus KH*(1 + KW) */
+static proxcl_status col2im(px_device *dev, const px_layer *L, size_t rows, const px_arg args[5], proxcl_error *err)
+{
+    return px_nn_row_pieces(dev, "col2im", rows, (size_t)L->in_shape[0], L->in_shape[2], 1 + L->kh * L->kw,
+                            L->kh * (1 + L->kw), args, 5, err);
+}
+
 /* Conv2d._backward_chunks: the chunks in reverse order (the last one's columns are still held) */
 static proxcl_status conv_backward_chunks(px_net *net, int e, px_lbuf *b, const px_layer *L, cl_mem dy, int n,
                                           int step, int chunks, int need_dx, proxcl_error *err)
@@ -291,7 +315,7 @@ static proxcl_status conv_backward_chunks(px_net *net, int e, px_lbuf *b, const 
             cl_mem *g = nc == step ? &b->geo_chunk[0] : &b->geo_chunk[1];
             PX_TRY(geometry(net, g, L, nc, NULL, 0, err));
             px_arg args[] = {PX_M(*g), PX_M(b->cols), PX_M(b->dx), PX_I(n0), PX_I(n)};
-            PX_TRY(px_nn_rows(dev, "col2im", (size_t)nc * L->in_shape[1], (size_t)L->in_shape[0], args, 5, err));
+            PX_TRY(col2im(dev, L, (size_t)nc * L->in_shape[1], args, err));
         }
     }
     return PROXCL_OK;
@@ -326,13 +350,18 @@ static proxcl_status dropout_apply(px_net *net, px_layer *L, cl_mem x, cl_mem y,
     return px_nn_each(&net->dev, "dropout", count, args, 7, err);
 }
 
-static int direct_ok(const px_layer *L)
+/* Conv2d.direct_ok, the layer followed by pool (or NULL) */
+static int direct_ok(const px_net *net, const px_layer *L, const px_layer *pool)
 {
     const px_param *w = L->weight;
     double cells = (double)w->rows * w->cols;
     double density = cells ? w->nnz / cells : 0.0;
-    return w->csr && density <= PX_DIRECT_MAX_DENSITY && L->in_shape[0] < 32768 && L->kh < 256 && L->kw < 256
-           && L->wo <= 64;
+    if (!(w->csr && density <= PX_DIRECT_MAX_DENSITY && L->in_shape[0] < 32768 && L->kh < 256 && L->kw < 256
+          && L->wo <= 64))
+        return 0;
+    int32_t g[21];
+    geometry_values(L, 1, pool, 1, g);
+    return px_conv_pool_fits(&net->dev, g, w->row_max);
 }
 
 static proxcl_status layer_forward(px_net *net, px_ws *w, int e, cl_mem x, int train, int keep, cl_mem *out,
@@ -368,7 +397,7 @@ static proxcl_status layer_forward(px_net *net, px_ws *w, int e, cl_mem x, int t
         }
         if (L->weight->csr)
             PX_TRY(px_spmm(dev, L->weight->rows, L->weight->cols, L->weight->ap, L->weight->aj, L->weight->idx16,
-                           L->weight->data, NULL,
+                           L->weight->data, NULL, &L->weight->pieces[0],
                            cols, ncols, L->bias ? L->bias->data : NULL, L->relu, b->y, err));
         else
             PX_TRY(px_gemm(dev, L->weight->data, cols, b->y, L->weight->rows, ncols, L->weight->cols, 0,
@@ -382,7 +411,8 @@ static proxcl_status layer_forward(px_net *net, px_ws *w, int e, cl_mem x, int t
         PX_TRY(geometry(net, &b->geo, L, n, NULL, 0, err));
         if (keep) PX_TRY(slot(net, &b->idx, ysize, err));
         px_arg args[] = {PX_M(b->geo), PX_M(x), PX_M(b->y), PX_M(keep ? b->idx : NULL), PX_I(L->relu)};
-        PX_TRY(px_nn_rows(dev, "maxpool_fwd", (size_t)n * L->ho, (size_t)L->in_shape[0], args, 5, err));
+        PX_TRY(px_nn_row_pieces(dev, "maxpool_fwd", (size_t)n * L->ho, (size_t)L->in_shape[0], L->wo,
+                                1 + L->kh * (1 + L->kw), 0, args, 5, err));
         if (keep) b->y_kept = b->y;
         *out = b->y;
         return PROXCL_OK;
@@ -426,8 +456,9 @@ static proxcl_status direct_conv(px_net *net, px_ws *w, int e, cl_mem x, cl_mem 
 {
     px_layer *L = &net->layers[net->exec[e]];
     *next = 0;
-    if (L->kind != L_CONV || !direct_ok(L)) return PROXCL_OK;
+    if (L->kind != L_CONV) return PROXCL_OK;
     px_layer *pool = e + 1 < net->nexec && net->layers[net->exec[e + 1]].kind == L_POOL ? &net->layers[net->exec[e + 1]] : NULL;
+    if (!direct_ok(net, L, pool)) return PROXCL_OK;
     int j = e + 1 + (pool != NULL);
     int flat = j < net->nexec && net->layers[net->exec[j]].kind == L_FLATTEN;
     px_lbuf *b = &w->lb[e];
@@ -533,7 +564,7 @@ static proxcl_status layer_backward(px_net *net, px_ws *w, int e, cl_mem dy, int
             PX_TRY(slot(net, &b->dcols, (size_t)L->weight->cols * cols * 4, err));
             PX_TRY(matmul_t(net, L->weight, dy, cols, b->dcols, err));
             px_arg args[] = {PX_M(b->geo), PX_M(b->dcols), PX_M(b->dx), PX_I(0), PX_I(n)};
-            PX_TRY(px_nn_rows(dev, "col2im", (size_t)n * L->in_shape[1], (size_t)L->in_shape[0], args, 5, err));
+            PX_TRY(col2im(dev, L, (size_t)n * L->in_shape[1], args, err));
         }
         *dx = b->dx;
         return PROXCL_OK;
@@ -542,7 +573,9 @@ static proxcl_status layer_backward(px_net *net, px_ws *w, int e, cl_mem dy, int
         if (!need_dx) return PROXCL_OK;
         PX_TRY(slot(net, &b->dx, fsize(L, n, 0) * 4, err));
         px_arg args[] = {PX_M(b->geo), PX_M(dy), PX_M(b->idx), PX_M(b->y_kept), PX_I(L->relu), PX_M(b->dx)};
-        PX_TRY(px_nn_rows(dev, "maxpool_bwd", (size_t)n * L->in_shape[1], (size_t)L->in_shape[0], args, 6, err));
+        const int wy = (L->kh - 1) / L->sh + 1, wx = (L->kw - 1) / L->sw + 1;   /* windows holding a pixel */
+        PX_TRY(px_nn_row_pieces(dev, "maxpool_bwd", (size_t)n * L->in_shape[1], (size_t)L->in_shape[0],
+                                L->in_shape[2], 1 + wy * (1 + wx), 0, args, 6, err));
         *dx = b->dx;
         return PROXCL_OK;
     }

@@ -24,6 +24,8 @@ typedef struct {
     /* device */
     int stored;                  /* values on the device: nnz or size */
     cl_mem data, grad, ap, aj, ai, tp, ti, pm, taps;
+    px_pieces pieces[2];         /* CSR: the rows of (ap, aj) and of (tp, ti) in pieces, for SpMM */
+    int row_max;                 /* CSR: the most entries of a row */
     cl_mem state[2];             /* optimizer: momentum, or Adam's m and v */
     long steps;
 } px_param;

@@ -1,37 +1,74 @@
 /* The launches of kernels/dense.cl, as src/proxcl/ops/dense.py makes them: the GEMM of a dense
- * weight (CPU form gemm_blk, GPU form gemm with split-K and gemm_sum_slices). */
+ * weight (CPU form gemm_blk, GPU form gemm with split-K; both split the inner dimension into slices
+ * of at most their loop budget, whose partial products gemm_sum_slices adds in order). */
 #include "px.h"
 
 #define FILE_ "dense.cl"
 
-/* (slices, k per slice) of ops.dense.split_k */
-static void split_k(long items, int K, int *slices, int *ks)
+/* (slices, k per slice) of ops.dense.split_k: about PX_SPLIT_K_TARGET work-items where the output
+ * has few blocks, and no slice longer than max_slice */
+static void split_k(long items, int K, int max_slice, int *slices, int *ks)
 {
     const long target = PX_SPLIT_K_TARGET, min_slice = PX_SPLIT_K_MIN_SLICE;
-    if (items >= target || K < 2 * min_slice) {
-        *slices = 1;
-        *ks = K;
-        return;
+    long s = 1;
+    if (items < target && K >= 2 * min_slice) {
+        s = (target + items - 1) / items;
+        if (s > K / min_slice) s = K / min_slice;
+        if (s > 256) s = 256;
     }
-    long s = (target + items - 1) / items;
-    if (s > K / min_slice) s = K / min_slice;
-    if (s > 256) s = 256;
+    long need = ((long)K + max_slice - 1) / max_slice;
+    if (s < need) s = need;
     long k = (K + s - 1) / s;
     *ks = (int)k;
     *slices = (int)((K + k - 1) / k);
 }
 
+proxcl_status px_sum_slices(px_device *dev, cl_mem part, int slices, cl_mem out, int size, int cols, cl_mem bias,
+                            int relu, proxcl_error *err)
+{
+    if (slices > dev->t->loop_max)
+        return px_fail(err, PROXCL_ERR_INPUT, "a product split into %d slices: more than this device's %d per "
+                       "work-item (inner dimension too long)", slices, dev->t->loop_max);
+    if (!size) return PROXCL_OK;
+    px_kernel *sum;
+    PX_TRY(px_kernel_get(dev, FILE_, "gemm_sum_slices", NULL, 0, &sum, err));
+    size_t g = (size_t)size, l = (size_t)dev->t->ew_local;
+    px_arg args[] = {PX_I(size), PX_I(cols), PX_I(slices), PX_M(part), PX_M(out), PX_M(bias), PX_I(relu)};
+    return px_launch(dev, sum, 1, &g, &l, args, 7, err);
+}
+
+/* a partial product's buffer, launched into and summed, then released (ops.dense: `part`) */
+static proxcl_status sum_and_release(px_device *dev, proxcl_status s, cl_mem *part, int slices, cl_mem out,
+                                     int M, int N, cl_mem bias, int relu, proxcl_error *err)
+{
+    if (s == PROXCL_OK) s = px_sum_slices(dev, *part, slices, out, M * N, N, bias, relu, err);
+    px_forget_args(dev);
+    px_release(part);      /* freed by OpenCL once the queued launches that use it have run */
+    return s;
+}
+
+/* CPU form: an rm x nv*vec block of C per work-item (ops.dense._gemm_blocks and _gemm_sliced):
+ * whole when K fits loop_max / 2, else a PX_SPLIT build with slices of K in dimension 2 */
 static proxcl_status gemm_blocks(px_device *dev, cl_mem a, cl_mem b, cl_mem out, int M, int N, int K, int trans_a,
                                  cl_mem bias, int relu, proxcl_error *err)
 {
     const px_tuning *t = dev->t;
     const int vec = t->gemm_vec, rm = t->gemm_rm, nv = t->gemm_nv, lx = t->gemm_rows;
-    px_define defs[] = {{"VEC", vec}, {"RM", rm}, {"NV", nv}, {"LX", lx}, {"TRANS_A", trans_a}};
+    const int max_slice = t->loop_max / 2, slices = (K + max_slice - 1) / max_slice;
+    px_define defs[] = {{"VEC", vec}, {"RM", rm}, {"NV", nv}, {"LX", lx}, {"TRANS_A", trans_a}, {"PX_SPLIT", 1}};
     px_kernel *k;
-    PX_TRY(px_kernel_get(dev, FILE_, "gemm_blk", defs, 5, &k, err));
-    size_t g[2] = {(size_t)((M + rm - 1) / rm), (size_t)((N + nv * vec - 1) / (nv * vec))}, l[2] = {(size_t)lx, 1};
-    px_arg args[] = {PX_I(M), PX_I(N), PX_I(K), PX_M(a), PX_M(b), PX_M(out), PX_M(bias), PX_I(relu)};
-    return px_launch(dev, k, 2, g, l, args, 8, err);
+    PX_TRY(px_kernel_get(dev, FILE_, "gemm_blk", defs, slices > 1 ? 6 : 5, &k, err));
+    size_t g[3] = {(size_t)((M + rm - 1) / rm), (size_t)((N + nv * vec - 1) / (nv * vec)), (size_t)slices};
+    size_t l[3] = {(size_t)lx, 1, 1};
+    if (slices == 1) {
+        px_arg args[] = {PX_I(M), PX_I(N), PX_I(K), PX_M(a), PX_M(b), PX_M(out), PX_M(bias), PX_I(relu)};
+        return px_launch(dev, k, 2, g, l, args, 8, err);
+    }
+    cl_mem part;
+    PX_TRY(px_buffer(dev, (size_t)slices * M * N * sizeof(float), &part, err));
+    px_arg args[] = {PX_I(M), PX_I(N), PX_I(K), PX_M(a), PX_M(b), PX_M(part), PX_M(NULL), PX_I(0)};
+    proxcl_status s = px_launch(dev, k, 3, g, l, args, 8, err);
+    return sum_and_release(dev, s, &part, slices, out, M, N, bias, relu, err);
 }
 
 static proxcl_status gemm_columns(px_device *dev, cl_mem a, cl_mem b, cl_mem out, int M, int N, int K, int trans_a,
@@ -45,7 +82,7 @@ static proxcl_status gemm_columns(px_device *dev, cl_mem a, cl_mem b, cl_mem out
     PX_TRY(px_kernel_get(dev, FILE_, "gemm", defs, 6, &k, err));
     const int gx = (N + vec - 1) / vec, gy = (M + rm - 1) / rm;
     int slices, ks;
-    split_k((long)gx * gy, K, &slices, &ks);
+    split_k((long)gx * gy, K, t->loop_max / 2, &slices, &ks);
     size_t l[3] = {(size_t)lx, (size_t)ly, 1};
     if (slices == 1) {
         size_t g[3] = {(size_t)gx, (size_t)gy, 1};
@@ -57,16 +94,7 @@ static proxcl_status gemm_columns(px_device *dev, cl_mem a, cl_mem b, cl_mem out
     size_t g[3] = {(size_t)gx, (size_t)gy, (size_t)slices};
     px_arg args[] = {PX_I(M), PX_I(N), PX_I(K), PX_M(a), PX_M(b), PX_M(part), PX_M(NULL), PX_I(0), PX_I(ks)};
     proxcl_status s = px_launch(dev, k, 3, g, l, args, 9, err);
-    px_kernel *sum;
-    if (s == PROXCL_OK) s = px_kernel_get(dev, FILE_, "gemm_sum_slices", NULL, 0, &sum, err);
-    if (s == PROXCL_OK) {
-        size_t g1 = (size_t)M * N, l1 = (size_t)t->ew_local;
-        px_arg a2[] = {PX_I(M * N), PX_I(N), PX_I(slices), PX_M(part), PX_M(out), PX_M(bias), PX_I(relu)};
-        s = px_launch(dev, sum, 1, &g1, &l1, a2, 7, err);
-    }
-    px_forget_args(dev);
-    px_release(&part);     /* freed by OpenCL once the queued launches that use it have run */
-    return s;
+    return sum_and_release(dev, s, &part, slices, out, M, N, bias, relu, err);
 }
 
 /* C[M, N] = op(a)[M, K] b[K, N] (+ bias) (ReLU): a is [M, K], or [K, M] with trans_a. */

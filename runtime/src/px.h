@@ -111,19 +111,42 @@ proxcl_status px_buffer_from(px_device *dev, const void *src, size_t bytes, cl_m
 void px_release(cl_mem *m);
 proxcl_status px_cl_check(cl_int code, const char *what, proxcl_error *err);
 
-/* ---- ops_dense.c, ops_csr.c, ops_nn.c, ops_optim.c: the launches of the Python ops modules ---- */
+/* ---- ops_dense.c, ops_csr.c, ops_nn.c, ops_optim.c: the launches of the Python ops modules ----
+ * No work-item loops more than the tuning's loop_max times (llvmpipe ends a work-item's loops
+ * silently after 65,535 iterations, docs/PORTABILITY.md): long inner dimensions, rows and columns
+ * are split over work-items or launches exactly where the Python ops split them. */
 /* dense.cl (ops/dense.py) */
 proxcl_status px_gemm(px_device *dev, cl_mem a, cl_mem b, cl_mem out, int M, int N, int K, int trans_a,
                       cl_mem bias, int relu, proxcl_error *err);
-/* csr.cl (ops/sparse.py): shape (m, k), row pointers ap, indices aj, values ax, pm (NULL or the
- * transpose permutation) */
+/* out[size] (rows of cols) = the sum of part[slices, size] over its slices, in order (+ bias per
+ * row) (ReLU): ops.dense.sum_slices, the reduction of every split product */
+proxcl_status px_sum_slices(px_device *dev, cl_mem part, int slices, cl_mem out, int size, int cols, cl_mem bias,
+                            int relu, proxcl_error *err);
+/* csr.cl (ops/sparse.py).  The rows of a CSR support cut into pieces of at most a limit of entries
+ * (ops.sparse.RowPieces): piece s is the entries [qp[s], qp[s+1]), row i the pieces [rp[i], rp[i+1]);
+ * count 0 when no row is longer than the limit (then no arrays). */
+typedef struct { int count; cl_mem qp, rp; } px_pieces;
+/* The pieces of the rows of host row pointers indptr[m+1] for SpMM (CSRPattern.pieces with
+ * px_spmm_piece's limit); px_pieces_release frees them. */
+proxcl_status px_row_pieces(px_device *dev, const int32_t *indptr, int m, px_pieces *out, proxcl_error *err);
+void px_pieces_release(px_pieces *p);
+/* shape (m, k), row pointers ap, indices aj, values ax, pm (NULL or the transpose permutation), the
+ * rows' pieces (ap's, NULL: none) */
 proxcl_status px_spmm(px_device *dev, int m, int k, cl_mem ap, cl_mem aj, int idx16, cl_mem ax, cl_mem pm,
-                      cl_mem x, int n, cl_mem bias, int relu, cl_mem out, proxcl_error *err);
+                      const px_pieces *pieces, cl_mem x, int n, cl_mem bias, int relu, cl_mem out, proxcl_error *err);
 proxcl_status px_sddmm(px_device *dev, int nnz, int n, cl_mem ai, cl_mem aj, int idx16, cl_mem a, cl_mem b,
                        cl_mem g, proxcl_error *err);
-/* nn.cl (ops/nn.py) */
+/* nn.cl (ops/nn.py).  px_nn_rows: global (rows, cols), local (nn_rows, 1); px_nn_row_pieces: a
+ * work-item per image row of `width` columns (im2col, col2im, maxpool_fwd/bwd), the rows cut into
+ * pieces of columns (a PX_SPLIT build, pieces in the third dimension) where per_col loop iterations
+ * per column plus fixed ones would pass loop_max. */
 proxcl_status px_nn_rows(px_device *dev, const char *name, size_t rows, size_t cols, const px_arg *args,
                          int nargs, proxcl_error *err);
+proxcl_status px_nn_row_pieces(px_device *dev, const char *name, size_t rows, size_t cols, int width, int per_col,
+                               int fixed, const px_arg *args, int nargs, proxcl_error *err);
+/* Whether csr_conv_pool's work-items stay within loop_max (ops.nn.conv_pool_fits) for the
+ * geometry G's values g[21] and a CSR weight whose longest row has row_max entries. */
+int px_conv_pool_fits(const px_device *dev, const int32_t *g, int row_max);
 proxcl_status px_nn_each(px_device *dev, const char *name, size_t n, const px_arg *args, int nargs,
                          proxcl_error *err);
 proxcl_status px_permute3(px_device *dev, cl_mem src, cl_mem dst, const int dims[3], const int strides[3],
