@@ -497,6 +497,44 @@ def test_launches_split_as_the_python_runtimes(crt_tight, dev, files, data_dir, 
     assert any(t["kernel"] == "gemm" and t["global"][2] > 1 for t in traced) or form == "cpu"
 
 
+# ---- device choice: proxcl.runtime._select's rules, on made-up platforms ------------------------------
+
+@pytest.fixture(scope="session")
+def fake_opencl(tmp_path_factory):
+    """runtime/tests/fake_opencl.c built as a library: the platforms $PX_FAKE_PLATFORMS lists."""
+    out = tmp_path_factory.mktemp("fake-opencl") / "libfake_opencl.so"
+    r = subprocess.run(["cc", "-std=c99", "-D_POSIX_C_SOURCE=200809L", "-DCL_TARGET_OPENCL_VERSION=120", "-Wall",
+                        "-Werror", "-shared", "-fPIC", str(RUNTIME / "tests" / "fake_opencl.c"), "-o", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+SIM, EMU = "Oclgrind|Oclgrind Simulator|15", "Intel(R) FPGA Emulation Platform|Intel(R) FPGA Emulation Device|8"
+CPU, GPU = "PoCL|pthread-cpu|2", "AMD|Radeon|4"          # 15: CPU|GPU|ACCELERATOR|DEFAULT, as Oclgrind says
+
+
+def test_device_choice_never_takes_a_simulator_unless_named(crt, fake_opencl, monkeypatch):
+    """As tests/test_runtime.py's device-choice tests: the first real GPU, else the first CPU; a simulator
+    (a device of every type, or one named so) only by name or index; "Clover" has no device."""
+    monkeypatch.delenv("PROXCL_DEVICE", raising=False)
+
+    def opened(platforms, spec, check=True):
+        return run(crt, "devices", "--open", spec, check=check,
+                   env={"PROXCL_OPENCL_LIBRARY": str(fake_opencl), "PX_FAKE_PLATFORMS": ";".join(platforms)})
+
+    assert opened([SIM, "Clover", CPU, GPU], "").stdout == "AMD | Radeon\n"
+    both = [SIM, EMU, CPU]
+    assert opened(both, "").stdout == opened(both, "cpu").stdout == "PoCL | pthread-cpu\n"
+    assert opened(both, "oclgrind").stdout == opened(both, "0:0").stdout == "Oclgrind | Oclgrind Simulator\n"
+    assert opened(both, "fpga").stdout.startswith("Intel(R) FPGA Emulation Platform | ")
+    for kind in ("gpu", "accelerator"):
+        one_line_error(opened(both, kind, check=False), "simulators aside")
+    one_line_error(opened([SIM, "Clover"], "", check=False), r"only simulators found \(Oclgrind\)")
+    listed = run(crt, "devices", env={"PROXCL_OPENCL_LIBRARY": str(fake_opencl), "PX_FAKE_PLATFORMS": ";".join(both)})
+    assert listed.stdout.splitlines()[0].split("\t") == ["0:0", "Oclgrind", "Oclgrind Simulator", "any"]
+
+
 # ---- the library, the generated header, the cross build -------------------------------------------
 
 def test_library_error_contract(crt, files):

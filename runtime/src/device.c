@@ -1,4 +1,5 @@
-/* The OpenCL device: choice (the rules of proxcl.runtime._select), context and in-order queue,
+/* The OpenCL device: choice (the rules of proxcl.runtime._select: never a simulator by default or
+ * by kind), context and in-order queue,
  * programs built once per (kernel file, options) from the embedded kernel files with
  * common.h in front, exactly as the Python package builds them (same source text, same
  * options, so a driver's program cache is shared), kernel launches and buffers.
@@ -61,7 +62,12 @@ static void lower(char *s)
     for (; *s; ++s) *s = (char)tolower((unsigned char)*s);
 }
 
-typedef struct { cl_platform_id p; cl_device_id d; cl_device_type type; int pi, di; } px_pair;
+/* sim: no real device of any kind (runtime._simulated): it claims every device type at once
+ * (Oclgrind says CPU|GPU|ACCELERATOR|DEFAULT), or its platform, vendor or device name says
+ * simulator or emulator.  Such a device is chosen only by its name or index. */
+typedef struct { cl_platform_id p; cl_device_id d; cl_device_type type; int pi, di, sim; } px_pair;
+
+#define PX_EVERY_KIND (CL_DEVICE_TYPE_GPU | CL_DEVICE_TYPE_CPU | CL_DEVICE_TYPE_ACCELERATOR)
 
 static int contains(const char *hay, const char *needle)
 {
@@ -82,11 +88,22 @@ static proxcl_status pick(const char *spec, px_pair *pairs, int npairs, px_pair 
     memmove(s, s + a, n - a);
     s[n - a] = 0;
     lower(s);
-    if (!*s) {                                          /* the first GPU, else the first device */
-        for (int i = 0; i < npairs; ++i)
-            if (pairs[i].type & CL_DEVICE_TYPE_GPU) { *chosen = pairs[i]; return PROXCL_OK; }
-        *chosen = pairs[0];
-        return PROXCL_OK;
+    if (!*s) {             /* the first real GPU, else the first CPU, else the first other real device */
+        const cl_device_type kinds[3] = {CL_DEVICE_TYPE_GPU, CL_DEVICE_TYPE_CPU, CL_DEVICE_TYPE_ALL};
+        for (int k = 0; k < 3; ++k)
+            for (int i = 0; i < npairs; ++i)
+                if (!pairs[i].sim && pairs[i].type & kinds[k]) { *chosen = pairs[i]; return PROXCL_OK; }
+        char names[512] = "", pn[256];
+        size_t at = 0;
+        for (int i = 0; i < npairs && at < sizeof names; ++i) {
+            int seen = 0;
+            for (int j = 0; j < i; ++j) seen |= pairs[j].p == pairs[i].p;
+            if (seen) continue;
+            info_str(pairs[i].p, NULL, CL_PLATFORM_NAME, pn, sizeof pn);
+            at += (size_t)snprintf(names + at, sizeof names - at, "%s%s", at ? ", " : "", pn);
+        }
+        return px_fail(err, PROXCL_ERR_DEVICE, "only simulators found (%s); name one to use it (--device or "
+                       "$PROXCL_DEVICE), or install a device (Debian: pocl-opencl-icd)", names);
     }
     if (strchr(s, ':')) {
         char *end;
@@ -101,8 +118,8 @@ static proxcl_status pick(const char *spec, px_pair *pairs, int npairs, px_pair 
                           : !strcmp(s, "accelerator") ? CL_DEVICE_TYPE_ACCELERATOR : 0;
     if (want) {
         for (int i = 0; i < npairs; ++i)
-            if (pairs[i].type & want) { *chosen = pairs[i]; return PROXCL_OK; }
-        return px_fail(err, PROXCL_ERR_DEVICE, "device '%s': no OpenCL %s device", spec, s);
+            if (!pairs[i].sim && pairs[i].type & want) { *chosen = pairs[i]; return PROXCL_OK; }
+        return px_fail(err, PROXCL_ERR_DEVICE, "device '%s': no OpenCL %s device, simulators aside", spec, s);
     }
     for (int i = 0; i < npairs; ++i) {
         char pn[256], pv[256], dn[256];
@@ -138,6 +155,15 @@ static proxcl_status list_pairs(px_pair *pairs, int *npairs, proxcl_error *err)
             q->di = (int)d;
             q->type = 0;
             px_cl.GetDeviceInfo(devs[d], CL_DEVICE_TYPE, sizeof q->type, &q->type, NULL);
+            char pn[256], pv[256], dn[256];
+            info_str(q->p, NULL, CL_PLATFORM_NAME, pn, sizeof pn);
+            info_str(q->p, NULL, CL_PLATFORM_VENDOR, pv, sizeof pv);
+            info_str(NULL, q->d, CL_DEVICE_NAME, dn, sizeof dn);
+            q->sim = (q->type & PX_EVERY_KIND) == PX_EVERY_KIND;
+            for (int w = 0; w < 3 && !q->sim; ++w) {
+                static const char *const words[3] = {"oclgrind", "simulat", "emulat"};
+                q->sim = contains(pn, words[w]) || contains(pv, words[w]) || contains(dn, words[w]);
+            }
         }
     }
     if (*npairs == 0)
@@ -158,8 +184,8 @@ proxcl_status px_device_list(char *out, size_t size, proxcl_error *err)
         info_str(pairs[i].p, NULL, CL_PLATFORM_NAME, pn, sizeof pn);
         info_str(NULL, pairs[i].d, CL_DEVICE_NAME, dn, sizeof dn);
         cl_device_type t = pairs[i].type;
-        const char *type = t & CL_DEVICE_TYPE_GPU ? "gpu" : t & CL_DEVICE_TYPE_CPU ? "cpu"
-                           : t & CL_DEVICE_TYPE_ACCELERATOR ? "accelerator" : "other";
+        const char *type = (t & PX_EVERY_KIND) == PX_EVERY_KIND ? "any" : t & CL_DEVICE_TYPE_GPU ? "gpu"
+                           : t & CL_DEVICE_TYPE_CPU ? "cpu" : t & CL_DEVICE_TYPE_ACCELERATOR ? "accelerator" : "other";
         at += (size_t)snprintf(out + at, size - at, "%d:%d\t%s\t%s\t%s\n", pairs[i].pi, pairs[i].di, pn, dn, type);
     }
     return PROXCL_OK;
