@@ -195,9 +195,12 @@ def test_from_dense_and_compaction_past_the_limit(kdev, rng):
 
 # ---- window kernels: rows cut into pieces of columns ------------------------------------
 
-def conv_pool_check(dev, rng, in_shape, out, kernel, pool, n=2, sparse=False):
-    """Conv2d (ReLU fused) and MaxPool2d forward and backward against PyTorch."""
+def conv_pool_check(dev, rng, in_shape, out, kernel, pool, n=2, sparse=False, cols_limit=None):
+    """Conv2d (ReLU fused) and MaxPool2d forward and backward against PyTorch; with cols_limit, the
+    im2col buffer's limit in bytes (batch chunks above it)."""
     ws = Workspace(dev)
+    if cols_limit is not None:
+        ws.cols_limit = cols_limit
     conv = Conv2d(dev, ws, in_shape, "conv", out, kernel, 1, 1, rng=rng)
     conv.relu = True
     mp = MaxPool2d(dev, ws, conv.out_shape, pool)
@@ -227,6 +230,13 @@ def test_window_rows_in_pieces(tight, rng, sparse):
     """A 100-wide image, a 5x5 kernel: col2im takes 8 columns per work-item, im2col and the
     pooling kernels 36 to 85."""
     conv_pool_check(tight, rng, (2, 9, 100), 3, 5, 2, sparse=sparse)
+
+
+def test_window_rows_in_pieces_in_batch_chunks(tight, rng):
+    """The same rows in pieces when im2col and col2im work on batch chunks (one sample of 180,000
+    bytes of columns each, at a limit of 200,000): the pieces of samples n0.. of the batch."""
+    conv, _ = conv_pool_check(tight, rng, (2, 9, 100), 3, 5, 2, n=3, cols_limit=200_000)
+    assert conv._chunks(3) == [(0, 1), (1, 1), (2, 1)]
 
 
 @big
