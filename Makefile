@@ -1,15 +1,15 @@
-# The two commands of the README:
+# The two commands of the README (.ci/run runs the second):
 #   make demo   install what is missing, train a compressed LeNet-300-100 on Fashion-MNIST, print its report
-#   make test   install what is missing (test extras too), run the test suite
-# and CI's second one (.ci/run), docs/PORTABILITY.md:
-#   make test-drivers   install Mesa rusticl, Intel's CPU runtime and Oclgrind; run the kernel and
-#                       layer tests on the first two and the kernel tests under Oclgrind's checks
+#   make test   install what is missing (test extras too), run the test suite (make test-suite), then
+#               the other OpenCL drivers (make test-drivers, docs/PORTABILITY.md): install Mesa rusticl,
+#               Intel's CPU runtime and Oclgrind; run the kernel and layer tests on the first two and
+#               the kernel tests under Oclgrind's checks
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip -q --disable-pip-version-check
 
-.PHONY: demo test data runtime-deps venv venv-test clean drivers test-drivers
+.PHONY: demo test test-suite data runtime-deps venv venv-test clean drivers test-drivers
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,7 +49,9 @@ runtime-deps:
 demo: venv data
 	$(BIN)/proxcl demo
 
-test: venv-test data runtime-deps
+test: test-suite test-drivers
+
+test-suite: venv-test data runtime-deps
 	$(BIN)/python -m pytest -q
 
 # The other OpenCL drivers (docs/PORTABILITY.md): Debian's mesa-opencl-icd (rusticl, on llvmpipe with
