@@ -78,3 +78,25 @@ def test_help_names_the_large_benchmark():
     import sys
     r = subprocess.run([sys.executable, "-m", "proxcl", "bench", "kernels", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "--large" in r.stdout and "SDDMM" in r.stdout
+
+
+def test_cli_large_writes_its_json(dev, tmp_path, monkeypatch):
+    """The command as a user runs it: the table, the legend and a JSON file with every row."""
+    import json
+
+    from proxcl.cli import main
+    monkeypatch.setattr(large, "BAR_CASES", [((64, 48), 40, 0.1), ((40, 64), 200, 0.05)])
+    monkeypatch.setenv("PROXCL_DEVICE", dev.spec or "")
+    path = tmp_path / "large.json"
+    assert main(["bench", "kernels", "--large", "--quick", "--json", str(path)]) == 0
+    result = json.loads(path.read_text())
+    assert result["benchmark"] == "kernels-large" and "host_after" in result
+    assert [r["op"] for r in result["rows"]] == ["W @ X", "W.T @ D", "sddmm", "gemm"] * 2
+    assert all(r["rel_err"] < 1e-5 for r in result["rows"])
+    assert all(r["bar"] for r in result["rows"] if r["op"] != "gemm")     # the dense bar: 4096² x 1024 only
+
+
+def test_check_columns_reach_every_segment():
+    cols = large._check_columns(1024)
+    assert cols[0] == 0 and cols[-1] == 1023 and len(cols) >= large.CHECK
+    assert len({c // 128 for c in cols}) >= 6          # several 128-column segments, not only the first

@@ -3,7 +3,7 @@ training step and the dense GEMM on layers of thousands of rows, against torch.
 
 Per weight shape W [m, k], batch width n and density d, four operations, each through
 proxcl's public API and through torch on the same device kind (CUDA on a GPU device, the CPU
-otherwise):
+on a CPU device; no peer when torch is missing or has no CUDA for a GPU device):
 
 * ``W @ X``     SpMM, X [k, n]               peer: torch CSR @ dense (cuSPARSE on CUDA)
 * ``W.T @ D``   transposed SpMM, D [m, n]    peer: the CSR tensor's transpose @ dense
@@ -11,8 +11,9 @@ otherwise):
 * ``gemm``      proxcl's dense product of the same W            peer: torch.mm (cuBLAS on CUDA)
 
 Clocks: **dev** is the summed OpenCL profiling events of one call; **api** and **out=** are
-the host clock per call with ``CALLS`` calls queued back to back and one wait, through the
-public call that allocates its result and through the ``out=`` form; **peer** is the same
+the host clock per call with ``CALLS`` calls (fewer when they are slow) queued back to back
+and one wait, through the public call that allocates its result and through the ``out=``
+form; **peer** is the same
 back-to-back host clock for torch's call (which allocates its result too).  **vs peer** is
 peer / api: > 1 when proxcl is faster.
 
@@ -37,13 +38,13 @@ from ..ops import HostCSR
 from ..ops.probe import cache_bandwidth
 from ..ops.sparse import index_dtype
 from ..runtime import Device
-from .kernels import random_csr_arrays
+from ..sparse_init import random_support
 from .timing import SETTLE_S, copy_bandwidth, machine_info, time_opencl
 
-# The shapes of docs/PERFORMANCE.md's large-layer bars: (m, k), n
+# Layer shapes (m, k) and batch widths n: those of docs/PERFORMANCE.md's large-layer bars
 SHAPES = [((4096, 4096), 1024), ((16384, 4096), 256), ((4096, 16384), 2048), ((8192, 8192), 64)]
 DENSITIES = [0.005, 0.01, 0.02, 0.05, 0.1]
-# The cases the bars are set on: ((m, k), n, density)
+# The cases those bars are set on, bold in the table (--quick runs only these): ((m, k), n, density)
 BAR_CASES = [((4096, 4096), 1024, 0.01), ((4096, 4096), 1024, 0.05), ((16384, 4096), 256, 0.01),
              ((4096, 16384), 2048, 0.02), ((8192, 8192), 64, 0.01)]
 CALLS = 20
@@ -53,13 +54,18 @@ PEER = {"W @ X": "torch CSR @ X", "W.T @ D": "torch CSR.t() @ D", "sddmm": "torc
         "gemm": "torch.mm"}
 
 
-def _pipelined_ms(fn, sync, calls: int = CALLS, repeat: int = 5) -> float:
+def _pipelined_ms(fn, sync, calls: int = CALLS, repeat: int = 5, budget_s: float = 2.0) -> float:
     """Host milliseconds per call, ``calls`` calls back to back and one ``sync()``; median of
-    ``repeat`` batches after one warm-up batch."""
+    ``repeat`` batches after a warm-up call.  Fewer calls per batch (down to one) when the
+    batches would take more than ``budget_s`` in all."""
     time.sleep(SETTLE_S)
-    for _ in range(2):
-        fn()
+    fn()
     sync()
+    t0 = time.perf_counter()
+    fn()
+    sync()
+    first = time.perf_counter() - t0
+    calls = max(1, min(calls, int(budget_s / max(first, 1e-9) / repeat)))
     per_call = []
     for _ in range(repeat):
         t0 = time.perf_counter()
@@ -83,7 +89,8 @@ def floor_bytes(op: str, m: int, k: int, n: int, nnz: int, idx_bytes: int) -> tu
 
 
 class _Peer:
-    """torch on the device kind (CUDA for a GPU device when available, else the CPU)."""
+    """torch on the device kind: CUDA for a GPU device, the CPU for a CPU device; none (``torch``
+    None) without torch, or for a GPU device when torch has no CUDA."""
 
     def __init__(self, dev: Device):
         try:
@@ -93,6 +100,9 @@ class _Peer:
             return
         self.torch = torch
         self.cuda = (not dev.is_cpu) and torch.cuda.is_available()
+        if not dev.is_cpu and not self.cuda:
+            self.torch = None
+            return
         self.where = f"CUDA {torch.cuda.get_device_name()}" if self.cuda else \
             f"CPU, {torch.get_num_threads()} threads"
 
@@ -146,7 +156,8 @@ def run(device: str | None = None, *, quick: bool = False, shapes=None, densitie
               "calls": CALLS, "rows": []}
     log(f"device: {dev.platform_name} | {dev.name}  (copy {bw:.0f} GB/s, cache re-read {cbw:.0f} GB/s "
         f"on {csize >> 10} KiB)")
-    log(f"peer: torch {result['torch']} on {result['peer']}" if peer.torch else "peer: torch not installed")
+    log(f"peer: torch {result['torch']} on {result['peer']}" if peer.torch else
+        "peer: none (torch is not installed, or has no CUDA for this GPU device)")
     log(HEADER)
     rng = np.random.default_rng(seed)
     t_start = time.perf_counter()
@@ -158,12 +169,26 @@ def run(device: str | None = None, *, quick: bool = False, shapes=None, densitie
     log("")
     log(LEGEND)
     result["elapsed_s"] = time.perf_counter() - t_start
+    result["host_after"] = machine_info()
     return result
+
+
+def _csr_product(v64, out_idx, in_idx, size: int, a64) -> np.ndarray:
+    """float64 sum over entries e of v64[e] * a64[in_idx[e], :] into row out_idx[e] of a
+    [size, a64.shape[1]] result: W @ A with (out, in) = (rows, columns), W^T @ A swapped."""
+    return np.stack([np.bincount(out_idx, v64 * a64[in_idx, j], minlength=size)
+                     for j in range(a64.shape[1])], 1)
+
+
+def _check_columns(n: int) -> np.ndarray:
+    """CHECK columns spread over 0 .. n-1 (every vector lane and segment may differ)."""
+    return np.unique(np.r_[np.linspace(0, n - 1, CHECK).astype(int), n - 1])
 
 
 def _case(dev, peer, rng, shape, n, d, bw, cbw, gemm_done) -> list[dict]:
     (m, k) = shape
-    indptr, indices, data = random_csr_arrays(rng, m, k, d)
+    indptr, indices = random_support(rng, shape, round(d * m * k))
+    data = rng.standard_normal(indices.size).astype(np.float32)
     nnz = int(indices.size)
     x = rng.standard_normal((k, n)).astype(np.float32)
     dy = rng.standard_normal((m, n)).astype(np.float32)
@@ -171,20 +196,20 @@ def _case(dev, peer, rng, shape, n, d, bw, cbw, gemm_done) -> list[dict]:
     xd, dyd = dev.to_device(x), dev.to_device(dy)
     y, z, g = dev.empty((m, n)), dev.empty((k, n)), dev.empty((nnz,))
     wt = w.T
-    host = HostCSR(indptr, indices, data, shape).to_dense().astype(np.float64)
     idx_bytes = np.dtype(index_dtype(shape)).itemsize
-    # references in float64 on a sample: the first CHECK columns of the products, CHECK * 512
-    # entries of the SDDMM (the whole float64 products of the largest cases take minutes)
-    c = min(n, CHECK)
+    # float64 references from the CSR arrays, on a sample: CHECK columns spread over the batch,
+    # CHECK * 512 entries of the SDDMM (whole float64 products of the largest cases take minutes
+    # and a dense float64 W 512 MiB)
+    cols = _check_columns(n)
     ent = np.sort(rng.choice(nnz, size=min(nnz, CHECK * 512), replace=False)) if nnz else np.zeros(0, int)
-    rows_of = np.repeat(np.arange(m), np.diff(indptr))[ent]
-    x64, dy64 = x[:, :c].astype(np.float64), dy[:, :c].astype(np.float64)
-    calls = {"W @ X": (lambda: w @ xd, lambda: w.matmul(xd, out=y), lambda: y.get()[:, :c],
-                       lambda: host @ x64),
-             "W.T @ D": (lambda: wt @ dyd, lambda: w.matmul_t(dyd, out=z), lambda: z.get()[:, :c],
-                         lambda: host.T @ dy64),
+    rows = np.repeat(np.arange(m), np.diff(indptr))
+    v64, x64, dy64 = data.astype(np.float64), x[:, cols].astype(np.float64), dy[:, cols].astype(np.float64)
+    w_x = lambda: _csr_product(v64, rows, indices, m, x64)          # noqa: E731
+    calls = {"W @ X": (lambda: w @ xd, lambda: w.matmul(xd, out=y), lambda: y.get()[:, cols], w_x),
+             "W.T @ D": (lambda: wt @ dyd, lambda: w.matmul_t(dyd, out=z), lambda: z.get()[:, cols],
+                         lambda: _csr_product(v64, indices, rows, k, dy64)),
              "sddmm": (lambda: w.sddmm(dyd, xd), lambda: w.sddmm(dyd, xd, out=g), lambda: g.get()[ent],
-                       lambda: np.einsum("en,en->e", dy[rows_of].astype(np.float64),
+                       lambda: np.einsum("en,en->e", dy[rows[ent]].astype(np.float64),
                                          x[indices[ent]].astype(np.float64)))}
     tp = None
     if peer.torch is not None:
@@ -192,19 +217,19 @@ def _case(dev, peer, rng, shape, n, d, bw, cbw, gemm_done) -> list[dict]:
         txt = peer.tensor(x.T)
         tp = {"W @ X": lambda: tw @ tx, "W.T @ D": lambda: tw.t() @ tdy,
               "sddmm": lambda: peer.torch.sparse.sampled_addmm(tw, tdy, txt, beta=0.0)}
-    rows = []
+    out = []
     for op, (api, into, got, ref) in calls.items():
         tm = time_opencl(dev, into, repeat=10, budget_s=0.3)
         into()
-        rows.append(_row(op, m, k, n, d, nnz, idx_bytes, tm.device_ms,
+        out.append(_row(op, m, k, n, d, nnz, idx_bytes, tm.device_ms,
                          _pipelined_ms(api, dev.finish), _pipelined_ms(into, dev.finish),
                          peer.time(tp[op]) if tp else None, _rel_err(got(), ref()), bw, cbw))
     if (m, k, n) not in gemm_done:     # the dense product does not depend on the density
-        wf = host.astype(np.float32)
+        wf = HostCSR(indptr, indices, data, shape).to_dense().astype(np.float32, copy=False)
         wdd = dev.to_device(wf)
         tm = time_opencl(dev, lambda: ops.gemm(dev, wdd, xd, out=y), repeat=10, budget_s=0.3)
         ops.gemm(dev, wdd, xd, out=y)
-        err = _rel_err(y.get()[:, :c], host @ x64)
+        err = _rel_err(y.get()[:, cols], w_x())
         pt = None
         if peer.torch is not None:
             twd = peer.tensor(wf)
@@ -213,8 +238,8 @@ def _case(dev, peer, rng, shape, n, d, bw, cbw, gemm_done) -> list[dict]:
                                     _pipelined_ms(lambda: ops.gemm(dev, wdd, xd), dev.finish),
                                     _pipelined_ms(lambda: ops.gemm(dev, wdd, xd, out=y), dev.finish),
                                     pt, err, bw, cbw)
-        rows.append(gemm_done[(m, k, n)])
-    return rows
+        out.append(gemm_done[(m, k, n)])
+    return out
 
 
 def _row(op, m, k, n, d, nnz, idx_bytes, dev_ms, api_ms, out_ms, peer_ms, err, bw, cbw) -> dict:
@@ -235,7 +260,7 @@ HEADER = ("| op | W | n | dens | nnz | dev | api | out= | peer | vs peer | floor
 LEGEND = "\n".join([
     "Times in ms.  W @ X: SpMM; W.T @ D: transposed SpMM; sddmm: (D X^T) on W's support; gemm: dense W X.",
     "  dev      summed OpenCL profiling events of one call",
-    f"  api      host clock per call, {CALLS} public calls (each allocating its result) queued back to back",
+    f"  api      host clock per call, {CALLS} public calls (fewer when slow; each allocating its result) queued back to back",
     "  out=     the same with the result array given",
     "  peer     torch's call, timed like api (torch CSR @ X, CSR.t() @ D, sparse.sampled_addmm, torch.mm)",
     "  vs peer  peer / api (> 1: proxcl is faster)",

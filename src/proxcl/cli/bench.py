@@ -30,13 +30,14 @@ def add_parser(sub) -> None:
                                     "1024 columns:\nproxcl's CSR SpMM and dense GEMM against numpy dense, "
                                     "scipy CSR, torch dense and CSR (CPU device)\nor torch CUDA dense and "
                                     "CSR (GPU device). Prints one markdown table, explained under it:\n\n"
-                                    + legend())
+                                    + legend() + "\n\nWith --large, a second benchmark with its own table and legend.")
     k.add_argument("--device", default=None, help="OpenCL device spec (default: $PROXCL_DEVICE)")
     k.add_argument("--json", metavar="PATH", default=None, help="also write the results as JSON")
     k.add_argument("--repeat", type=int, default=30,
-                   help="most timed repetitions per measurement (fewer when one is slow; default 30)")
+                   help="most timed repetitions per measurement (fewer when one is slow; default 30; "
+                        "not with --large, whose repetitions follow a time budget)")
     k.add_argument("--quick", action="store_true", help="two shapes, one batch width, two densities "
-                   "(with --large: only the five cases the large-layer bars are set on)")
+                   "(with --large: only the five cases the large-layer bars of docs/PERFORMANCE.md are set on)")
     k.add_argument("--large", action="store_true",
                    help="a second benchmark instead: layers of 4096-16384 rows at 0.5-10 %% density and "
                         "batch 64-2048, with the transposed SpMM, SDDMM and dense GEMM as well, against torch "

@@ -1,4 +1,4 @@
-/* Probes of the device, for the benchmarks' floors (host module: proxcl/bench/large.py). */
+/* Probes of the device, for the benchmarks' floors (host module: proxcl/ops/probe.py). */
 
 /* Re-read a buffer small enough to stay in the device's caches: work-item g reads ROUNDS
  * vectors of VEC floats of src (nv of them), into four independent sums so that the adds do
