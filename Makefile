@@ -81,7 +81,7 @@ PYTEST := OCL_ICD_VENDORS=$(VENDORS) $(BIN)/python -m pytest -q -p no:cacheprovi
 test-drivers: drivers
 	RUSTICL_ENABLE=llvmpipe PROXCL_DEVICE=rusticl $(PYTEST) $(KERNEL_TESTS) tests/test_layers.py
 	PROXCL_DEVICE=intel $(PYTEST) $(KERNEL_TESTS) tests/test_layers.py
-	RUSTICL_ENABLE=llvmpipe $(PYTEST) tests/test_runtime.py
+	env -u PROXCL_DEVICE RUSTICL_ENABLE=llvmpipe $(PYTEST) tests/test_runtime.py
 	PROXCL_DEVICE=oclgrind OCLGRIND_DATA_RACES=1 OCLGRIND_CHECK_API=1 $(PYTEST) -n 2 -m "not big" $(KERNEL_TESTS)
 
 clean:
