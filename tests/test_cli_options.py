@@ -82,8 +82,12 @@ def test_negative_values_reach_their_own_check(capsys, args, line, tmp_path):
                                                         "'prox-adam'"),
     (("--method", "gmp", "--optimizer", "prox-sgd"), "method gmp trains dense with sgd or adam, not 'prox-sgd'"),
     (("--optimizer", "adam"), "method proximal needs a proximal optimizer (prox-sgd, prox-adam, rda), got 'adam'"),
-    (("--method", "dense", "--target-density", 0.1), "--target-density applies only to --method proximal, "
-                                                     "magnitude or gmp; this run is --method dense with sgd"),
+    (("--method", "dense", "--target-density", 0.1), "--target-density applies only to --method proximal with "
+                                                     "prox-sgd or prox-adam (rda: use --l1), magnitude or gmp; "
+                                                     "this run is --method dense with sgd"),
+    (("--optimizer", "rda", "--target-density", 0.01), "--target-density applies only to --method proximal with "
+                                                       "prox-sgd or prox-adam (rda: use --l1), magnitude or "
+                                                       "gmp; this run is --method proximal with rda"),
     (("--method", "dense", "--debias-epochs", 3), "--debias-epochs applies only to --method proximal, magnitude "
                                                   "or gmp; this run is --method dense with sgd"),
     (("--method", "gmp", "--l1", 1e-4), "--l1 applies only to --method proximal; this run is --method gmp "

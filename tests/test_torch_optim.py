@@ -197,8 +197,9 @@ def test_state_dict_resumes_exactly(rng, kind):
 
     def run(stop=None, resume=None):
         params = {n: torch.nn.Parameter(torch.from_numpy(v.copy())) for n, v in init.items()}
-        opt = cls(list(params.items()), reweight_eps=0.03, switch_density=1.0, target_density=0.5,
-                  density_ramp=20, **{**hyper, "l1": max(hyper["l1"], 1e-3)})
+        target = {} if kind == "rda" else dict(target_density=0.5, density_ramp=20)     # rda: refused
+        opt = cls(list(params.items()), reweight_eps=0.03, switch_density=1.0, **target,
+                  **{**hyper, "l1": max(hyper["l1"], 1e-3)})
         start = 0
         if resume is not None:
             values, state, start = resume
@@ -239,6 +240,7 @@ def _roundtrip(obj):
     (lambda p: pt.ProxSGD(p, lr=0.1, reweight_eps=-0.1), "eps"),
     (lambda p: pt.ProxSGD(p, lr=0.1, l1=1e-3, target_density=0.1), "density_ramp"),
     (lambda p: pt.ProxSGD(p, lr=0.1, l1=1e-3, target_density=1.5, density_ramp=10), "target density"),
+    (lambda p: pt.RDA(p, l1=1e-3, target_density=0.1, density_ramp=10), "RDA: target_density is not supported"),
     (lambda p: pt.ProxSGD([t for _, t in p], lr=0.1, l1_factors={"fc1": 2}), "named_parameters"),
     (lambda p: pt.ProxSGD(p, lr=0.1, l1_factors={"fc9": 2}), "fc9"),
 ])

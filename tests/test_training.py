@@ -215,6 +215,8 @@ def test_magnitude_prune_keeps_the_largest(dev, scope):
     (dict(init_density=0.05, target_density=0.1), "above --init-density"),
     (dict(regrow="sideways"), "regrow must be"),
     (dict(regrow="random", regrow_fraction=0.0), "regrow-fraction"),
+    (dict(optimizer="rda", target_density=0.01), "--target-density applies only to --method proximal with "
+                                                 "prox-sgd or prox-adam"),
 ])
 def test_bad_configuration_is_one_clear_error(kw, msg):
     with pytest.raises(TrainingError, match=msg):

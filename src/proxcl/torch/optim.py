@@ -15,7 +15,8 @@ What proxcl's training loop does around its optimizer is here too:
 
 * ``reweight_eps``: reweighted l1, every threshold times ``c / (|w| + eps c)`` with c the mean
   nonzero magnitude of the layer, measured at its first step and again at every ``end_epoch()``;
-* ``target_density`` (with ``density_ramp``, in steps): lambda is adapted every 10 steps of an
+* ``target_density`` (with ``density_ramp``, in steps; ProxSGD and ProxAdam, not RDA, as in
+  proxcl's training): lambda is adapted every 10 steps of an
   epoch by :class:`proxcl.schedules.DensityController` so that the share of nonzero weights
   follows the cubic path down to the target; when it stops shrinking, today's zeros are frozen;
   ``end_epoch(final=True)`` cuts the weights to exactly ``round(target x weights)``;
@@ -96,6 +97,9 @@ class _Proximal(torch.optim.Optimizer):
         self.switch_density = number("switch density", switch_density, 0.0, 1.0)
         self.controller = None
         if target_density is not None:
+            if self.kind == "rda":
+                raise InputError("RDA: target_density is not supported (RDA recomputes every weight from "
+                                 "its averaged gradient, so lambda moves the density at once); give l1")
             if density_ramp is None:
                 raise InputError("target_density needs density_ramp: the steps over which to reach it")
             self.controller = DensityController(target_density, self.defaults["l1"],
