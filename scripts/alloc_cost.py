@@ -8,13 +8,12 @@ Without --large: the bar shape of docs/PERFORMANCE.md (500x800 at 5 %, X 800x256
 also the shapes of issue 11 (4096x4096 x 4096x1024 at 1 and 5 %, 16384x4096 x 4096x256 at 1 %,
 4096x16384 x 16384x2048 at 2 %, 8192x8192 x 8192x64 at 1 %).
 """
-import statistics
 import sys
-import time
 
 import numpy as np
 
 import proxcl
+from proxcl.bench.timing import time_pipelined
 from proxcl.sparse_init import random_support
 
 SHAPES = [((500, 800), 256, 0.05)]
@@ -24,16 +23,7 @@ CALLS = 50
 
 
 def per_call_ms(dev, fn) -> float:
-    fn()
-    dev.finish()
-    times = []
-    for _ in range(7):
-        t0 = time.perf_counter()
-        for _ in range(CALLS):
-            fn()
-        dev.finish()
-        times.append((time.perf_counter() - t0) / CALLS * 1e3)
-    return statistics.median(times)
+    return time_pipelined(dev, fn, calls=CALLS, repeat=7)
 
 
 def main() -> int:

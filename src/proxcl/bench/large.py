@@ -27,7 +27,6 @@ buffer that stays in them (``probe.cl``'s reread).  The floor is the larger of t
 
 from __future__ import annotations
 
-import statistics
 import time
 import warnings
 
@@ -39,7 +38,7 @@ from ..ops.probe import cache_bandwidth
 from ..ops.sparse import index_dtype
 from ..runtime import Device
 from ..sparse_init import random_support
-from .timing import SETTLE_S, copy_bandwidth, machine_info, time_opencl
+from .timing import SETTLE_S, copy_bandwidth, machine_info, time_opencl, time_pipelined
 
 # Layer shapes (m, k) and batch widths n: those of docs/PERFORMANCE.md's large-layer bars
 SHAPES = [((4096, 4096), 1024), ((16384, 4096), 256), ((4096, 16384), 2048), ((8192, 8192), 64)]
@@ -54,26 +53,11 @@ PEER = {"W @ X": "torch CSR @ X", "W.T @ D": "torch CSR.t() @ D", "sddmm": "torc
         "gemm": "torch.mm"}
 
 
-def _pipelined_ms(fn, sync, calls: int = CALLS, repeat: int = 5, budget_s: float = 2.0) -> float:
-    """Host milliseconds per call, ``calls`` calls back to back and one ``sync()``; median of
-    ``repeat`` batches after a warm-up call.  Fewer calls per batch (down to one) when the
-    batches would take more than ``budget_s`` in all."""
+def _pipelined_ms(fn, sync) -> float:
+    """time_pipelined with CALLS calls per batch within a 2 s budget, after the pause that lets
+    the library timed before it (torch's threads, PoCL's) go quiet."""
     time.sleep(SETTLE_S)
-    fn()
-    sync()
-    t0 = time.perf_counter()
-    fn()
-    sync()
-    first = time.perf_counter() - t0
-    calls = max(1, min(calls, int(budget_s / max(first, 1e-9) / repeat)))
-    per_call = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        sync()
-        per_call.append((time.perf_counter() - t0) * 1e3 / calls)
-    return statistics.median(per_call)
+    return time_pipelined(None, fn, calls=CALLS, sync=sync, budget_s=2.0)
 
 
 def floor_bytes(op: str, m: int, k: int, n: int, nnz: int, idx_bytes: int) -> tuple[int, int]:

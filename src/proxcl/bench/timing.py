@@ -102,18 +102,28 @@ def time_opencl(dev, fn, *, repeat: int = 50, warmup: int = 3, budget_s: float =
                   samples={"wall_ms": walls, "device_ms": devs})
 
 
-def time_pipelined(dev, fn, *, calls: int = 20, repeat: int = 5) -> float:
+def time_pipelined(dev, fn, *, calls: int = 20, repeat: int = 5, sync=None,
+                   budget_s: float | None = None) -> float:
     """Wall milliseconds per call when ``calls`` calls are enqueued back to back and waited
     for once (how a training loop sees a kernel: no host round trip per launch); median over
-    ``repeat`` batches."""
+    ``repeat`` batches after a warm-up call.  ``sync`` waits for the calls (default
+    ``dev.finish``; torch's synchronize for a CUDA peer, with ``dev`` None).  With ``budget_s``,
+    one more call is timed and the batches get fewer calls (down to one) when they would take
+    longer than that in all."""
+    sync = sync or dev.finish
     fn()
-    dev.finish()
+    sync()
+    if budget_s is not None:
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        calls = max(1, min(calls, int(budget_s / max(time.perf_counter() - t0, 1e-9) / repeat)))
     per_call = []
     for _ in range(repeat):
         t0 = time.perf_counter()
         for _ in range(calls):
             fn()
-        dev.finish()
+        sync()
         per_call.append((time.perf_counter() - t0) * 1e3 / calls)
     return statistics.median(per_call)
 
