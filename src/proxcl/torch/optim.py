@@ -97,9 +97,6 @@ class _Proximal(torch.optim.Optimizer):
         self.switch_density = number("switch density", switch_density, 0.0, 1.0)
         self.controller = None
         if target_density is not None:
-            if self.kind == "rda":
-                raise InputError("RDA: target_density is not supported (RDA recomputes every weight from "
-                                 "its averaged gradient, so lambda moves the density at once); give l1")
             if density_ramp is None:
                 raise InputError("target_density needs density_ramp: the steps over which to reach it")
             self.controller = DensityController(target_density, self.defaults["l1"],
@@ -358,6 +355,9 @@ class RDA(_Proximal):
 
     def __init__(self, params, l1=0.0, gamma=1.0, lr=1.0, *, l1_factors=None, reweight_eps=None,
                  target_density=None, density_ramp=None, switch_density=0.5):
+        if target_density is not None:
+            raise InputError("RDA: target_density is not supported (RDA recomputes every weight from "
+                             "its averaged gradient, so lambda moves the density at once); give l1")
         super().__init__(params, {"lr": lr, "l1": l1, "gamma": gamma}, l1_factors=l1_factors,
                          reweight_eps=reweight_eps, target_density=target_density,
                          density_ramp=density_ramp, switch_density=switch_density)
