@@ -64,14 +64,24 @@ def monkeypatch_module():
     mp.undo()
 
 
-@pytest.fixture(scope="module", params=["cpu", "gpu"])
+# The GPU form with its tiled GEMM (gemm_tile) taken at every size, with tiles small enough that
+# test shapes span several tiles, steps of BK and partial edges.
+TILED = {"gemm_tile": (4, 4, 4, 4, 4), "tile_groups_pct": 0}
+
+
+@pytest.fixture(scope="module", params=["cpu", "gpu", "gpu-tiled"])
 def kdev(request, dev, monkeypatch_module):
-    """The test device running the CPU kernel forms, then the GPU forms (PROXCL_TUNING), so both
-    families of kernels are checked on whatever device the tests have."""
+    """The test device running the CPU kernel forms, then the GPU forms (PROXCL_TUNING), then the
+    GPU forms with the tiled GEMM everywhere (TILED), so every family of kernels is checked on
+    whatever device the tests have."""
+    import dataclasses
     import proxcl
-    monkeypatch_module.setenv("PROXCL_TUNING", request.param)
+    form = request.param.split("-")[0]
+    monkeypatch_module.setenv("PROXCL_TUNING", form)
     d = proxcl.Device(dev.spec)
-    assert d.tuning["kind"] == request.param
+    assert d.tuning["kind"] == form
+    if request.param == "gpu-tiled":
+        d.tuning = dataclasses.replace(d.tuning, **TILED)
     monkeypatch_module.delenv("PROXCL_TUNING")
     return d
 

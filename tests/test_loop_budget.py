@@ -344,3 +344,28 @@ def test_linear_layer_under_the_budget(tight, rng, sparse):
     assert rel_err(y, yt) < TOL and rel_err(dx, dxt) < TOL
     assert rel_err(layer.weight.grad_numpy(), dwt * (w != 0)) < TOL
     assert rel_err(layer.bias.grad_numpy(), dbt) < TOL
+
+
+# ---- the tiled GPU forms: their own loop counts ------------------------------------------
+
+@pytest.fixture(scope="module")
+def tight_tiled(dev):
+    """The GPU form with the tiled kernels at every size (conftest.TILED) and a budget of 256."""
+    import dataclasses
+    import proxcl
+    from conftest import TIGHT, TILED
+    from proxcl.tuning import FORMS
+    d = proxcl.Device(dev.spec)
+    d.tuning = dataclasses.replace(FORMS["gpu"], **TILED, **TIGHT)
+    return d
+
+
+@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True)])
+def test_gemm_tile_slices_of_k(tight_tiled, rng, trans_a, trans_b):
+    """A work-item of gemm_tile loops 21 times per step of BK = 4 (its 48 K values fit the budget of
+    256): K = 300 takes 7 slices, K = 40 none."""
+    for epilogue in (False, True):
+        names = gemm_check(tight_tiled, rng, 21, 18, 300, trans_a, trans_b, epilogue)
+        assert "gemm_tile" in names and "gemm_sum_slices" in names, names
+    assert "gemm_sum_slices" not in gemm_check(tight_tiled, rng, 21, 18, 40, False, False, True)
+

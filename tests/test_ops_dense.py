@@ -183,3 +183,33 @@ def test_bad_shapes_raise_value_errors(dev, rng):
         soft_threshold(dev, randn(rng, 5), 0.1, out=dev.empty((4,)))
     with pytest.raises(ValueError, match="out"):
         transpose(dev, randn(rng, 3, 4), out=dev.empty((3, 4)))
+
+
+def test_tiled_gemm_runs_where_it_makes_enough_work_groups(dev, rng):
+    """gemm_tile in the GPU form where its BM x BN blocks number at least tile_groups_pct % of the
+    compute units (4 units here), with TM and TN halved from 8 to 4 where that is needed, and C is
+    at least the halved block on both sides; the untiled gemm elsewhere; the CPU form never tiles."""
+    import dataclasses
+    import proxcl
+    from proxcl.tuning import FORMS
+    d = proxcl.Device(dev.spec)
+    d.__dict__["compute_units"] = 4
+
+    def kernels(M=40, N=50, **tuning):
+        a, b = randn(rng, M, 30), randn(rng, 30, N)
+        d.tuning = dataclasses.replace(FORMS[tuning.pop("form", "gpu")], **tuning)
+        with d.record_launches() as launches:
+            got = gemm(d, a, b)
+        assert rel_err(got.get(), a.astype(np.float64) @ b) < TOL
+        return {name for name, _ in launches}
+
+    # 32 x 32 blocks: 2 x 2 = 4 work-groups; 16 x 16 with TM = TN = 4: 3 x 4 = 12
+    tile = dict(gemm_tile=(4, 4, 8, 8, 4))
+    assert "gemm_tile" in kernels(**tile, tile_groups_pct=100)
+    assert "gemm_tile" in kernels(**tile, tile_groups_pct=300)
+    assert kernels(**tile, tile_groups_pct=301) == {"gemm"}
+    assert kernels(gemm_tile=(4, 4, 4, 4, 4), tile_groups_pct=300) == {"gemm_tile"}
+    assert kernels(M=15, **tile, tile_groups_pct=0) == {"gemm"}       # fewer rows than LY * 4
+    assert kernels(N=15, **tile, tile_groups_pct=0) == {"gemm"}
+    assert kernels(gemm_tile=(0, 0, 0, 0, 0), tile_groups_pct=0) == {"gemm"}
+    assert "gemm_tile" not in kernels(form="cpu", tile_groups_pct=0)

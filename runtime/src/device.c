@@ -218,6 +218,10 @@ proxcl_status px_device_open(px_device *dev, const char *spec, proxcl_error *err
     dev->platform = chosen.p;
     dev->device = chosen.d;
     dev->is_cpu = (chosen.type & CL_DEVICE_TYPE_CPU) != 0;
+    cl_uint cus = 0;
+    if (px_cl.GetDeviceInfo(chosen.d, CL_DEVICE_MAX_COMPUTE_UNITS, sizeof cus, &cus, NULL) != CL_SUCCESS || !cus)
+        cus = 1;
+    dev->compute_units = (int)cus;
     PX_TRY(choose_tuning(dev, err));
     char pn[120], dn[120];
     info_str(chosen.p, NULL, CL_PLATFORM_NAME, pn, sizeof pn);

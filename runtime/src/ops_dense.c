@@ -97,6 +97,45 @@ static proxcl_status gemm_columns(px_device *dev, cl_mem a, cl_mem b, cl_mem out
     return sum_and_release(dev, s, &part, slices, out, M, N, bias, relu, err);
 }
 
+/* Tiled GPU form (ops.dense._gemm_tiled): where its work-groups number at least tile_groups_pct % of
+ * the compute units, with TM and TN halved from 8 to 4 where that is needed, and C has at least
+ * LY*4 rows and LX*4 columns; slices of K where a work-item's loops would pass loop_max.
+ * *done = 0 (nothing launched) elsewhere. */
+static proxcl_status gemm_tiled(px_device *dev, cl_mem a, cl_mem b, cl_mem out, int M, int N, int K, int trans_a,
+                                cl_mem bias, int relu, int *done, proxcl_error *err)
+{
+    const px_tuning *t = dev->t;
+    const int lx = t->gemm_tile[0], ly = t->gemm_tile[1], bk = t->gemm_tile[4];
+    int tm = t->gemm_tile[2], tn = t->gemm_tile[3];
+    long gx, gy;
+    *done = 0;
+    if (!lx || M < 4 * ly || N < 4 * lx) return PROXCL_OK;
+    for (;;) {
+        gx = (N + lx * tn - 1) / (lx * tn), gy = (M + ly * tm - 1) / (ly * tm);
+        if (100 * gx * gy >= (long)t->tile_groups_pct * dev->compute_units) break;
+        if (tm < 8 || tn < 8) return PROXCL_OK;
+        tm /= 2, tn /= 2;
+    }
+    const int per_step = 2 * (ly * tm * bk + bk * lx * tn) / (lx * ly) + bk + 1;
+    int steps = t->loop_max / per_step;
+    if (steps < 1) steps = 1;
+    const int max_slice = steps * bk, slices = (K + max_slice - 1) / max_slice, ks = (K + slices - 1) / slices;
+    px_define defs[] = {{"BK", bk}, {"LX", lx}, {"LY", ly}, {"TM", tm}, {"TN", tn}, {"TRANS_A", trans_a}};
+    px_kernel *k;
+    PX_TRY(px_kernel_get(dev, FILE_, "gemm_tile", defs, 6, &k, err));
+    size_t g[3] = {(size_t)(gx * lx), (size_t)(gy * ly), (size_t)slices}, l[3] = {(size_t)lx, (size_t)ly, 1};
+    *done = 1;
+    if (slices == 1) {
+        px_arg args[] = {PX_I(M), PX_I(N), PX_I(K), PX_M(a), PX_M(b), PX_M(out), PX_M(bias), PX_I(relu), PX_I(K)};
+        return px_launch(dev, k, 3, g, l, args, 9, err);
+    }
+    cl_mem part;
+    PX_TRY(px_buffer(dev, (size_t)slices * M * N * sizeof(float), &part, err));
+    px_arg args[] = {PX_I(M), PX_I(N), PX_I(K), PX_M(a), PX_M(b), PX_M(part), PX_M(NULL), PX_I(0), PX_I(ks)};
+    proxcl_status s = px_launch(dev, k, 3, g, l, args, 9, err);
+    return sum_and_release(dev, s, &part, slices, out, M, N, bias, relu, err);
+}
+
 /* C[M, N] = op(a)[M, K] b[K, N] (+ bias) (ReLU): a is [M, K], or [K, M] with trans_a. */
 proxcl_status px_gemm(px_device *dev, cl_mem a, cl_mem b, cl_mem out, int M, int N, int K, int trans_a,
                       cl_mem bias, int relu, proxcl_error *err)
@@ -104,5 +143,8 @@ proxcl_status px_gemm(px_device *dev, cl_mem a, cl_mem b, cl_mem out, int M, int
     if (M == 0 || N == 0) return PROXCL_OK;
     if (K == 0) return px_fail(err, PROXCL_ERR_MODEL, "a product with an empty inner dimension");
     if (dev->t->gemm_nv) return gemm_blocks(dev, a, b, out, M, N, K, trans_a, bias, relu, err);
+    int done;
+    PX_TRY(gemm_tiled(dev, a, b, out, M, N, K, trans_a, bias, relu, &done, err));
+    if (done) return PROXCL_OK;
     return gemm_columns(dev, a, b, out, M, N, K, trans_a, bias, relu, err);
 }

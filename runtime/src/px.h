@@ -78,6 +78,7 @@ typedef struct px_device {
     cl_command_queue queue;
     char name[256];                                     /* "platform | device" */
     int is_cpu;
+    int compute_units;                                  /* CL_DEVICE_MAX_COMPUTE_UNITS (1 if unknown) */
     const px_tuning *t;                                 /* the kernel form's launch settings */
     px_kernel *kernels;                                 /* built kernels, a list */
     struct px_program *programs;                        /* built programs, a list */

@@ -34,9 +34,14 @@ class Tuning(Mapping):
     after 65,535 iterations in all, docs/PORTABILITY.md).
     dense.cl: ``gemm_*`` (``gemm_nv`` > 0 selects the CPU register-block form, ``gemm_nt_rn``
     > 0 the row-dot-product form of A B^T).
+    ``gemm_tile`` (LX, LY, TM, TN, BK of the tiled GPU form, gemm_tile; LX 0: off).
     csr.cl: ``spmm_*`` (``spmm_nv`` > 0: the CPU row-segment form, whose vectors are
     ``spmm_wide_vec`` wide when a whole number of segments spans the batch), ``sddmm_*`` (``sddmm_lanes``
     > 1: the GPU form with a reduction over lanes), ``scan_local``.
+    ``tile_groups_pct``: gemm_tile runs only where its work-groups number at least this percentage
+    of the compute units, with its register block halved (TM, TN 8 -> 4) where that takes it there,
+    and where both sides of C are at least its halved block (LY*4 rows, LX*4 columns); elsewhere
+    the untiled form keeps the units busy and wastes no work on padding.
     nn.cl: ``nn_rows`` (local size of the kernels that give a work-item one image row),
     ``nn_reduce`` (RL: work-group of a row sum), ``nn_softmax`` (XL: samples per softmax group).
     """
@@ -52,6 +57,7 @@ class Tuning(Mapping):
     gemm_local: tuple[int, int]
     gemm_nt_rm: int
     gemm_nt_rn: int
+    gemm_tile: tuple[int, int, int, int, int]
     spmm_vec: int
     spmm_wide_vec: int
     spmm_nv: int
@@ -62,6 +68,7 @@ class Tuning(Mapping):
     sddmm_epw: int
     sddmm_group: int
     scan_local: int
+    tile_groups_pct: int
     nn_rows: int
     nn_reduce: int
     nn_softmax: int
@@ -90,9 +97,10 @@ _TABLE = {
     "vec": (8, 4), "ew_local": (64, 256), "aligned": (False, True), "loop_max": (32768, 32768),
     "gemm_rm": (6, 4), "gemm_vec": (8, 2), "gemm_nv": (2, 0), "gemm_rows": (4, 0),
     "gemm_local": ((4, 4), (32, 8)), "gemm_nt_rm": (3, 0), "gemm_nt_rn": (3, 0),
+    "gemm_tile": ((0, 0, 0, 0, 0), (16, 16, 8, 8, 8)),
     "spmm_vec": (8, 2), "spmm_wide_vec": (16, 0), "spmm_nv": (8, 0), "spmm_rows": (8, 0), "spmm_local": ((4, 4), (32, 8)),
     "sddmm_lanes": (1, 8), "sddmm_vec": (8, 4), "sddmm_epw": (4, 1), "sddmm_group": (16, 16),
-    "scan_local": (256, 256),
+    "scan_local": (256, 256), "tile_groups_pct": (0, 50),
     "nn_rows": (8, 64), "nn_reduce": (64, 256), "nn_softmax": (64, 64),
 }
 FORMS = {kind: Tuning(kind=kind, **{k: v[i] for k, v in _TABLE.items()})

@@ -76,6 +76,112 @@ void gemm(const int M, const int N, const int K,
     }
 }
 
+/* ---- GEMM, tiled GPU form: tiles of A and B reused through local memory ----
+ * Work-group (LX, LY) computes a BM x BN block of C (BM = LY*TM, BN = LX*TN); per step of BK
+ * values of k it stages A[BM, BK] (transposed, so that a work-item's rows are contiguous) and
+ * B[BK, BN] in local memory, and every work-item adds a TM x TN outer-product block in registers.
+ * The next step's elements are loaded into registers while this step computes.
+ * Work-item (x, y): rows i0 + y*4 + LY*4*a + r and columns c0 + x*4 + LX*4*b + c
+ * (a < TM/4, b < TN/4, r, c < 4), so that its local loads are float4 and neighbours' loads are
+ * contiguous.  Elements past M, N or K load as zeros; stores are guarded.  Each C element
+ * adds its k terms in order, one multiply-add at a time (as gemm does).  Split-K as in gemm
+ * (KS, slice z = group z).  Local memory: 4*BK*(BM + 4 + BN) bytes.  Loops per work-item and
+ * step: 2 * (GT_NA + GT_NB) + BK + 1.  O(M N K). */
+#ifndef TM
+#define TM 8
+#endif
+#ifndef TN
+#define TN 8
+#endif
+#ifndef BK
+#define BK 16
+#endif
+#define GT_BM (LY * TM)
+#define GT_BN (LX * TN)
+#define GT_ALD (GT_BM + 4)                       /* A tile's row stride: spreads a row's stores */
+#define GT_NA ((GT_BM * BK) / (LX * LY))         /* A elements a work-item stages per step */
+#define GT_NB ((BK * GT_BN) / (LX * LY))         /* B elements */
+#if TRANS_A
+#define GT_A_RK(e) const int kk = (e) / GT_BM, r = (e) % GT_BM   /* A stored [K, M]: along M */
+#else
+#define GT_A_RK(e) const int r = (e) / BK, kk = (e) % BK         /* A stored [M, K]: along K */
+#endif
+
+__kernel __attribute__((reqd_work_group_size(LX, LY, 1)))
+void gemm_tile(const int M, const int N, const int K,
+               __global const float *restrict A, __global const float *restrict B,
+               __global float *restrict C, __global const float *restrict bias, const int relu,
+               const int KS)
+{
+    __local float4 As4[BK * GT_ALD / 4];
+    __local float4 Bs4[BK * GT_BN / 4];
+    __local float *As = (__local float *)As4;
+    __local float *Bs = (__local float *)Bs4;
+    const int x = get_local_id(0), y = get_local_id(1);
+    const int tid = y * LX + x;
+    const int i0 = get_group_id(1) * GT_BM, c0 = get_group_id(0) * GT_BN;
+    const int KK = PX_MIN(KS, K - (int)get_group_id(2) * KS);
+    GEMM_SLICE(get_group_id(2), get_group_id(2) * KS);
+    float4 acc[TM][TN / 4];
+    _Pragma("unroll") for (int r = 0; r < TM; ++r)
+        _Pragma("unroll") for (int b = 0; b < TN / 4; ++b) acc[r][b] = (float4)(0.0f);
+    float ra[GT_NA], rb[GT_NB];
+#define GT_FETCH(kb)                                                                           \
+    _Pragma("unroll") for (int q = 0; q < GT_NA; ++q) {                                        \
+        GT_A_RK(tid + q * LX * LY);                                                            \
+        const int i = i0 + r, kq = (kb) + kk;                                                  \
+        ra[q] = (i < M && kq < KK) ? A_AT(i, kq) : 0.0f;                                       \
+    }                                                                                          \
+    _Pragma("unroll") for (int q = 0; q < GT_NB; ++q) {                                        \
+        const int e = tid + q * LX * LY, kq = (kb) + e / GT_BN, j = c0 + e % GT_BN;            \
+        rb[q] = (kq < KK && j < N) ? B[(size_t)kq * N + j] : 0.0f;                             \
+    }
+    GT_FETCH(0)
+    for (int kb = 0; kb < KK; kb += BK) {
+        barrier(CLK_LOCAL_MEM_FENCE);
+        _Pragma("unroll") for (int q = 0; q < GT_NA; ++q) {
+            GT_A_RK(tid + q * LX * LY);
+            As[kk * GT_ALD + r] = ra[q];
+        }
+        _Pragma("unroll") for (int q = 0; q < GT_NB; ++q) Bs[tid + q * LX * LY] = rb[q];
+        barrier(CLK_LOCAL_MEM_FENCE);
+        if (kb + BK < KK) { GT_FETCH(kb + BK) }
+        _Pragma("unroll") for (int kk = 0; kk < BK; ++kk) {
+            float4 av[TM / 4], bv[TN / 4];
+            _Pragma("unroll") for (int a = 0; a < TM / 4; ++a) av[a] = As4[(kk * GT_ALD + a * LY * 4) / 4 + y];
+            _Pragma("unroll") for (int b = 0; b < TN / 4; ++b) bv[b] = Bs4[(kk * GT_BN + b * LX * 4) / 4 + x];
+            _Pragma("unroll") for (int a = 0; a < TM / 4; ++a) {
+                _Pragma("unroll") for (int b = 0; b < TN / 4; ++b) {
+                    acc[4 * a + 0][b] += (float4)(av[a].s0) * bv[b];
+                    acc[4 * a + 1][b] += (float4)(av[a].s1) * bv[b];
+                    acc[4 * a + 2][b] += (float4)(av[a].s2) * bv[b];
+                    acc[4 * a + 3][b] += (float4)(av[a].s3) * bv[b];
+                }
+            }
+        }
+    }
+#undef GT_FETCH
+    _Pragma("unroll") for (int a = 0; a < TM / 4; ++a) {
+        _Pragma("unroll") for (int r = 0; r < 4; ++r) {
+            const int i = i0 + a * LY * 4 + y * 4 + r;
+            if (i >= M) continue;
+            const float bi = bias ? bias[i] : 0.0f;
+            _Pragma("unroll") for (int b = 0; b < TN / 4; ++b) {
+                const int j = c0 + b * LX * 4 + x * 4;
+                float4 v = acc[4 * a + r][b] + (float4)(bi);
+                if (relu) v = v > (float4)(0.0f) ? v : (float4)(0.0f);
+                __global float *c = C + (size_t)i * N + j;
+                if (j + 4 <= N) { c[0] = v.s0; c[1] = v.s1; c[2] = v.s2; c[3] = v.s3; }
+                else {
+                    if (j < N) c[0] = v.s0;
+                    if (j + 1 < N) c[1] = v.s1;
+                    if (j + 2 < N) c[2] = v.s2;
+                }
+            }
+        }
+    }
+}
+
 #ifndef NV
 #define NV 2
 #endif

@@ -74,7 +74,7 @@ def gemm(dev: Device, a, b, *, trans_a: bool = False, trans_b: bool = False,
         b = transpose(dev, b)
     if t.gemm_nv:
         _gemm_blocks(dev, t, a, b, out, bias, relu, trans_a)
-    else:
+    elif not _gemm_tiled(dev, t, a, b, out, bias, relu, trans_a):
         _gemm_columns(dev, t, a, b, out, bias, relu, trans_a)
     return out
 
@@ -130,6 +130,36 @@ def _gemm_columns(dev: Device, t, a, b, out, bias, relu, trans_a) -> None:
         part = dev.empty((slices, M, N))
         dev.launch(k, (gx, gy, slices), (lx, ly, 1), M, N, K, a, b, part, None, 0, ks)
         sum_slices(dev, part, out, bias=bias, relu=relu)
+
+
+def _gemm_tiled(dev: Device, t, a, b, out, bias, relu, trans_a) -> bool:
+    """Tiled GPU form (gemm_tile), where its work-groups number at least tile_groups_pct % of the
+    compute units, with the register block halved (TM, TN 8 -> 4) where that takes it there, and
+    C has at least LY*4 rows and LX*4 columns; False (nothing launched) elsewhere.  K is cut into
+    slices (split-K, added by sum_slices) where a work-item's loops over it would pass loop_max."""
+    lx, ly, tm, tn, bk = t.gemm_tile
+    (M, N), K = out.shape, b.shape[0]
+    if not lx or M < 4 * ly or N < 4 * lx:
+        return False
+    while True:
+        gx, gy = -(-N // (lx * tn)), -(-M // (ly * tm))
+        if 100 * gx * gy >= t.tile_groups_pct * dev.compute_units:
+            break
+        if tm < 8 or tn < 8:
+            return False
+        tm, tn = tm // 2, tn // 2
+    per_step = 2 * (ly * tm * bk + bk * lx * tn) // (lx * ly) + bk + 1   # loops per step of bk
+    slices = -(-K // (max(1, t.loop_max // per_step) * bk))
+    ks = -(-K // slices)
+    kern = dev.kernel(_FILE, "gemm_tile", LX=lx, LY=ly, TM=tm, TN=tn, BK=bk, TRANS_A=int(trans_a))
+    gsize, lsize = (gx * lx, gy * ly, slices), (lx, ly, 1)
+    if slices == 1:
+        dev.launch(kern, gsize, lsize, M, N, K, a, b, out, bias, int(relu), K)
+    else:
+        part = dev.empty((slices, M, N))
+        dev.launch(kern, gsize, lsize, M, N, K, a, b, part, None, 0, ks)
+        sum_slices(dev, part, out, bias=bias, relu=relu)
+    return True
 
 
 def split_k(items: int, K: int, *, max_slice: int, target: int = 16384,
