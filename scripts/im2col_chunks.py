@@ -1,6 +1,7 @@
 """What cutting the im2col buffer into batch chunks costs: one LeNet-5 training step at batch 128,
-dense and CSR at 5 %, with the workspace's im2col limit off, at its default (8 MiB: conv2's 16 MB
-of columns in two chunks) and at 4 MiB (four), interleaved, with the im2col buffer's size.
+dense and CSR at 5 %, with the workspace's im2col limit off, at 8 MiB (the CPU form's default,
+Tuning.cols_limit_mib: conv2's 16 MB of columns in two chunks) and at 4 MiB (four), interleaved,
+with the im2col buffer's size.
 
     python scripts/im2col_chunks.py [DEVICE-SPEC] [ROUNDS]
 
@@ -16,9 +17,7 @@ import numpy as np
 
 import proxcl
 from proxcl.bench.model import sparsify_state
-from proxcl.layers import COLS_LIMIT
-
-LIMITS = (None, COLS_LIMIT, COLS_LIMIT // 2)
+LIMITS = (None, 8 << 20, 4 << 20)
 
 
 def main() -> int:

@@ -251,6 +251,16 @@ def test_conv2d_finite_differences(kdev, rng, sparse):
     assert rel_err(layer.bias.grad_numpy(), fd["b"]) < TOL
 
 
+def test_im2col_limit_comes_from_the_kernel_form(kdev):
+    """The CPU form cuts im2col buffers above 8 MiB into batch chunks (LeNet-5's conv2 at batch 128:
+    16 MB, two chunks); the GPU form, whose steps are bound by launches, never does."""
+    ws = Workspace(kdev)
+    layer = Conv2d(kdev, ws, (20, 12, 12), "conv2", 50, 5, 1, 0)
+    want = 2 if kdev.tuning.kind == "cpu" else 1
+    assert ws.cols_limit == (8 << 20 if want == 2 else None)
+    assert len(layer._chunks(128)) == want and len(layer._chunks(64)) == 1
+
+
 @pytest.mark.parametrize("density", [None, 0.4, 0.1])
 @pytest.mark.parametrize("chunks", [1, 2, 3])
 def test_conv2d_in_batch_chunks_matches_torch(kdev, rng, density, chunks):

@@ -221,16 +221,14 @@ static proxcl_status matmul_t(px_net *net, const px_param *w, cl_mem d, int n, c
                    out, err);
 }
 
-/* ---- convolutions in batch chunks (layers.Conv2d: the im2col buffer above COLS_LIMIT) ---- */
-
-#define PX_COLS_LIMIT (8LL << 20)       /* proxcl.layers.COLS_LIMIT */
+/* ---- convolutions in batch chunks (layers.Conv2d: the im2col buffer above Tuning.cols_limit_mib) ---- */
 
 /* How many equal chunks of *step samples (the last one shorter) Conv2d._chunks makes of n. */
-static int conv_chunks(const px_layer *L, int n, int *step)
+static int conv_chunks(const px_net *net, const px_layer *L, int n, int *step)
 {
-    long long per = 4LL * L->in_shape[0] * L->kh * L->kw * L->ho * L->wo;
-    if (L->pointwise || (long long)n * per <= PX_COLS_LIMIT) { *step = n; return 1; }
-    long long fit = PX_COLS_LIMIT / per > 1 ? PX_COLS_LIMIT / per : 1;
+    const long long limit = (long long)net->dev.t->cols_limit_mib << 20, per = 4LL * L->in_shape[0] * L->kh * L->kw * L->ho * L->wo;
+    if (L->pointwise || !limit || (long long)n * per <= limit) { *step = n; return 1; }
+    long long fit = limit / per > 1 ? limit / per : 1;
     int parts = (int)((n + fit - 1) / fit);
     *step = (n + parts - 1) / parts;
     return (n + *step - 1) / *step;
@@ -246,7 +244,7 @@ static proxcl_status im2col(px_net *net, int e, px_lbuf *b, const px_layer *L, c
                             cl_mem cols, proxcl_error *err)
 {
     int step;
-    conv_chunks(L, n, &step);
+    conv_chunks(net, L, n, &step);
     cl_mem *g = nc == n ? &b->geo : nc == step ? &b->geo_chunk[0] : &b->geo_chunk[1];
     PX_TRY(geometry(net, g, L, nc, NULL, 0, err));
     px_arg args[] = {PX_M(*g), PX_M(x), PX_M(cols), PX_I(n0), PX_I(n)};
@@ -382,7 +380,7 @@ static proxcl_status layer_forward(px_net *net, px_ws *w, int e, cl_mem x, int t
     case L_CONV: {
         cl_mem cols = x;
         const int c = L->in_shape[0], ncols = n * L->ho * L->wo;
-        int step, chunks = conv_chunks(L, n, &step);
+        int step, chunks = conv_chunks(net, L, n, &step);
         PX_TRY(slot(net, &b->y, ysize, err));
         if (chunks > 1) {
             PX_TRY(conv_forward_chunks(net, e, b, L, x, n, step, chunks, err));
@@ -544,7 +542,7 @@ static proxcl_status layer_backward(px_net *net, px_ws *w, int e, cl_mem dy, int
     case L_CONV: {
         const int cols = n * L->ho * L->wo;
         PX_TRY(mask_and_bias_grad(net, L, dy, b->y_kept, L->out, cols, err));
-        int step, chunks = conv_chunks(L, n, &step);
+        int step, chunks = conv_chunks(net, L, n, &step);
         if (chunks > 1) {
             if (need_dx) PX_TRY(slot(net, &b->dx, fsize(L, n, 0) * 4, err));
             PX_TRY(conv_backward_chunks(net, e, b, L, dy, n, step, chunks, need_dx, err));

@@ -37,11 +37,11 @@ def _fill_poison(a: cla.Array) -> None:
         a.fill(np.float32(np.nan) if a.dtype == np.float32 else a.dtype.type(-1))
 
 
-# The im2col buffer is cut into batch chunks above this size.  LeNet-5 at batch 128 (conv2's
-# columns: 16 MB) then runs in two chunks, for about 1 % more CPU time per dense training step
-# and 4 % per CSR step on PoCL; 4 MiB (four chunks) costs 2 % and 8 % for 2 MB less
+# The im2col buffer is cut into batch chunks above the device's Tuning.cols_limit_mib.  With the
+# CPU form's 8 MiB, LeNet-5 at batch 128 (conv2's columns: 16 MB) runs in two chunks, for about
+# 1 % more CPU time per dense training step and 4 % per CSR step on PoCL; on the H200 the same
+# chunks cost 25-30 % of a step (its steps are bound by launches), so the GPU form takes none
 # (docs/PERFORMANCE.md, memory; scripts/im2col_chunks.py).
-COLS_LIMIT = 8 << 20
 
 
 class Workspace:
@@ -61,7 +61,8 @@ class Workspace:
         self._bufs: dict = {}      # key -> (flat buffer, {(shape, dtype): view})
         self._poisoned = False
         self.shared = False        # whether layers put their outputs in the ping-pong pair
-        self.cols_limit: int | None = COLS_LIMIT   # bytes: larger im2col buffers go in batch chunks
+        # bytes: larger im2col buffers go in batch chunks (None: never)
+        self.cols_limit: int | None = (device.tuning.cols_limit_mib << 20) or None
         self.tags: dict = {}       # what a scratch buffer holds now, for owners that may reuse it
 
     def get(self, key, shape, dtype=np.float32, category: str = "activations") -> cla.Array:

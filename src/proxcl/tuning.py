@@ -42,6 +42,8 @@ class Tuning(Mapping):
     of the compute units, with its register block halved (TM, TN 8 -> 4) where that takes it there,
     and where both sides of C are at least its halved block (LY*4 rows, LX*4 columns); elsewhere
     the untiled form keeps the units busy and wastes no work on padding.
+    ``cols_limit_mib``: a convolution's im2col buffer larger than this many MiB is cut into batch
+    chunks (0: never), where the chunks' extra launches cost little (docs/PERFORMANCE.md, memory).
     nn.cl: ``nn_rows`` (local size of the kernels that give a work-item one image row),
     ``nn_reduce`` (RL: work-group of a row sum), ``nn_softmax`` (XL: samples per softmax group).
     """
@@ -69,6 +71,7 @@ class Tuning(Mapping):
     sddmm_group: int
     scan_local: int
     tile_groups_pct: int
+    cols_limit_mib: int
     nn_rows: int
     nn_reduce: int
     nn_softmax: int
@@ -101,7 +104,7 @@ _TABLE = {
     "spmm_vec": (8, 2), "spmm_wide_vec": (16, 0), "spmm_nv": (8, 0), "spmm_rows": (8, 0), "spmm_local": ((4, 4), (32, 8)),
     "sddmm_lanes": (1, 8), "sddmm_vec": (8, 4), "sddmm_epw": (4, 1), "sddmm_group": (16, 16),
     "scan_local": (256, 256), "tile_groups_pct": (0, 50),
-    "nn_rows": (8, 64), "nn_reduce": (64, 256), "nn_softmax": (64, 64),
+    "cols_limit_mib": (8, 0), "nn_rows": (8, 64), "nn_reduce": (64, 256), "nn_softmax": (64, 64),
 }
 FORMS = {kind: Tuning(kind=kind, **{k: v[i] for k, v in _TABLE.items()})
          for i, kind in enumerate(("cpu", "gpu"))}
