@@ -156,6 +156,9 @@ def test_every_subcommand_has_help():
     for cmd in sub.choices:         # a module of proxcl.cli may add more than one (interop)
         r = proxcl(cmd, "--help")
         assert r.returncode == 0 and "usage: proxcl" in r.stdout, cmd
+    for cmd in ("kernels", "model", "memory"):   # and no argparse escape left in a description
+        r = proxcl("bench", cmd, "--help")
+        assert r.returncode == 0 and "%%" not in r.stdout, cmd
 
 
 @pytest.mark.parametrize("args, needle", [

@@ -57,7 +57,7 @@ def add_parser(sub) -> None:
 
     mem = bsub.add_parser("memory", help="device bytes of training per category, dense and CSR",
                           description="Training memory of lenet300 and lenet5, dense and CSR at 5, 2 and "
-                                      "1 %% density: the bytes per category (weights, gradients, "
+                                      "1 % density: the bytes per category (weights, gradients, "
                                       "optimizer state, activations and workspaces, data), the peaks, "
                                       "and the activations per layer.")
     from ..bench import memory
