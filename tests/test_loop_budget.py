@@ -362,8 +362,8 @@ def tight_tiled(dev):
 
 @pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True)])
 def test_gemm_tile_slices_of_k(tight_tiled, rng, trans_a, trans_b):
-    """A work-item of gemm_tile loops 21 times per step of BK = 4 (its 48 K values fit the budget of
-    256): K = 300 takes 7 slices, K = 40 none."""
+    """A work-item of gemm_tile loops 21 times per step of BK = 4 and 12 times besides (44 values of
+    K fit the budget of 256): K = 300 takes 7 slices, K = 40 none."""
     for epilogue in (False, True):
         names = gemm_check(tight_tiled, rng, 21, 18, 300, trans_a, trans_b, epilogue)
         assert "gemm_tile" in names and "gemm_sum_slices" in names, names

@@ -116,8 +116,8 @@ static proxcl_status gemm_tiled(px_device *dev, cl_mem a, cl_mem b, cl_mem out, 
         if (tm < 8 || tn < 8) return PROXCL_OK;
         tm /= 2, tn /= 2;
     }
-    const int per_step = 2 * (ly * tm * bk + bk * lx * tn) / (lx * ly) + bk + 1;
-    int steps = t->loop_max / per_step;
+    const int staged = (ly * tm * bk + bk * lx * tn) / (lx * ly), per_step = 2 * staged + bk + 1;
+    int steps = (t->loop_max - staged - tm * tn / 4) / per_step;   /* less the first fetch and the stores */
     if (steps < 1) steps = 1;
     const int max_slice = steps * bk, slices = (K + max_slice - 1) / max_slice, ks = (K + slices - 1) / slices;
     px_define defs[] = {{"BK", bk}, {"LX", lx}, {"LY", ly}, {"TM", tm}, {"TN", tn}, {"TRANS_A", trans_a}};

@@ -85,8 +85,8 @@ void gemm(const int M, const int N, const int K,
  * (a < TM/4, b < TN/4, r, c < 4), so that its local loads are float4 and neighbours' loads are
  * contiguous.  Elements past M, N or K load as zeros; stores are guarded.  Each C element
  * adds its k terms in order, one multiply-add at a time (as gemm does).  Split-K as in gemm
- * (KS, slice z = group z).  Local memory: 4*BK*(BM + 4 + BN) bytes.  Loops per work-item and
- * step: 2 * (GT_NA + GT_NB) + BK + 1.  O(M N K). */
+ * (KS, slice z = group z).  Local memory: 4*BK*(BM + 4 + BN) bytes.  Loops per work-item:
+ * 2 * (GT_NA + GT_NB) + BK + 1 per step, GT_NA + GT_NB + TM*TN/4 besides.  O(M N K). */
 #ifndef TM
 #define TM 8
 #endif

@@ -148,8 +148,10 @@ def _gemm_tiled(dev: Device, t, a, b, out, bias, relu, trans_a) -> bool:
         if tm < 8 or tn < 8:
             return False
         tm, tn = tm // 2, tn // 2
-    per_step = 2 * (ly * tm * bk + bk * lx * tn) // (lx * ly) + bk + 1   # loops per step of bk
-    slices = -(-K // (max(1, t.loop_max // per_step) * bk))
+    staged = (ly * tm * bk + bk * lx * tn) // (lx * ly)      # elements a work-item stages per step
+    per_step = 2 * staged + bk + 1                           # its loops per step of bk
+    steps = (t.loop_max - staged - tm * tn // 4) // per_step  # less the first fetch and the stores
+    slices = -(-K // (max(1, steps) * bk))
     ks = -(-K // slices)
     kern = dev.kernel(_FILE, "gemm_tile", LX=lx, LY=ly, TM=tm, TN=tn, BK=bk, TRANS_A=int(trans_a))
     gsize, lsize = (gx * lx, gy * ly, slices), (lx, ly, 1)
