@@ -86,6 +86,31 @@ def test_launch_sets_only_changed_arguments_and_stays_correct(dev):
         assert out.get().tolist() == want
 
 
+
+@pytest.mark.parametrize("shape, dtype", [((3, 0, 5), np.float32), (7, np.int32), ((4, 6), np.float32),
+                                          ((), np.float32), ((2, 3, 4), np.uint16)])
+def test_empty_arrays_match_numpy_layout(dev, shape, dtype):
+    """Device.empty builds its arrays through pyopencl's fast constructor: shape, strides, size and
+    bytes as pyopencl's general constructor makes them (numpy's, but for the strides of an empty
+    array), and usable by pyopencl's own operations."""
+    import pyopencl.array as cla
+    a = dev.empty(shape, dtype)
+    ref = cla.empty(dev.queue, shape, dtype)
+    assert (a.shape, a.strides, a.size, a.nbytes, a.dtype) == (ref.shape, ref.strides, ref.size, ref.nbytes,
+                                                                  ref.dtype)
+    assert (a.shape, a.size, a.nbytes) == (np.empty(shape, dtype).shape, np.empty(shape, dtype).size,
+                                           np.empty(shape, dtype).nbytes)
+    assert a.flags.c_contiguous
+    if a.size:
+        a.fill(dtype(3))
+        assert (a.get() == 3).all() and a.get().shape == ref.shape
+
+
+def test_empty_refuses_negative_dimensions(dev):
+    with pytest.raises(ValueError, match="negative dimensions"):
+        dev.empty((2, -1))
+
+
 # ---- device choice on made-up platforms ----------------------------------------------------
 
 T = runtime.cl.device_type
