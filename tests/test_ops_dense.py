@@ -213,3 +213,30 @@ def test_tiled_gemm_runs_where_it_makes_enough_work_groups(dev, rng):
     assert kernels(N=15, **tile, tile_groups_pct=0) == {"gemm"}
     assert kernels(gemm_tile=(0, 0, 0, 0, 0), tile_groups_pct=0) == {"gemm"}
     assert "gemm_tile" not in kernels(form="cpu", tile_groups_pct=0)
+
+
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("M,N,K,vec", [(40, 48, 32, 1), (40, 50, 32, 0), (40, 48, 30, None), (41, 48, 30, None),
+                                       (40, 48, 300, 1)])
+def test_tiled_gemm_float4_loads_only_where_rows_are_aligned(dev, rng, M, N, K, vec, trans_a):
+    """gemm_tile loads float4 from global memory (GT_VEC) where N and K (M for a transposed A) are
+    multiples of 4, slices of K included (K = 300 under a budget of 256 loops), element by element
+    elsewhere; both give numpy's product."""
+    import dataclasses
+    import proxcl
+    from conftest import TIGHT, TILED
+    from proxcl.tuning import FORMS
+    d = proxcl.Device(dev.spec)
+    d.tuning = dataclasses.replace(FORMS["gpu"], **TILED, **(TIGHT if K == 300 else {}))
+    if vec is None:
+        vec = int(M % 4 == 0) if trans_a else 0
+    a = randn(rng, K, M) if trans_a else randn(rng, M, K)
+    b, bias = randn(rng, K, N), randn(rng, M)
+    with d.record_launches() as launches:
+        got = gemm(d, a, b, trans_a=trans_a, bias=bias, relu=True)
+    names = [n for n, _ in launches]
+    assert "gemm_tile" in names and (K != 300 or "gemm_sum_slices" in names), names
+    built = [dict(key[2]) for key in d._kernels if key[1] == "gemm_tile"]
+    assert [k["GT_VEC"] for k in built] == [vec], built
+    ref = np.maximum((a.T if trans_a else a).astype(np.float64) @ b + bias[:, None], 0.0)
+    assert rel_err(got.get(), ref) < TOL

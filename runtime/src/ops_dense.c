@@ -116,13 +116,23 @@ static proxcl_status gemm_tiled(px_device *dev, cl_mem a, cl_mem b, cl_mem out, 
         if (tm < 8 || tn < 8) return PROXCL_OK;
         tm /= 2, tn /= 2;
     }
-    const int staged = (ly * tm * bk + bk * lx * tn) / (lx * ly), per_step = 2 * staged + bk + 1;
+    const int na = ly * tm * bk / (lx * ly), nb = bk * lx * tn / (lx * ly), staged = na + nb;
+    const int per_step = 2 * staged + bk + 1;
     int steps = (t->loop_max - staged - tm * tn / 4) / per_step;   /* less the first fetch and the stores */
     if (steps < 1) steps = 1;
-    const int max_slice = steps * bk, slices = (K + max_slice - 1) / max_slice, ks = (K + slices - 1) / slices;
-    px_define defs[] = {{"BK", bk}, {"LX", lx}, {"LY", ly}, {"TM", tm}, {"TN", tn}, {"TRANS_A", trans_a}};
+    const int max_slice = steps * bk;
+    int slices = (K + max_slice - 1) / max_slice, ks = (K + slices - 1) / slices;
+    /* float4 global loads where rows start on multiples of 4 floats and shares are whole float4 */
+    const int vec = t->aligned && N % 4 == 0 && na % 4 == 0 && nb % 4 == 0 &&
+                    (trans_a ? M % 4 == 0 : K % 4 == 0 && bk % 4 == 0);
+    if (vec && !trans_a && slices > 1 && ks % 4) {
+        ks += 4 - ks % 4;                                    /* slices on float4 boundaries */
+        slices = (K + ks - 1) / ks;
+    }
+    px_define defs[] = {{"BK", bk}, {"GT_VEC", vec}, {"LX", lx}, {"LY", ly}, {"TM", tm}, {"TN", tn},
+                        {"TRANS_A", trans_a}};
     px_kernel *k;
-    PX_TRY(px_kernel_get(dev, FILE_, "gemm_tile", defs, 6, &k, err));
+    PX_TRY(px_kernel_get(dev, FILE_, "gemm_tile", defs, 7, &k, err));
     size_t g[3] = {(size_t)(gx * lx), (size_t)(gy * ly), (size_t)slices}, l[3] = {(size_t)lx, (size_t)ly, 1};
     *done = 1;
     if (slices == 1) {

@@ -80,13 +80,17 @@ void gemm(const int M, const int N, const int K,
  * Work-group (LX, LY) computes a BM x BN block of C (BM = LY*TM, BN = LX*TN); per step of BK
  * values of k it stages A[BM, BK] (transposed, so that a work-item's rows are contiguous) and
  * B[BK, BN] in local memory, and every work-item adds a TM x TN outer-product block in registers.
- * The next step's elements are loaded into registers while this step computes.
+ * The next step's tiles are loaded from global memory into registers while this step computes.
+ * With GT_VEC=1 (the host's promise that K, or M for a transposed A, N and KS are multiples of 4)
+ * the global loads are float4 and two local buffers alternate, one barrier per step; otherwise
+ * one buffer and two barriers per step (on the H200 two buffers were slower with element loads).
  * Work-item (x, y): rows i0 + y*4 + LY*4*a + r and columns c0 + x*4 + LX*4*b + c
  * (a < TM/4, b < TN/4, r, c < 4), so that its local loads are float4 and neighbours' loads are
  * contiguous.  Elements past M, N or K load as zeros; stores are guarded.  Each C element
  * adds its k terms in order, one multiply-add at a time (as gemm does).  Split-K as in gemm
- * (KS, slice z = group z).  Local memory: 4*BK*(BM + 4 + BN) bytes.  Loops per work-item:
- * 2 * (GT_NA + GT_NB) + BK + 1 per step, GT_NA + GT_NB + TM*TN/4 besides.  O(M N K). */
+ * (KS, slice z = group z).  Local memory: 4*BK*(BM + 4 + BN) bytes per buffer.  Loops per
+ * work-item: at most 2 * (GT_NA + GT_NB) + BK + 1 per step, GT_NA + GT_NB + TM*TN/4 besides.
+ * O(M N K). */
 #ifndef TM
 #define TM 8
 #endif
@@ -94,17 +98,25 @@ void gemm(const int M, const int N, const int K,
 #define TN 8
 #endif
 #ifndef BK
-#define BK 16
+#define BK 8
+#endif
+#ifndef GT_VEC
+#define GT_VEC 0
 #endif
 #define GT_BM (LY * TM)
 #define GT_BN (LX * TN)
 #define GT_ALD (GT_BM + 4)                       /* A tile's row stride: spreads a row's stores */
+#define GT_AS (BK * GT_ALD)                      /* floats of one A buffer */
+#define GT_BS (BK * GT_BN)
 #define GT_NA ((GT_BM * BK) / (LX * LY))         /* A elements a work-item stages per step */
 #define GT_NB ((BK * GT_BN) / (LX * LY))         /* B elements */
-#if TRANS_A
-#define GT_A_RK(e) const int kk = (e) / GT_BM, r = (e) % GT_BM   /* A stored [K, M]: along M */
+#define GT_NBUF (GT_VEC + 1)                     /* local buffers of each tile */
+#if GT_VEC
+#define GT_NL (GT_NA / 4)                        /* its float4 loads of A, of B */
+#define GT_NLB (GT_NB / 4)
 #else
-#define GT_A_RK(e) const int r = (e) / BK, kk = (e) % BK         /* A stored [M, K]: along K */
+#define GT_NL GT_NA
+#define GT_NLB GT_NB
 #endif
 
 __kernel __attribute__((reqd_work_group_size(LX, LY, 1)))
@@ -113,8 +125,8 @@ void gemm_tile(const int M, const int N, const int K,
                __global float *restrict C, __global const float *restrict bias, const int relu,
                const int KS)
 {
-    __local float4 As4[BK * GT_ALD / 4];
-    __local float4 Bs4[BK * GT_BN / 4];
+    __local float4 As4[GT_NBUF * GT_AS / 4];
+    __local float4 Bs4[GT_NBUF * GT_BS / 4];
     __local float *As = (__local float *)As4;
     __local float *Bs = (__local float *)Bs4;
     const int x = get_local_id(0), y = get_local_id(1);
@@ -125,10 +137,40 @@ void gemm_tile(const int M, const int N, const int K,
     float4 acc[TM][TN / 4];
     _Pragma("unroll") for (int r = 0; r < TM; ++r)
         _Pragma("unroll") for (int b = 0; b < TN / 4; ++b) acc[r][b] = (float4)(0.0f);
+#if GT_VEC
+    float4 ra[GT_NL], rb[GT_NLB];
+#if TRANS_A                                       /* A stored [K, M]: float4 along M */
+#define GT_A_AT(e) const int kk = (e) / (GT_BM / 4), r = ((e) % (GT_BM / 4)) * 4
+#define GT_A_LOAD(kq, i) (i < M && kq < KK ? *(const __global float4 *)(A + (size_t)(kq) * M + (i)) : (float4)(0.0f))
+#define GT_A_STORE(buf, q) { GT_A_AT(tid + (q) * LX * LY); As4[((buf) * GT_AS + kk * GT_ALD + r) / 4] = ra[q]; }
+#else                                             /* A stored [M, K]: float4 along K */
+#define GT_A_AT(e) const int r = (e) / (BK / 4), kk = ((e) % (BK / 4)) * 4
+#define GT_A_LOAD(kq, i) (i < M && kq < KK ? *(const __global float4 *)(A + (size_t)(i) * K + (kq)) : (float4)(0.0f))
+#define GT_A_STORE(buf, q) { GT_A_AT(tid + (q) * LX * LY); __local float *d_ = As + (buf) * GT_AS + kk * GT_ALD + r; \
+    d_[0] = ra[q].s0; d_[GT_ALD] = ra[q].s1; d_[2 * GT_ALD] = ra[q].s2; d_[3 * GT_ALD] = ra[q].s3; }
+#endif
+#define GT_FETCH(kb)                                                                           \
+    _Pragma("unroll") for (int q = 0; q < GT_NL; ++q) {                                        \
+        GT_A_AT(tid + q * LX * LY);                                                            \
+        ra[q] = GT_A_LOAD((kb) + kk, i0 + r);                                                  \
+    }                                                                                          \
+    _Pragma("unroll") for (int q = 0; q < GT_NLB; ++q) {                                       \
+        const int e = tid + q * LX * LY, kq = (kb) + e / (GT_BN / 4), j = c0 + (e % (GT_BN / 4)) * 4; \
+        rb[q] = (kq < KK && j < N) ? *(const __global float4 *)(B + (size_t)kq * N + j) : (float4)(0.0f); \
+    }
+#define GT_STORE(buf)                                                                          \
+    _Pragma("unroll") for (int q = 0; q < GT_NL; ++q) GT_A_STORE(buf, q)                       \
+    _Pragma("unroll") for (int q = 0; q < GT_NLB; ++q) Bs4[((buf) * GT_BS) / 4 + tid + q * LX * LY] = rb[q];
+#else
     float ra[GT_NA], rb[GT_NB];
+#if TRANS_A
+#define GT_A_AT(e) const int kk = (e) / GT_BM, r = (e) % GT_BM       /* A stored [K, M]: along M */
+#else
+#define GT_A_AT(e) const int r = (e) / BK, kk = (e) % BK             /* A stored [M, K]: along K */
+#endif
 #define GT_FETCH(kb)                                                                           \
     _Pragma("unroll") for (int q = 0; q < GT_NA; ++q) {                                        \
-        GT_A_RK(tid + q * LX * LY);                                                            \
+        GT_A_AT(tid + q * LX * LY);                                                            \
         const int i = i0 + r, kq = (kb) + kk;                                                  \
         ra[q] = (i < M && kq < KK) ? A_AT(i, kq) : 0.0f;                                       \
     }                                                                                          \
@@ -136,31 +178,55 @@ void gemm_tile(const int M, const int N, const int K,
         const int e = tid + q * LX * LY, kq = (kb) + e / GT_BN, j = c0 + e % GT_BN;            \
         rb[q] = (kq < KK && j < N) ? B[(size_t)kq * N + j] : 0.0f;                             \
     }
+#define GT_STORE(buf)                                                                          \
+    _Pragma("unroll") for (int q = 0; q < GT_NA; ++q) {                                        \
+        GT_A_AT(tid + q * LX * LY);                                                            \
+        As[(buf) * GT_AS + kk * GT_ALD + r] = ra[q];                                           \
+    }                                                                                          \
+    _Pragma("unroll") for (int q = 0; q < GT_NB; ++q) Bs[(buf) * GT_BS + tid + q * LX * LY] = rb[q];
+#endif
+/* one step's outer products from local buffer buf */
+#define GT_COMPUTE(buf)                                                                        \
+    _Pragma("unroll") for (int kk = 0; kk < BK; ++kk) {                                        \
+        float4 av[TM / 4], bv[TN / 4];                                                         \
+        _Pragma("unroll") for (int a = 0; a < TM / 4; ++a)                                     \
+            av[a] = As4[((buf) * GT_AS + kk * GT_ALD + a * LY * 4) / 4 + y];                   \
+        _Pragma("unroll") for (int b = 0; b < TN / 4; ++b)                                     \
+            bv[b] = Bs4[((buf) * GT_BS + kk * GT_BN + b * LX * 4) / 4 + x];                    \
+        _Pragma("unroll") for (int a = 0; a < TM / 4; ++a) {                                   \
+            _Pragma("unroll") for (int b = 0; b < TN / 4; ++b) {                               \
+                acc[4 * a + 0][b] += (float4)(av[a].s0) * bv[b];                               \
+                acc[4 * a + 1][b] += (float4)(av[a].s1) * bv[b];                               \
+                acc[4 * a + 2][b] += (float4)(av[a].s2) * bv[b];                               \
+                acc[4 * a + 3][b] += (float4)(av[a].s3) * bv[b];                               \
+            }                                                                                  \
+        }                                                                                      \
+    }
     GT_FETCH(0)
+#if GT_VEC   /* two buffers, one barrier per step (measured faster only with the float4 loads) */
+    GT_STORE(0)
+    barrier(CLK_LOCAL_MEM_FENCE);
+    int buf = 0;
+    for (int kb = 0; kb < KK; kb += BK) {
+        const int more = kb + BK < KK;
+        if (more) { GT_FETCH(kb + BK) }
+        GT_COMPUTE(buf)
+        if (more) { GT_STORE(buf ^ 1) }
+        barrier(CLK_LOCAL_MEM_FENCE);
+        buf ^= 1;
+    }
+#else        /* one buffer: store, wait, prefetch the next step, compute, wait */
     for (int kb = 0; kb < KK; kb += BK) {
         barrier(CLK_LOCAL_MEM_FENCE);
-        _Pragma("unroll") for (int q = 0; q < GT_NA; ++q) {
-            GT_A_RK(tid + q * LX * LY);
-            As[kk * GT_ALD + r] = ra[q];
-        }
-        _Pragma("unroll") for (int q = 0; q < GT_NB; ++q) Bs[tid + q * LX * LY] = rb[q];
+        GT_STORE(0)
         barrier(CLK_LOCAL_MEM_FENCE);
         if (kb + BK < KK) { GT_FETCH(kb + BK) }
-        _Pragma("unroll") for (int kk = 0; kk < BK; ++kk) {
-            float4 av[TM / 4], bv[TN / 4];
-            _Pragma("unroll") for (int a = 0; a < TM / 4; ++a) av[a] = As4[(kk * GT_ALD + a * LY * 4) / 4 + y];
-            _Pragma("unroll") for (int b = 0; b < TN / 4; ++b) bv[b] = Bs4[(kk * GT_BN + b * LX * 4) / 4 + x];
-            _Pragma("unroll") for (int a = 0; a < TM / 4; ++a) {
-                _Pragma("unroll") for (int b = 0; b < TN / 4; ++b) {
-                    acc[4 * a + 0][b] += (float4)(av[a].s0) * bv[b];
-                    acc[4 * a + 1][b] += (float4)(av[a].s1) * bv[b];
-                    acc[4 * a + 2][b] += (float4)(av[a].s2) * bv[b];
-                    acc[4 * a + 3][b] += (float4)(av[a].s3) * bv[b];
-                }
-            }
-        }
+        GT_COMPUTE(0)
     }
+#endif
 #undef GT_FETCH
+#undef GT_STORE
+#undef GT_COMPUTE
     _Pragma("unroll") for (int a = 0; a < TM / 4; ++a) {
         _Pragma("unroll") for (int r = 0; r < 4; ++r) {
             const int i = i0 + a * LY * 4 + y * 4 + r;

@@ -148,12 +148,20 @@ def _gemm_tiled(dev: Device, t, a, b, out, bias, relu, trans_a) -> bool:
         if tm < 8 or tn < 8:
             return False
         tm, tn = tm // 2, tn // 2
-    staged = (ly * tm * bk + bk * lx * tn) // (lx * ly)      # elements a work-item stages per step
+    na, nb = ly * tm * bk // (lx * ly), bk * lx * tn // (lx * ly)   # elements of A, B a work-item
+    staged = na + nb                                                 # stages per step
     per_step = 2 * staged + bk + 1                           # its loops per step of bk
     steps = (t.loop_max - staged - tm * tn // 4) // per_step  # less the first fetch and the stores
     slices = -(-K // (max(1, steps) * bk))
     ks = -(-K // slices)
-    kern = dev.kernel(_FILE, "gemm_tile", LX=lx, LY=ly, TM=tm, TN=tn, BK=bk, TRANS_A=int(trans_a))
+    # float4 loads from global memory where rows (of A along K, or along M when A is transposed, and
+    # of B) start on multiples of 4 floats and a work-item's share of each tile is whole float4
+    vec = int(t.aligned and N % 4 == 0 and na % 4 == 0 and nb % 4 == 0
+              and (M % 4 == 0 if trans_a else K % 4 == 0 and bk % 4 == 0))
+    if vec and not trans_a and slices > 1 and ks % 4:
+        ks += 4 - ks % 4          # slices that start on float4 boundaries (steps * bk is a multiple of 4)
+        slices = -(-K // ks)
+    kern = dev.kernel(_FILE, "gemm_tile", LX=lx, LY=ly, TM=tm, TN=tn, BK=bk, TRANS_A=int(trans_a), GT_VEC=vec)
     gsize, lsize = (gx * lx, gy * ly, slices), (lx, ly, 1)
     if slices == 1:
         dev.launch(kern, gsize, lsize, M, N, K, a, b, out, bias, int(relu), K)
