@@ -19,6 +19,7 @@ from importlib import resources
 import numpy as np
 import pyopencl as cl
 import pyopencl.array as cla
+from pyopencl.compyte.array import c_contiguous_strides
 
 from .errors import InputError
 from .memory import Memory
@@ -278,14 +279,14 @@ class Device:
                 keys.append(None if a is None else a.int_ptr)   # a buffer: its handle
             elif a is None or t is cl.LocalMemory:
                 keys.append(a)
+            elif isinstance(a, cl.MemoryObjectHolder):
+                keys.append(a.int_ptr)      # a buffer passed as such: its handle too
             else:
                 if t is bool or t is np.bool_ or isinstance(a, (int, np.integer)):
                     a = np.int32(a)
                 elif isinstance(a, (float, np.floating)):
                     a = np.float32(a)
-                keys.append(a)              # a buffer passed as such is kept by its handle too
-                if isinstance(a, cl.MemoryObjectHolder):
-                    keys[-1] = a.int_ptr
+                keys.append(a)
             conv.append(a)   # a buffer, a numpy scalar, cl.LocalMemory or None
         last = self._last_args.get(kernel)
         if last is None or len(last) != len(keys):
@@ -334,11 +335,7 @@ class Device:
         dtype = np.dtype(dtype)
         if min(shape, default=1) < 0:
             raise InputError(f"negative dimensions are not allowed: {shape}")
-        strides, step = [], dtype.itemsize
-        for s in reversed(shape):
-            strides.append(step)
-            step *= max(1, s)
-        return cla.Array(None, shape, dtype, allocator=allocator, strides=tuple(reversed(strides)),
+        return cla.Array(None, shape, dtype, allocator=allocator, strides=c_contiguous_strides(dtype.itemsize, shape),
                          _fast=True, _size=math.prod(shape), _context=self.context, _queue=self.queue)
 
     def zeros(self, shape, dtype=np.float32, *, category: str = "activations") -> cla.Array:
