@@ -215,6 +215,23 @@ def test_tiled_gemm_runs_where_it_makes_enough_work_groups(dev, rng):
     assert "gemm_tile" not in kernels(form="cpu", tile_groups_pct=0)
 
 
+def test_tiled_gemm_halved_blocks_take_longer_steps(dev, rng):
+    """Where gemm_tile halves its register block (TM, TN 8 -> 4) it doubles its step BK, so that a
+    work-item of 16 x 16 still stages a whole float4 of A and of B per step (GT_VEC); the product
+    is numpy's."""
+    import dataclasses
+    import proxcl
+    from proxcl.tuning import FORMS
+    d = proxcl.Device(dev.spec)
+    d.__dict__["compute_units"] = 4
+    d.tuning = dataclasses.replace(FORMS["gpu"], gemm_tile=(16, 16, 8, 8, 8), tile_groups_pct=100)
+    a, b = randn(rng, 128, 36), randn(rng, 36, 128)   # one 128 x 128 block, four of 64 x 64
+    got = gemm(d, a, b)
+    built = [dict(key[2]) for key in d._kernels if key[1] == "gemm_tile"]
+    assert [(k["TM"], k["TN"], k["BK"], k["GT_VEC"]) for k in built] == [(4, 4, 16, 1)], built
+    assert rel_err(got.get(), a.astype(np.float64) @ b) < TOL
+
+
 @pytest.mark.parametrize("trans_a", [False, True])
 @pytest.mark.parametrize("M,N,K,vec", [(40, 48, 32, 1), (40, 50, 32, 0), (40, 48, 30, None), (41, 48, 30, None),
                                        (40, 48, 300, 1)])

@@ -98,15 +98,15 @@ static proxcl_status gemm_columns(px_device *dev, cl_mem a, cl_mem b, cl_mem out
 }
 
 /* Tiled GPU form (ops.dense._gemm_tiled): where its work-groups number at least tile_groups_pct % of
- * the compute units, with TM and TN halved from 8 to 4 where that is needed, and C has at least
+ * the compute units, with TM and TN halved from 8 to 4 (and BK doubled) where that is needed, and C has at least
  * LY*4 rows and LX*4 columns; slices of K where a work-item's loops would pass loop_max.
  * *done = 0 (nothing launched) elsewhere. */
 static proxcl_status gemm_tiled(px_device *dev, cl_mem a, cl_mem b, cl_mem out, int M, int N, int K, int trans_a,
                                 cl_mem bias, int relu, int *done, proxcl_error *err)
 {
     const px_tuning *t = dev->t;
-    const int lx = t->gemm_tile[0], ly = t->gemm_tile[1], bk = t->gemm_tile[4];
-    int tm = t->gemm_tile[2], tn = t->gemm_tile[3];
+    const int lx = t->gemm_tile[0], ly = t->gemm_tile[1];
+    int tm = t->gemm_tile[2], tn = t->gemm_tile[3], bk = t->gemm_tile[4];
     long gx, gy;
     *done = 0;
     if (!lx || M < 4 * ly || N < 4 * lx) return PROXCL_OK;
@@ -114,7 +114,7 @@ static proxcl_status gemm_tiled(px_device *dev, cl_mem a, cl_mem b, cl_mem out, 
         gx = (N + lx * tn - 1) / (lx * tn), gy = (M + ly * tm - 1) / (ly * tm);
         if (100 * gx * gy >= (long)t->tile_groups_pct * dev->compute_units) break;
         if (tm < 8 || tn < 8) return PROXCL_OK;
-        tm /= 2, tn /= 2;
+        tm /= 2, tn /= 2, bk *= 2;   /* steps twice as long: whole float4 shares again */
     }
     const int na = ly * tm * bk / (lx * ly), nb = bk * lx * tn / (lx * ly), staged = na + nb;
     const int per_step = 2 * staged + bk + 1;

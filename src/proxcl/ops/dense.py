@@ -134,8 +134,9 @@ def _gemm_columns(dev: Device, t, a, b, out, bias, relu, trans_a) -> None:
 
 def _gemm_tiled(dev: Device, t, a, b, out, bias, relu, trans_a) -> bool:
     """Tiled GPU form (gemm_tile), where its work-groups number at least tile_groups_pct % of the
-    compute units, with the register block halved (TM, TN 8 -> 4) where that takes it there, and
-    C has at least LY*4 rows and LX*4 columns; False (nothing launched) elsewhere.  K is cut into
+    compute units, with the register block halved (TM, TN 8 -> 4, and BK doubled so that a
+    work-item still stages whole float4) where that takes it there, and C has at least LY*4 rows
+    and LX*4 columns; False (nothing launched) elsewhere.  K is cut into
     slices (split-K, added by sum_slices) where a work-item's loops over it would pass loop_max."""
     lx, ly, tm, tn, bk = t.gemm_tile
     (M, N), K = out.shape, b.shape[0]
@@ -147,7 +148,7 @@ def _gemm_tiled(dev: Device, t, a, b, out, bias, relu, trans_a) -> bool:
             break
         if tm < 8 or tn < 8:
             return False
-        tm, tn = tm // 2, tn // 2
+        tm, tn, bk = tm // 2, tn // 2, bk * 2   # steps twice as long: whole float4 shares again
     na, nb = ly * tm * bk // (lx * ly), bk * lx * tn // (lx * ly)   # elements of A, B a work-item
     staged = na + nb                                                 # stages per step
     per_step = 2 * staged + bk + 1                           # its loops per step of bk
