@@ -92,6 +92,27 @@ def test_spmm_batch_widths(kdev, rng, n):
     assert rel_err(got_t.get(), a.T.astype(np.float64) @ d) < TOL
 
 
+@pytest.mark.parametrize("swizzle", [0, 1, 2, 3, 8])
+def test_spmm_work_group_orders(dev, rng, swizzle):
+    """The GPU form's work-groups in column slices of 0 (launch order), 1, 2, 3 or 8 groups: 30
+    columns of 2-wide vectors over 4 lanes make 4 column groups, so slices of 3 leave a short last
+    slice and 8 makes one slice; every element is written once, both products as scipy's."""
+    import dataclasses
+    import proxcl
+    from proxcl.tuning import FORMS
+    d = proxcl.Device(dev.spec)
+    d.tuning = dataclasses.replace(FORMS["gpu"], spmm_local=(4, 4), spmm_swizzle=swizzle)
+    a = random_csr(rng, 37, 41, 0.2)
+    x, dy = randn(rng, 41, 30), randn(rng, 37, 30)
+    w = CSRMatrix.from_scipy(a, d)
+    got = w.matmul(x, out=poisoned(d, (37, 30)))
+    assert rel_err(got.get(), a.astype(np.float64) @ x) < TOL
+    got_t = w.matmul_t(dy, out=poisoned(d, (41, 30)))
+    assert rel_err(got_t.get(), a.T.astype(np.float64) @ dy) < TOL
+    built = {dict(key[2])["SWZ"] for key in d._kernels if key[1] == "csr_spmm"}
+    assert built == {swizzle}
+
+
 def test_spmm_long_rows(kdev, rng):
     """Dense rows (nnz per row far above any unrolling) and a fully dense matrix."""
     a = random_csr(rng, 9, 1500, 1.0, empty_rows=False)

@@ -81,8 +81,8 @@ static proxcl_status spmm_rows(px_device *dev, int m, int n, cl_mem ap, cl_mem a
     }
     const int lx = t->spmm_local[0], ly = t->spmm_local[1];   /* GPU form: coalesced over columns */
     px_define defs[] = {{"VEC", vec}, {"LX", lx}, {"LY", ly}, {"TRANSPOSED", tr},
-                        {"PX_ALIGNED", t->aligned && n % vec == 0}, {"IDX16", idx16}};
-    PX_TRY(px_kernel_get(dev, FILE_, "csr_spmm", defs, 6, &kern, err));
+                        {"PX_ALIGNED", t->aligned && n % vec == 0}, {"IDX16", idx16}, {"SWZ", t->spmm_swizzle}};
+    PX_TRY(px_kernel_get(dev, FILE_, "csr_spmm", defs, 7, &kern, err));
     size_t g[2] = {(size_t)((n + vec - 1) / vec), (size_t)m}, l[2] = {(size_t)lx, (size_t)ly};
     return px_launch(dev, kern, 2, g, l, args, 10, err);
 }

@@ -587,6 +587,6 @@ def _spmm_rows(dev: Device, m, n, ap, aj, ax, pm, x, out, bias, relu, idx: int) 
     else:    # GPU form: work-items coalesced over the batch columns
         lx, ly = t.spmm_local
         kern = dev.kernel(_FILE, "csr_spmm", VEC=vec, LX=lx, LY=ly, TRANSPOSED=tr,
-                          PX_ALIGNED=int(t.aligned and n % vec == 0), IDX16=idx)
+                          PX_ALIGNED=int(t.aligned and n % vec == 0), IDX16=idx, SWZ=t.spmm_swizzle)
         dev.launch(kern, (-(-n // vec), m), (lx, ly), m, n, ap, aj, ax, pm, x, out,
                    bias, int(relu))
