@@ -113,6 +113,35 @@ def test_spmm_work_group_orders(dev, rng, swizzle):
     assert built == {swizzle}
 
 
+@pytest.mark.parametrize("n,pct,vec", [(30, 300, 2), (32, 300, 4), (40, 300, 2), (48, 300, 4),
+                                       (48, 825, 4), (48, 826, 2)])
+@pytest.mark.parametrize("int_offsets", [True, False])
+def test_spmm_gpu_vectors_and_offsets(dev, rng, monkeypatch, n, pct, vec, int_offsets):
+    """The GPU form takes spmm_wide_vec-wide vectors where whole column groups of them (LX = 4
+    lanes: 16 columns) span the batch and their work-groups number at least spmm_wide_groups_pct %
+    of the compute units (48 columns, 41 rows: 3 x 11 = 33 groups, 4 units here), and int offsets
+    into X (PX_OFF32) where X's k * n elements fit an int (the limit lowered here to take the
+    other path); both products as scipy's."""
+    import dataclasses
+    import proxcl
+    import proxcl.ops.sparse as sparse
+    from proxcl.tuning import FORMS
+    if not int_offsets:
+        monkeypatch.setattr(sparse, "_I32_MAX", 41 * n - 1)
+    d = proxcl.Device(dev.spec)
+    d.__dict__["compute_units"] = 4
+    d.tuning = dataclasses.replace(FORMS["gpu"], spmm_local=(4, 4), spmm_wide_groups_pct=pct)
+    a = random_csr(rng, 41, 41, 0.2)
+    x, dy = randn(rng, 41, n), randn(rng, 41, n)
+    w = CSRMatrix.from_scipy(a, d)
+    got = w.matmul(x, out=poisoned(d, (41, n)))
+    assert rel_err(got.get(), a.astype(np.float64) @ x) < TOL
+    got_t = w.matmul_t(dy, out=poisoned(d, (41, n)))
+    assert rel_err(got_t.get(), a.T.astype(np.float64) @ dy) < TOL
+    built = {(k["VEC"], k["PX_OFF32"]) for k in (dict(key[2]) for key in d._kernels if key[1] == "csr_spmm")}
+    assert built == {(vec, int(int_offsets))}, built
+
+
 def test_spmm_long_rows(kdev, rng):
     """Dense rows (nnz per row far above any unrolling) and a fully dense matrix."""
     a = random_csr(rng, 9, 1500, 1.0, empty_rows=False)

@@ -3,6 +3,7 @@
  * than a work-item's loop budget in pieces, added per row by csr_sum_pieces) and SDDMM (CPU form
  * csr_sddmm_rows, GPU form csr_sddmm with more lanes for long rows; long dot products in column
  * slices, added by gemm_sum_slices). */
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -61,7 +62,7 @@ proxcl_status px_row_pieces(px_device *dev, const int32_t *indptr, int m, px_pie
 }
 
 /* One SpMM launch over the m rows of (ap, aj): the CPU or GPU form (ops.sparse._spmm_rows). */
-static proxcl_status spmm_rows(px_device *dev, int m, int n, cl_mem ap, cl_mem aj, int idx16, cl_mem ax, cl_mem pm,
+static proxcl_status spmm_rows(px_device *dev, int m, int k, int n, cl_mem ap, cl_mem aj, int idx16, cl_mem ax, cl_mem pm,
                                cl_mem x, cl_mem out, cl_mem bias, int relu, proxcl_error *err)
 {
     const px_tuning *t = dev->t;
@@ -80,9 +81,14 @@ static proxcl_status spmm_rows(px_device *dev, int m, int n, cl_mem ap, cl_mem a
         return px_launch(dev, kern, 2, g, l, args, 10, err);
     }
     const int lx = t->spmm_local[0], ly = t->spmm_local[1];   /* GPU form: coalesced over columns */
+    const int wide = t->spmm_wide_vec;
+    if (wide && n % (wide * lx) == 0 &&   /* whole column groups of the wider vectors span the batch */
+        100L * (n / (wide * lx)) * ((m + ly - 1) / ly) >= (long)t->spmm_wide_groups_pct * dev->compute_units)
+        vec = wide;
     px_define defs[] = {{"VEC", vec}, {"LX", lx}, {"LY", ly}, {"TRANSPOSED", tr},
-                        {"PX_ALIGNED", t->aligned && n % vec == 0}, {"IDX16", idx16}, {"SWZ", t->spmm_swizzle}};
-    PX_TRY(px_kernel_get(dev, FILE_, "csr_spmm", defs, 7, &kern, err));
+                        {"PX_ALIGNED", t->aligned && n % vec == 0}, {"IDX16", idx16}, {"SWZ", t->spmm_swizzle},
+                        {"PX_OFF32", (long)k * n <= INT_MAX}};
+    PX_TRY(px_kernel_get(dev, FILE_, "csr_spmm", defs, 8, &kern, err));
     size_t g[2] = {(size_t)((n + vec - 1) / vec), (size_t)m}, l[2] = {(size_t)lx, (size_t)ly};
     return px_launch(dev, kern, 2, g, l, args, 10, err);
 }
@@ -93,12 +99,11 @@ static proxcl_status spmm_rows(px_device *dev, int m, int n, cl_mem ap, cl_mem a
 proxcl_status px_spmm(px_device *dev, int m, int k, cl_mem ap, cl_mem aj, int idx16, cl_mem ax, cl_mem pm,
                       const px_pieces *pieces, cl_mem x, int n, cl_mem bias, int relu, cl_mem out, proxcl_error *err)
 {
-    (void)k;
     if (!m || !n) return PROXCL_OK;
-    if (!pieces || !pieces->count) return spmm_rows(dev, m, n, ap, aj, idx16, ax, pm, x, out, bias, relu, err);
+    if (!pieces || !pieces->count) return spmm_rows(dev, m, k, n, ap, aj, idx16, ax, pm, x, out, bias, relu, err);
     cl_mem part;
     PX_TRY(px_buffer(dev, (size_t)pieces->count * n * sizeof(float), &part, err));
-    proxcl_status s = spmm_rows(dev, pieces->count, n, pieces->qp, aj, idx16, ax, pm, x, part, NULL, 0, err);
+    proxcl_status s = spmm_rows(dev, pieces->count, k, n, pieces->qp, aj, idx16, ax, pm, x, part, NULL, 0, err);
     px_kernel *sum;
     if (s == PROXCL_OK) s = px_kernel_get(dev, FILE_, "csr_sum_pieces", NULL, 0, &sum, err);
     if (s == PROXCL_OK) {

@@ -35,11 +35,14 @@ class Tuning(Mapping):
     dense.cl: ``gemm_*`` (``gemm_nv`` > 0 selects the CPU register-block form, ``gemm_nt_rn``
     > 0 the row-dot-product form of A B^T).
     ``gemm_tile`` (LX, LY, TM, TN, BK of the tiled GPU form, gemm_tile; LX 0: off).
-    csr.cl: ``spmm_*`` (``spmm_nv`` > 0: the CPU row-segment form, whose vectors are
-    ``spmm_wide_vec`` wide when a whole number of segments spans the batch), ``sddmm_*`` (``sddmm_lanes``
+    csr.cl: ``spmm_*`` (``spmm_nv`` > 0: the CPU row-segment form; the vectors of either form
+    are ``spmm_wide_vec`` wide when a whole number of segments, or of the GPU form's column groups
+    of LX vectors, spans the batch), ``sddmm_*`` (``sddmm_lanes``
     > 1: the GPU form with a reduction over lanes), ``scan_local``.  ``spmm_swizzle`` (SWZ of
     the GPU form, csr_spmm): > 0 orders its work-groups in column slices of that many groups, so
-    that the groups in flight share a slice of X in the cache (0: rows of groups in launch order).
+    that the groups in flight share a slice of X in the cache (0: rows of groups in launch order);
+    its wider vectors only where the launch still makes at least ``spmm_wide_groups_pct`` % of
+    the compute units in work-groups (fewer, wider work-items were slower on small layers).
     ``tile_groups_pct``: gemm_tile runs only where its work-groups number at least this percentage
     of the compute units, with its register block halved (TM, TN 8 -> 4) where that takes it there,
     and where both sides of C are at least its halved block (LY*4 rows, LX*4 columns); elsewhere
@@ -68,6 +71,7 @@ class Tuning(Mapping):
     spmm_rows: int
     spmm_local: tuple[int, int]
     spmm_swizzle: int
+    spmm_wide_groups_pct: int
     sddmm_lanes: int
     sddmm_vec: int
     sddmm_epw: int
@@ -104,8 +108,8 @@ _TABLE = {
     "gemm_rm": (6, 4), "gemm_vec": (8, 2), "gemm_nv": (2, 0), "gemm_rows": (4, 0),
     "gemm_local": ((4, 4), (32, 8)), "gemm_nt_rm": (3, 0), "gemm_nt_rn": (3, 0),
     "gemm_tile": ((0, 0, 0, 0, 0), (16, 16, 8, 8, 8)),
-    "spmm_vec": (8, 2), "spmm_wide_vec": (16, 0), "spmm_nv": (8, 0), "spmm_rows": (8, 0), "spmm_local": ((4, 4), (32, 8)),
-    "spmm_swizzle": (0, 1),
+    "spmm_vec": (8, 2), "spmm_wide_vec": (16, 4), "spmm_nv": (8, 0), "spmm_rows": (8, 0), "spmm_local": ((4, 4), (32, 8)),
+    "spmm_swizzle": (0, 1), "spmm_wide_groups_pct": (0, 300),
     "sddmm_lanes": (1, 8), "sddmm_vec": (8, 4), "sddmm_epw": (4, 1), "sddmm_group": (16, 16),
     "scan_local": (256, 256), "tile_groups_pct": (0, 50),
     "cols_limit_mib": (8, 0), "nn_rows": (8, 64), "nn_reduce": (64, 256), "nn_softmax": (64, 64),

@@ -5,7 +5,8 @@
  * Build defines: VEC (vector width), PX_ALIGNED (see common.h), LX, LY (fixed local size),
  * TRANSPOSED (values through Pm), IDX16 (1: the index arrays Aj, Ai and Ti are ushort, IDX,
  * as when both dimensions fit; 0: int; proxcl.ops.sparse.index_dtype),
- * SWZ (csr_spmm's column slices of work-groups), NV (vectors per work-item, csr_spmm_seg),
+ * SWZ (csr_spmm's column slices of work-groups), PX_OFF32 (csr_spmm: X's elements fit an int),
+ * NV (vectors per work-item, csr_spmm_seg),
  * LANES, GROUP (csr_sddmm), EPW (csr_sddmm_rows), SCAN_LOCAL, SCAN_CHUNK (scan).  Every *_seg / *_rows kernel is the CPU form of the kernel
  * before it; Device.tuning picks one per device kind.  Host module: proxcl/ops/sparse.py.
  *
@@ -32,6 +33,16 @@
 #endif
 #ifndef SWZ
 #define SWZ 0
+#endif
+#ifndef PX_OFF32
+#define PX_OFF32 0
+#endif
+/* Offset of row r of X (n columns): an int product where the host promises that X's k * n
+ * elements fit an int (PX_OFF32=1), else a size_t one. */
+#if PX_OFF32
+#define PX_XOFF(r, n) ((int)(r) * (n))
+#else
+#define PX_XOFF(r, n) ((size_t)(r) * (n))
 #endif
 #if IDX16
 #define IDX ushort
@@ -79,9 +90,10 @@ void csr_spmm(const int m, const int n,
     __global float *y = Y + (size_t)i * n + c0;
     floatV acc = (floatV)(0.0f);
     if (c0 + VEC <= n) {
+        __global const float *x0 = X + c0;
         _Pragma("unroll 4")
         for (int p = start; p < end; ++p)
-            acc += (floatV)(PX_VAL(p)) * VLOAD(X + (size_t)Aj[p] * n + c0);
+            acc += (floatV)(PX_VAL(p)) * VLOAD(x0 + PX_XOFF(Aj[p], n));
     } else {   /* cut by the right edge: columns past n load as zeros, one loop as above */
         for (int p = start; p < end; ++p)
             acc += (floatV)(PX_VAL(p)) * VLOAD_PART(X + (size_t)Aj[p] * n + c0, n - c0);

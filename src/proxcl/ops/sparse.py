@@ -586,7 +586,12 @@ def _spmm_rows(dev: Device, m, n, ap, aj, ax, pm, x, out, bias, relu, idx: int) 
                    bias, int(relu))
     else:    # GPU form: work-items coalesced over the batch columns
         lx, ly = t.spmm_local
+        wide = t.spmm_wide_vec
+        if (wide and n % (wide * lx) == 0    # whole column groups of the wider vectors span the batch
+                and 100 * (n // (wide * lx)) * -(-m // ly) >= t.spmm_wide_groups_pct * dev.compute_units):
+            vec = wide
         kern = dev.kernel(_FILE, "csr_spmm", VEC=vec, LX=lx, LY=ly, TRANSPOSED=tr,
-                          PX_ALIGNED=int(t.aligned and n % vec == 0), IDX16=idx, SWZ=t.spmm_swizzle)
+                          PX_ALIGNED=int(t.aligned and n % vec == 0), IDX16=idx, SWZ=t.spmm_swizzle,
+                          PX_OFF32=int(x.shape[0] * n <= _I32_MAX))
         dev.launch(kern, (-(-n // vec), m), (lx, ly), m, n, ap, aj, ax, pm, x, out,
                    bias, int(relu))
