@@ -79,17 +79,27 @@ def test_spmm_bias_and_relu_separately(kdev, rng, bias, relu):
     assert rel_err(got.get(), ref) < TOL
 
 
+def check_both_products(dev, rng, a: sp.csr_matrix, n: int) -> None:
+    """W @ X and W.T @ D of the CSR matrix a on dev, into NaN-filled outputs, against scipy in
+    float64."""
+    (m, k), w = a.shape, CSRMatrix.from_scipy(a, dev)
+    x, d = randn(rng, k, n), randn(rng, m, n)
+    got = w.matmul(x, out=poisoned(dev, (m, n)))
+    assert rel_err(got.get(), a.astype(np.float64) @ x) < TOL
+    got_t = w.matmul_t(d, out=poisoned(dev, (k, n)))
+    assert rel_err(got_t.get(), a.T.astype(np.float64) @ d) < TOL
+
+
+def built_spmm(dev, *defines) -> set:
+    """The values of these defines in every csr_spmm kernel dev has built."""
+    return {tuple(dict(key[2])[k] for k in defines) for key in dev._kernels if key[1] == "csr_spmm"}
+
+
 @pytest.mark.parametrize("n", [1, 7, 8, 63, 64, 65, 127, 128, 129, 256, 384, 1000])
 def test_spmm_batch_widths(kdev, rng, n):
     """Widths around vector widths and per-work-item column segments (the CPU form widens its
     vectors when whole segments span the batch: 128, 256, 384), both products."""
-    a = random_csr(rng, 37, 41, 0.15)
-    x, d = randn(rng, 41, n), randn(rng, 37, n)
-    w = CSRMatrix.from_scipy(a, kdev)
-    got = w.matmul(x, out=poisoned(kdev, (37, n)))
-    assert rel_err(got.get(), a.astype(np.float64) @ x) < TOL
-    got_t = w.matmul_t(d, out=poisoned(kdev, (41, n)))
-    assert rel_err(got_t.get(), a.T.astype(np.float64) @ d) < TOL
+    check_both_products(kdev, rng, random_csr(rng, 37, 41, 0.15), n)
 
 
 @pytest.mark.parametrize("swizzle", [0, 1, 2, 3, 8])
@@ -102,15 +112,8 @@ def test_spmm_work_group_orders(dev, rng, swizzle):
     from proxcl.tuning import FORMS
     d = proxcl.Device(dev.spec)
     d.tuning = dataclasses.replace(FORMS["gpu"], spmm_local=(4, 4), spmm_swizzle=swizzle)
-    a = random_csr(rng, 37, 41, 0.2)
-    x, dy = randn(rng, 41, 30), randn(rng, 37, 30)
-    w = CSRMatrix.from_scipy(a, d)
-    got = w.matmul(x, out=poisoned(d, (37, 30)))
-    assert rel_err(got.get(), a.astype(np.float64) @ x) < TOL
-    got_t = w.matmul_t(dy, out=poisoned(d, (41, 30)))
-    assert rel_err(got_t.get(), a.T.astype(np.float64) @ dy) < TOL
-    built = {dict(key[2])["SWZ"] for key in d._kernels if key[1] == "csr_spmm"}
-    assert built == {swizzle}
+    check_both_products(d, rng, random_csr(rng, 37, 41, 0.2), 30)
+    assert built_spmm(d, "SWZ") == {(swizzle,)}
 
 
 @pytest.mark.parametrize("n,pct,vec", [(30, 300, 2), (32, 300, 4), (40, 300, 2), (48, 300, 4),
@@ -131,15 +134,8 @@ def test_spmm_gpu_vectors_and_offsets(dev, rng, monkeypatch, n, pct, vec, int_of
     d = proxcl.Device(dev.spec)
     d.__dict__["compute_units"] = 4
     d.tuning = dataclasses.replace(FORMS["gpu"], spmm_local=(4, 4), spmm_wide_groups_pct=pct)
-    a = random_csr(rng, 41, 41, 0.2)
-    x, dy = randn(rng, 41, n), randn(rng, 41, n)
-    w = CSRMatrix.from_scipy(a, d)
-    got = w.matmul(x, out=poisoned(d, (41, n)))
-    assert rel_err(got.get(), a.astype(np.float64) @ x) < TOL
-    got_t = w.matmul_t(dy, out=poisoned(d, (41, n)))
-    assert rel_err(got_t.get(), a.T.astype(np.float64) @ dy) < TOL
-    built = {(k["VEC"], k["PX_OFF32"]) for k in (dict(key[2]) for key in d._kernels if key[1] == "csr_spmm")}
-    assert built == {(vec, int(int_offsets))}, built
+    check_both_products(d, rng, random_csr(rng, 41, 41, 0.2), n)
+    assert built_spmm(d, "VEC", "PX_OFF32") == {(vec, int(int_offsets))}
 
 
 def test_spmm_long_rows(kdev, rng):
