@@ -37,12 +37,12 @@ class Tuning(Mapping):
     ``gemm_tile`` (LX, LY, TM, TN, BK of the tiled GPU form, gemm_tile; LX 0: off).
     csr.cl: ``spmm_*`` (``spmm_nv`` > 0: the CPU row-segment form; the vectors of either form
     are ``spmm_wide_vec`` wide when a whole number of segments, or of the GPU form's column groups
-    of LX vectors, spans the batch), ``sddmm_*`` (``sddmm_lanes``
-    > 1: the GPU form with a reduction over lanes), ``scan_local``.  ``spmm_swizzle`` (SWZ of
-    the GPU form, csr_spmm): > 0 orders its work-groups in column slices of that many groups, so
-    that the groups in flight share a slice of X in the cache (0: rows of groups in launch order);
-    its wider vectors only where the launch still makes at least ``spmm_wide_groups_pct`` % of
-    the compute units in work-groups (fewer, wider work-items were slower on small layers).
+    of LX vectors, spans the batch), ``sddmm_*`` (``sddmm_lanes`` > 1: the GPU form with a
+    reduction over lanes), ``scan_local``.  ``spmm_swizzle`` (SWZ of the GPU form, csr_spmm): > 0
+    orders its work-groups in column slices of that many groups, so that the groups in flight
+    share a slice of X in the cache (0: rows of groups in launch order).  The GPU form takes its
+    wider vectors only where the launch still makes at least ``spmm_wide_groups_pct`` % of the
+    compute units in work-groups (fewer, wider work-items were slower on small layers).
     ``tile_groups_pct``: gemm_tile runs only where its work-groups number at least this percentage
     of the compute units, with its register block halved (TM, TN 8 -> 4) where that takes it there,
     and where both sides of C are at least its halved block (LY*4 rows, LX*4 columns); elsewhere

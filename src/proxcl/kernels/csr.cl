@@ -6,8 +6,8 @@
  * TRANSPOSED (values through Pm), IDX16 (1: the index arrays Aj, Ai and Ti are ushort, IDX,
  * as when both dimensions fit; 0: int; proxcl.ops.sparse.index_dtype),
  * SWZ (csr_spmm's column slices of work-groups), PX_OFF32 (csr_spmm: X's elements fit an int),
- * NV (vectors per work-item, csr_spmm_seg),
- * LANES, GROUP (csr_sddmm), EPW (csr_sddmm_rows), SCAN_LOCAL, SCAN_CHUNK (scan).  Every *_seg / *_rows kernel is the CPU form of the kernel
+ * NV (vectors per work-item, csr_spmm_seg), LANES, GROUP (csr_sddmm), EPW (csr_sddmm_rows),
+ * SCAN_LOCAL, SCAN_CHUNK (scan).  Every *_seg / *_rows kernel is the CPU form of the kernel
  * before it; Device.tuning picks one per device kind.  Host module: proxcl/ops/sparse.py.
  *
  * No work-item loops over a whole row, column range or array: the host splits rows longer than
