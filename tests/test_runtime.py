@@ -87,6 +87,31 @@ def test_launch_sets_only_changed_arguments_and_stays_correct(dev):
 
 
 
+def test_kernel_memo_serves_every_order_of_defines(dev):
+    """Device.kernel looks a kernel up by the defines in the caller's order first; another order
+    of the same defines gets the same kernel and builds nothing new, other values a new one."""
+    import proxcl
+    d = proxcl.Device(dev.spec)
+    k1 = d.kernel("csr.cl", "gather_f32", VEC=4, LX=4)
+    built = len(d._kernels)
+    assert d.kernel("csr.cl", "gather_f32", LX=4, VEC=4) is k1
+    assert d.kernel("csr.cl", "gather_f32", VEC=4, LX=4) is k1 and len(d._kernels) == built
+    assert d.kernel("csr.cl", "gather_f32", LX=8, VEC=4) is not k1 and len(d._kernels) == built + 1
+
+
+def test_launch_converts_scalars_by_type(dev):
+    """Scalar arguments are converted when they are set: a Python int, a numpy int32 and a bool
+    all reach the kernel as int32, and each change of value or type is set again."""
+    k = dev.kernel("csr.cl", "gather_f32")
+    x = dev.to_device(np.arange(8, dtype=np.float32))
+    idx = dev.to_device(np.array([5, 1, 2], np.int32), np.int32)
+    out = dev.full((3,), np.nan)
+    for n in (2, np.int32(2), True, 3):
+        out.fill(np.float32(-1))
+        dev.launch(k, (3,), (64,), n, x, idx, out)
+        assert out.get().tolist() == [5, 1, 2][:int(n)] + [-1] * (3 - int(n))
+
+
 @pytest.mark.parametrize("shape, dtype", [((3, 0, 5), np.float32), (7, np.int32), ((4, 6), np.float32),
                                           ((), np.float32), ((2, 3, 4), np.uint16)])
 def test_empty_arrays_match_numpy_layout(dev, shape, dtype):

@@ -55,11 +55,12 @@ class _Allocator:
     """The allocator of one category: a callable ``(nbytes) -> buffer`` that pyopencl arrays
     keep (``Array.allocator``), so a copy of an array stays in its category."""
 
-    __slots__ = ("memory", "category", "pool")
+    __slots__ = ("memory", "category", "index", "pool")
 
     def __init__(self, memory: "Memory", category: str, pool):
         self.memory = memory
         self.category = category
+        self.index = CATEGORIES.index(category)
         self.pool = pool
 
     def __call__(self, nbytes: int):
@@ -83,6 +84,7 @@ class Memory:
 
     def __init__(self, queue):
         self._pools = {c: cl_tools.MemoryPool(cl_tools.ImmediateAllocator(queue)) for c in CATEGORIES}
+        self._pool_list = list(self._pools.values())
         self._allocators = {c: _Allocator(self, c, p) for c, p in self._pools.items()}
         self.requests = 0
         self.driver_allocations = 0
@@ -104,25 +106,27 @@ class Memory:
         self.requests += 1
         if after > blocks:
             self.driver_allocations += 1
+            # the pools' footprint grows only here
+            pooled = sum(p.managed_bytes for p in self._pool_list)
+            for peak in self._peaks:
+                if pooled > peak["pool"]:
+                    peak["pool"] = pooled
         elif after < blocks:
             # the pool gave kept buffers back to the driver to make room: their handles may be
             # reused for new buffers
             self._released()
-        live = {c: p.active_bytes for c, p in self._pools.items()}
-        total = sum(live.values())
-        state = live["weights"] + live["gradients"] + live["optimizer"]
-        pooled = sum(p.managed_bytes for p in self._pools.values())
-        c = alloc.category
+        live = [p.active_bytes for p in self._pool_list]      # in the order of CATEGORIES
+        total = sum(live)
+        state = live[0] + live[1] + live[2]                   # STATE
+        c, mine = alloc.category, live[alloc.index]
         for peak in self._peaks:
             if total > peak["total"]:
                 peak["total"] = total
-                peak["at_peak"] = live
+                peak["at_peak"] = dict(zip(CATEGORIES, live))
             if state > peak["state"]:
                 peak["state"] = state
-            if live[c] > peak[c]:
-                peak[c] = live[c]
-            if pooled > peak["pool"]:
-                peak["pool"] = pooled
+            if mine > peak[c]:
+                peak[c] = mine
         return buf
 
     def on_release(self, callback) -> None:

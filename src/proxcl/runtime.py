@@ -202,7 +202,8 @@ class Device:
         props = cl.command_queue_properties.PROFILING_ENABLE if profile else 0
         self.queue = cl.CommandQueue(self.context, properties=props)
         self.profile = profile
-        self._kernels: dict[tuple, cl.Kernel] = {}
+        self._kernels: dict[tuple, cl.Kernel] = {}          # by (file, name, sorted defines)
+        self._kernels_by_call: dict[tuple, cl.Kernel] = {}  # the same, by the caller's order
         self._last_args: dict[cl.Kernel, list] = {}
         self._recorders: list[list] = []
         self.memory = Memory(self.queue)
@@ -253,11 +254,18 @@ class Device:
         return prg
 
     def kernel(self, filename: str, name: str, **defines) -> cl.Kernel:
-        key = (filename, name, tuple(sorted(defines.items())))
-        k = self._kernels.get(key)
+        """The kernel ``name`` of a package ``.cl`` file built with ``defines``, memoised: first
+        by the defines in the caller's order (no sort on the launch path), then in sorted order,
+        so that one build serves every order."""
+        fast = (filename, name, tuple(defines.items()))
+        k = self._kernels_by_call.get(fast)
         if k is None:
-            k = cl.Kernel(self.program(filename, **defines), name)
-            self._kernels[key] = k
+            key = (filename, name, tuple(sorted(defines.items())))
+            k = self._kernels.get(key)
+            if k is None:
+                k = cl.Kernel(self.program(filename, **defines), name)
+                self._kernels[key] = k
+            self._kernels_by_call[fast] = k
         return k
 
     def launch(self, kernel: cl.Kernel, gsize, lsize, *args, wait_for=None) -> cl.Event:
@@ -269,7 +277,7 @@ class Device:
         are compared by their OpenCL handle, not kept referenced (a kept reference would keep a
         freed buffer alive): while a pool keeps a freed buffer its handle names the same
         memory, and when the pools give buffers back to the driver this cache is cleared."""
-        conv, keys = [], []
+        vals, keys = [], []
         for a in args:
             t = type(a)
             if t is cla.Array or isinstance(a, cla.Array):
@@ -281,22 +289,18 @@ class Device:
                 keys.append(a)
             elif isinstance(a, cl.MemoryObjectHolder):
                 keys.append(a.int_ptr)      # a buffer passed as such: its handle too
-            else:
-                if t is bool or t is np.bool_ or isinstance(a, (int, np.integer)):
-                    a = np.int32(a)
-                elif isinstance(a, (float, np.floating)):
-                    a = np.float32(a)
-                keys.append(a)
-            conv.append(a)   # a buffer, a numpy scalar, cl.LocalMemory or None
+            else:                           # a scalar, converted only when it is set
+                keys.append(a if t is int else (t, a))
+            vals.append(a)
         last = self._last_args.get(kernel)
         if last is None or len(last) != len(keys):
-            kernel.set_args(*conv)
+            kernel.set_args(*map(_cl_arg, vals))
         elif last != keys:
             for i, (new, old) in enumerate(zip(keys, last)):
-                if new is not old and not (type(new) is type(old) and new == old):
-                    kernel.set_arg(i, conv[i])
+                if new is not old and new != old:
+                    kernel.set_arg(i, _cl_arg(vals[i]))
         self._last_args[kernel] = keys
-        g = tuple(ceil_to(n, l) for n, l in zip(gsize, lsize))
+        g = tuple([max(l, -(-int(n) // l) * l) for n, l in zip(gsize, lsize)])   # ceil_to, inline
         ev = cl.enqueue_nd_range_kernel(self.queue, kernel, g, tuple(lsize), wait_for=wait_for)
         if self._recorders:
             for launches in self._recorders:
@@ -356,6 +360,17 @@ class Device:
 
     def finish(self) -> None:
         self.queue.finish()
+
+
+def _cl_arg(a):
+    """A launch argument as a kernel takes it: ints (and bools) as int32, floats as float32;
+    buffers, None and local memory as they are."""
+    t = type(a)
+    if t is int or t is bool or t is np.bool_ or isinstance(a, (int, np.integer)):
+        return np.int32(a)
+    if isinstance(a, (float, np.floating)):
+        return np.float32(a)
+    return a
 
 
 _DEFAULT: Device | None = None
