@@ -300,7 +300,7 @@ class Device:
                 if new is not old and new != old:
                     kernel.set_arg(i, _cl_arg(vals[i]))
         self._last_args[kernel] = keys
-        g = tuple([max(l, -(-int(n) // l) * l) for n, l in zip(gsize, lsize)])   # ceil_to, inline
+        g = tuple([ceil_to(n, l) for n, l in zip(gsize, lsize)])
         ev = cl.enqueue_nd_range_kernel(self.queue, kernel, g, tuple(lsize), wait_for=wait_for)
         if self._recorders:
             for launches in self._recorders:
@@ -365,8 +365,7 @@ class Device:
 def _cl_arg(a):
     """A launch argument as a kernel takes it: ints (and bools) as int32, floats as float32;
     buffers, None and local memory as they are."""
-    t = type(a)
-    if t is int or t is bool or t is np.bool_ or isinstance(a, (int, np.integer)):
+    if isinstance(a, (int, np.integer, np.bool_)):     # bool is an int
         return np.int32(a)
     if isinstance(a, (float, np.floating)):
         return np.float32(a)
