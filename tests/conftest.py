@@ -125,9 +125,5 @@ TIGHT = {"loop_max": 256, "scan_local": 32}
 @pytest.fixture(scope="module", params=["cpu", "gpu"])
 def tight(request, dev):
     """The test device in either kernel form with the loop budget of TIGHT."""
-    import dataclasses
-    import proxcl
-    from proxcl.tuning import FORMS
-    d = proxcl.Device(dev.spec)
-    d.tuning = dataclasses.replace(FORMS[request.param], **TIGHT)
-    return d
+    from helpers import form_device
+    return form_device(dev, request.param, **TIGHT)

@@ -18,6 +18,20 @@ def rel_err(out, ref) -> float:
     return float(num / den) if den > 0 else float(num)
 
 
+def form_device(dev, form: str = "gpu", compute_units: int | None = None, **tuning):
+    """A new Device on the test device's OpenCL device, running kernel form ``form`` with these
+    Tuning fields replaced (and, if given, reporting ``compute_units`` units)."""
+    import dataclasses
+
+    import proxcl
+    from proxcl.tuning import FORMS
+    d = proxcl.Device(dev.spec)
+    if compute_units is not None:
+        d.__dict__["compute_units"] = compute_units
+    d.tuning = dataclasses.replace(FORMS[form], **tuning)
+    return d
+
+
 def poisoned(dev, shape):
     """A float32 device array filled with NaN, so an unwritten element fails the test."""
     return dev.full(shape, np.nan)

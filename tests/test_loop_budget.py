@@ -20,7 +20,7 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-from helpers import poisoned, rel_err
+from helpers import form_device, poisoned, rel_err
 from proxcl import models
 from proxcl.layers import Conv2d, Linear, MaxPool2d, Workspace
 from proxcl.ops import CSRMatrix, gemm
@@ -351,13 +351,8 @@ def test_linear_layer_under_the_budget(tight, rng, sparse):
 @pytest.fixture(scope="module")
 def tight_tiled(dev):
     """The GPU form with the tiled kernels at every size (conftest.TILED) and a budget of 256."""
-    import dataclasses
-    import proxcl
     from conftest import TIGHT, TILED
-    from proxcl.tuning import FORMS
-    d = proxcl.Device(dev.spec)
-    d.tuning = dataclasses.replace(FORMS["gpu"], **TILED, **TIGHT)
-    return d
+    return form_device(dev, **TILED, **TIGHT)
 
 
 @pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True)])

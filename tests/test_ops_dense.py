@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from proxcl.ops import gemm, soft_threshold, transpose
-from helpers import poisoned, rel_err
+from helpers import form_device, poisoned, rel_err
 
 TOL = 1e-5
 SETTINGS = settings(max_examples=15, deadline=None,
@@ -219,12 +219,7 @@ def test_tiled_gemm_halved_blocks_take_longer_steps(dev, rng):
     """Where gemm_tile halves its register block (TM, TN 8 -> 4) it doubles its step BK, so that a
     work-item of 16 x 16 still stages a whole float4 of A and of B per step (GT_VEC); the product
     is numpy's."""
-    import dataclasses
-    import proxcl
-    from proxcl.tuning import FORMS
-    d = proxcl.Device(dev.spec)
-    d.__dict__["compute_units"] = 4
-    d.tuning = dataclasses.replace(FORMS["gpu"], gemm_tile=(16, 16, 8, 8, 8), tile_groups_pct=100)
+    d = form_device(dev, compute_units=4, gemm_tile=(16, 16, 8, 8, 8), tile_groups_pct=100)
     a, b = randn(rng, 128, 36), randn(rng, 36, 128)   # one 128 x 128 block, four of 64 x 64
     got = gemm(d, a, b)
     built = [dict(key[2]) for key in d._kernels if key[1] == "gemm_tile"]
@@ -239,12 +234,8 @@ def test_tiled_gemm_float4_loads_only_where_rows_are_aligned(dev, rng, M, N, K, 
     """gemm_tile loads float4 from global memory (GT_VEC) where N and K (M for a transposed A) are
     multiples of 4, slices of K included (K = 300 under a budget of 256 loops), element by element
     elsewhere; both give numpy's product."""
-    import dataclasses
-    import proxcl
     from conftest import TIGHT, TILED
-    from proxcl.tuning import FORMS
-    d = proxcl.Device(dev.spec)
-    d.tuning = dataclasses.replace(FORMS["gpu"], **TILED, **(TIGHT if K == 300 else {}))
+    d = form_device(dev, **TILED, **(TIGHT if K == 300 else {}))
     if vec is None:
         vec = int(M % 4 == 0) if trans_a else 0
     a = randn(rng, K, M) if trans_a else randn(rng, M, K)

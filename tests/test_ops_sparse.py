@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from proxcl.ops import CSRMatrix, HostCSR, gather, scatter
-from helpers import poisoned, rel_err
+from helpers import form_device, poisoned, rel_err
 
 TOL = 1e-5
 SETTINGS = settings(max_examples=15, deadline=None,
@@ -107,11 +107,7 @@ def test_spmm_work_group_orders(dev, rng, swizzle):
     """The GPU form's work-groups in column slices of 0 (launch order), 1, 2, 3 or 8 groups: 30
     columns of 2-wide vectors over 4 lanes make 4 column groups, so slices of 3 leave a short last
     slice and 8 makes one slice; every element is written once, both products as scipy's."""
-    import dataclasses
-    import proxcl
-    from proxcl.tuning import FORMS
-    d = proxcl.Device(dev.spec)
-    d.tuning = dataclasses.replace(FORMS["gpu"], spmm_local=(4, 4), spmm_swizzle=swizzle)
+    d = form_device(dev, spmm_local=(4, 4), spmm_swizzle=swizzle)
     check_both_products(d, rng, random_csr(rng, 37, 41, 0.2), 30)
     assert built_spmm(d, "SWZ") == {(swizzle,)}
 
@@ -125,15 +121,10 @@ def test_spmm_gpu_vectors_and_offsets(dev, rng, monkeypatch, n, pct, vec, int_of
     of the compute units (48 columns, 41 rows: 3 x 11 = 33 groups, 4 units here), and int offsets
     into X (PX_OFF32) where X's k * n elements fit an int (the limit lowered here to take the
     other path); both products as scipy's."""
-    import dataclasses
-    import proxcl
     import proxcl.ops.sparse as sparse
-    from proxcl.tuning import FORMS
     if not int_offsets:
         monkeypatch.setattr(sparse, "_I32_MAX", 41 * n - 1)
-    d = proxcl.Device(dev.spec)
-    d.__dict__["compute_units"] = 4
-    d.tuning = dataclasses.replace(FORMS["gpu"], spmm_local=(4, 4), spmm_wide_groups_pct=pct)
+    d = form_device(dev, compute_units=4, spmm_local=(4, 4), spmm_wide_groups_pct=pct)
     check_both_products(d, rng, random_csr(rng, 41, 41, 0.2), n)
     assert built_spmm(d, "VEC", "PX_OFF32") == {(vec, int(int_offsets))}
 

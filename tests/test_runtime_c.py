@@ -481,13 +481,10 @@ def test_launches_split_as_the_python_runtimes(crt_tight, dev, files, data_dir, 
     weight and of its transpose (a dense LeNet-300 trained as CSR), column slices of bias gradients
     (and of SDDMM in the CPU form), col2im rows in pieces, im2col where the direct convolution's
     loops would not fit."""
-    import dataclasses
-    import proxcl
-    from proxcl.tuning import FORMS
+    from helpers import form_device
     monkeypatch.setenv("PROXCL_TUNING", form)
-    d = proxcl.Device(dev.spec)
     # the scan's work-group (Python's from_dense; the C runtime converts on the host) below the budget
-    d.tuning = dataclasses.replace(FORMS[form], loop_max=TIGHT_LOOP_MAX, scan_local=32)
+    d = form_device(dev, form, loop_max=TIGHT_LOOP_MAX, scan_local=32)
     traced = _compare_launches(crt_tight, d, files, data_dir, tmp_path, monkeypatch,
                                trained=(("lenet5", "csr"), ("lenet300", "dense")))
     kernels = {t["kernel"] for t in traced}
