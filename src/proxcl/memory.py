@@ -40,6 +40,7 @@ __all__ = ["CATEGORIES", "STATE", "Memory", "category_of", "format_bytes"]
 
 CATEGORIES = ("weights", "gradients", "optimizer", "activations", "data")
 STATE = ("weights", "gradients", "optimizer")
+assert CATEGORIES[:len(STATE)] == STATE      # the allocation hook sums the state as a prefix
 
 
 def format_bytes(n: float) -> str:
@@ -117,7 +118,7 @@ class Memory:
             self._released()
         live = [p.active_bytes for p in self._pool_list]      # in the order of CATEGORIES
         total = sum(live)
-        state = live[0] + live[1] + live[2]                   # STATE
+        state = sum(live[:len(STATE)])
         c, mine = alloc.category, live[alloc.index]
         for peak in self._peaks:
             if total > peak["total"]:

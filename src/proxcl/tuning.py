@@ -44,7 +44,7 @@ class Tuning(Mapping):
     wider vectors only where the launch still makes at least ``spmm_wide_groups_pct`` % of the
     compute units in work-groups (fewer, wider work-items were slower on small layers).
     ``tile_groups_pct``: gemm_tile runs only where its work-groups number at least this percentage
-    of the compute units, with its register block halved (TM, TN 8 -> 4) where that takes it there,
+    of the compute units, with its register block halved (TM, TN 8 -> 4, BK doubled) where that takes it there,
     and where both sides of C are at least its halved block (LY*4 rows, LX*4 columns); elsewhere
     the untiled form keeps the units busy and wastes no work on padding.
     ``cols_limit_mib``: a convolution's im2col buffer larger than this many MiB is cut into batch
