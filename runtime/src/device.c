@@ -325,6 +325,8 @@ proxcl_status px_kernel_get(px_device *dev, const char *file, const char *name, 
                             int ndefs, px_kernel **out, proxcl_error *err)
 {
     char options[512];
+    if (ndefs > PX_MAX_DEFINES)
+        return px_fail(err, PROXCL_ERR_OPENCL, "kernel %s: %d build defines, more than %d", name, ndefs, PX_MAX_DEFINES);
     build_options(defs, ndefs, options, sizeof options);
     for (px_kernel *k = dev->kernels; k; k = k->next)
         if (!strcmp(k->name, name) && !strcmp(k->file, file) && !strcmp(k->options, options)) {

@@ -66,7 +66,7 @@ proxcl_status px_cl_open(proxcl_error *err);            /* idempotent */
 const char *px_cl_error_name(cl_int code);
 
 /* ---- device.c ---- */
-#define PX_MAX_DEFINES 8
+#define PX_MAX_DEFINES 12                                /* defines of one kernel build, at most */
 typedef struct { const char *name; int value; } px_define;
 
 typedef struct px_kernel px_kernel;                     /* a built kernel with its defines */
