@@ -344,6 +344,26 @@ def test_maxpool_matches_torch(kdev, c, n, h, w, k, s, p, relu, seed):
     assert rel_err(dx, dxt) < TOL
 
 
+@pytest.mark.parametrize("k,s,p", [(2, 2, 0), (2, 2, 1), (1, 3, 0), (2, 3, 1), (3, 3, 1), (3, 4, 0), (3, 2, 1)])
+@pytest.mark.parametrize("relu", [False, True])
+def test_maxpool_backward_forms(kdev, rng, k, s, p, relu):
+    """Windows that do not overlap (k <= s: each writes its winner into a zeroed band, with the rows
+    and columns between windows, right of the last and below the last, zero) and windows that do
+    (3 of stride 2: a search per pixel), on a 9 x 7 image, against PyTorch."""
+    layer = MaxPool2d(kdev, Workspace(kdev), (2, 9, 7), k, s, p)
+    layer.relu = relu
+    x = rng.standard_normal((3, 2, 9, 7))
+    dy = rng.standard_normal((3,) + layer.out_shape)
+    with kdev.record_launches() as launches:
+        y, dx = run_layer(kdev, layer, x, dy)
+    act = (lambda t: torch.relu(t)) if relu else (lambda t: t)
+    yt, dxt, _ = torch_grads(lambda xt: act(F.max_pool2d(xt, k, s, p)), x, [], dy)
+    assert rel_err(y, yt) < TOL and rel_err(dx, dxt) < TOL
+    names = {name for name, _ in launches}
+    assert ("maxpool_bwd_tiles" if k <= s else "maxpool_bwd") in names
+    assert not names & ({"maxpool_bwd"} if k <= s else {"maxpool_bwd_tiles"})
+
+
 def test_maxpool_finite_differences(kdev, rng):
     layer = MaxPool2d(kdev, Workspace(kdev), (2, 7, 6), 3, 2, 1)
     x = rng.standard_normal((2, 2, 7, 6))

@@ -195,15 +195,16 @@ def test_from_dense_and_compaction_past_the_limit(kdev, rng):
 
 # ---- window kernels: rows cut into pieces of columns ------------------------------------
 
-def conv_pool_check(dev, rng, in_shape, out, kernel, pool, n=2, sparse=False, cols_limit=None):
-    """Conv2d (ReLU fused) and MaxPool2d forward and backward against PyTorch; with cols_limit, the
-    im2col buffer's limit in bytes (batch chunks above it)."""
+def conv_pool_check(dev, rng, in_shape, out, kernel, pool, n=2, sparse=False, cols_limit=None, stride=None):
+    """Conv2d (ReLU fused) and MaxPool2d (stride: the pool's, default its window) forward and
+    backward against PyTorch; with cols_limit, the im2col buffer's limit in bytes (batch chunks
+    above it)."""
     ws = Workspace(dev)
     if cols_limit is not None:
         ws.cols_limit = cols_limit
     conv = Conv2d(dev, ws, in_shape, "conv", out, kernel, 1, 1, rng=rng)
     conv.relu = True
-    mp = MaxPool2d(dev, ws, conv.out_shape, pool)
+    mp = MaxPool2d(dev, ws, conv.out_shape, pool, stride)
     w, b = conv.weight.to_numpy().astype(np.float64), conv.bias.to_numpy().astype(np.float64)
     if sparse:
         w[rng.random(w.shape) < 0.5] = 0.0
@@ -211,7 +212,7 @@ def conv_pool_check(dev, rng, in_shape, out, kernel, pool, n=2, sparse=False, co
     x = rng.standard_normal((n,) + tuple(in_shape))
     dy = rng.standard_normal((n,) + mp.out_shape)
     yt, dxt, (dwt, dbt) = torch_grads(
-        lambda xt, W, B: F.max_pool2d(torch.relu(F.conv2d(xt, W, B, padding=1)), pool), x, [w, b], dy)
+        lambda xt, W, B: F.max_pool2d(torch.relu(F.conv2d(xt, W, B, padding=1)), pool, stride), x, [w, b], dy)
     ws.poison()
     xd = dev.to_device(np.ascontiguousarray(x.transpose(1, 0, 2, 3), np.float32))
     h = conv.forward(xd, train=True, keep=True)
@@ -228,8 +229,15 @@ def conv_pool_check(dev, rng, in_shape, out, kernel, pool, n=2, sparse=False, co
 @pytest.mark.parametrize("sparse", [False, True])
 def test_window_rows_in_pieces(tight, rng, sparse):
     """A 100-wide image, a 5x5 kernel: col2im takes 8 columns per work-item, im2col and the
-    pooling kernels 36 to 85."""
+    pooling kernels 36 to 85 (the backward of 2x2 windows, which do not overlap, 36 windows)."""
     conv_pool_check(tight, rng, (2, 9, 100), 3, 5, 2, sparse=sparse)
+
+
+def test_overlapping_pool_rows_in_pieces(tight, rng):
+    """3x3 windows of stride 2, whose backward searches the windows of each pixel: 36 of the 98
+    columns per work-item."""
+    _, names = launched(tight, lambda: conv_pool_check(tight, rng, (2, 9, 100), 3, 5, 3, stride=2))
+    assert "maxpool_bwd" in names and "maxpool_bwd_tiles" not in names
 
 
 def test_window_rows_in_pieces_in_batch_chunks(tight, rng):

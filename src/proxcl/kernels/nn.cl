@@ -25,7 +25,8 @@
 #define GEO_POOL const int QH = G[12], QW = G[13], QSH = G[14], QSW = G[15], QPH = G[16], \
     QPW = G[17], Hp = G[18], Wp = G[19], O = G[20]
 
-/* The row kernels (im2col, col2im, maxpool_fwd/bwd) give each work-item one image row, or built
+/* The row kernels (im2col, col2im, maxpool_fwd/bwd; maxpool_bwd_tiles: the band of rows of one
+ * output row) give each work-item one image row, or built
  * with PX_SPLIT (common.h) and S pieces in launch dimension 2, the piece z of its columns: the
  * columns [x0, x1) of a row of width w, so the index arithmetic (integer divisions) is paid
  * once per piece, not once per element, and a work-item's loops stay within the host's budget
@@ -171,6 +172,36 @@ __kernel void maxpool_bwd(__global const int *restrict G, __global const float *
                 if (Idx[o] == me && (!relu || Y[o] > 0.0f)) acc += dY[o];
             }
         dx[ix] = acc;
+    }
+}
+
+/* dX as maxpool_bwd, for windows that tile the image without overlapping (KH <= SH, KW <= SW):
+ * a pixel lies in at most one window, so each window writes its dY to its winner (Idx) in a band
+ * of dX zeroed first, without a search over windows per pixel.  Work-item (g, c),
+ * g = n*Ho + oy: the input rows of output row oy's band, [oy*SH - PH, (oy+1)*SH - PH) (the last
+ * band down to H), and of its windows' columns [ox*SW - PW, (ox+1)*SW - PW) (the last window's to
+ * W); each window lies in its band and columns, so no other work-item writes there.  The same
+ * values as maxpool_bwd.  O(C N H W). */
+__kernel void maxpool_bwd_tiles(__global const int *restrict G, __global const float *restrict dY,
+                                __global const int *restrict Idx,
+                                __global const float *restrict Y, const int relu,
+                                __global float *restrict dX)
+{
+    GEO_CONV;
+    const int g = get_global_id(0);
+    const int c = get_global_id(1);
+    if (g >= N * Ho || c >= C) return;
+    const int oy = g % Ho, n = g / Ho;
+    const int y0 = PX_MAX(0, oy * SH - PH), y1 = oy == Ho - 1 ? H : PX_MIN(H, (oy + 1) * SH - PH);
+    const size_t o0 = ((size_t)c * N * Ho + g) * Wo;
+    __global float *dx = dX + ((size_t)c * N + n) * H * W;
+    PX_COL_PIECE(Wo);
+    const int c0 = PX_MAX(0, x0 * SW - PW), c1 = x1 == Wo ? W : PX_MIN(W, x1 * SW - PW);
+    for (int iy = y0; iy < y1; ++iy)
+        for (int ix = c0; ix < c1; ++ix) dx[iy * W + ix] = 0.0f;
+    for (int ox = x0; ox < x1; ++ox) {
+        const size_t o = o0 + ox;
+        if (!relu || Y[o] > 0.0f) dx[Idx[o]] = dY[o];
     }
 }
 

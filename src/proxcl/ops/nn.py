@@ -132,9 +132,17 @@ def maxpool_fwd(dev: Device, g: Geometry, x: cla.Array, y: cla.Array, idx: cla.A
 
 def maxpool_bwd(dev: Device, g: Geometry, dy: cla.Array, idx: cla.Array, y: cla.Array,
                 relu: bool, dx: cla.Array) -> None:
-    """dx[C, N, H, W] from dy over the windows that chose each pixel (idx from maxpool_fwd)."""
+    """dx[C, N, H, W] from dy over the windows that chose each pixel (idx from maxpool_fwd):
+    windows that do not overlap write their winners into zeroed bands (maxpool_bwd_tiles), others
+    are searched per pixel (maxpool_bwd)."""
     c, n, h, w = dx.shape
-    kh, kw, sh, sw = g.values[4:8]
+    kh, kw, sh, sw, ph, pw, ho, wo = g.values[4:12]
+    if kh <= sh and kw <= sw:
+        band = max(sh, h - (ho - 1) * sh + ph)            # input rows of a band, the last one's at most
+        extra = max(0, w - (wo * sw - pw))                # columns right of the last window's stride
+        _rows(dev, "maxpool_bwd_tiles", n * ho, c, wo, band * sw + 1, band * (extra + 1),
+              g.array, dy, idx, y, int(relu), dx)
+        return
     wy, wx = (kh - 1) // sh + 1, (kw - 1) // sw + 1       # windows holding a pixel, per axis
     _rows(dev, "maxpool_bwd", n * h, c, w, 1 + wy * (1 + wx), 0, g.array, dy, idx, y, int(relu), dx)
 
