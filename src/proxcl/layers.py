@@ -26,7 +26,7 @@ from .memory import category_of
 from .ops import CSRMatrix, DenseMatrix, HostCSR, gemm
 from .ops import nn
 from .ops.nn import mix32
-from .runtime import Device
+from .runtime import Device, view
 
 __all__ = ["Param", "Workspace", "Layer", "Linear", "Conv2d", "MaxPool2d", "ReLU", "Flatten",
            "Dropout"]
@@ -181,9 +181,10 @@ class Param:
 
     @property
     def data(self) -> cla.Array:
-        if isinstance(self.value, CSRMatrix):
-            return self.value.data
-        return self.value.reshape(self.value.size)
+        value = self.value
+        if isinstance(value, CSRMatrix):
+            return value.data
+        return view(value, (value.size,))
 
     @property
     def size(self) -> int:
@@ -456,7 +457,7 @@ class Conv2d(_Window):
         wrote there for those samples."""
         c = self.in_shape[0]
         if self.pointwise:
-            return x.reshape(c, x.size // c)
+            return view(x, (c, x.size // c))
         cols = self._scratch("cols", (c * self.kh * self.kw, nc * self.ho * self.wo))
         tags, tag = self.ws.tags, self._cols_tag
         if not (reuse and tag is not None and tags.get("cols") is tag and tag[1:] == (n0, nc)):
@@ -468,7 +469,7 @@ class Conv2d(_Window):
         n = x.shape[1]
         o, p = self.out_shape[0], self.ho * self.wo
         y = self._out(x, (o, n, self.ho, self.wo), keep)
-        y2 = y.reshape(o, n * p)
+        y2 = view(y, (o, n * p))
         b = self.bias.value if self.bias is not None else None
         w = self.weight.matrix
         chunks = self._chunks(n)
@@ -487,7 +488,7 @@ class Conv2d(_Window):
     def backward(self, dy, need_dx=True):
         n, x = self._n, self._x
         o, p = self.out_shape[0], self.ho * self.wo
-        dy2 = dy.reshape(o, n * p)
+        dy2 = view(dy, (o, n * p))
         self._mask_and_bias_grad(dy2, self._y2, self.bias)
         self._dy2 = dy2
         w = self.weight.matrix
@@ -502,7 +503,7 @@ class Conv2d(_Window):
         if not need_dx:
             return None
         if self.pointwise:
-            dcols = dx.reshape(c, dx.size // c)
+            dcols = view(dx, (c, dx.size // c))
         else:
             dcols, self.ws.tags["cols"] = cols, None     # written over: cols is no longer needed
         w.matmul_t(dy2, out=dcols)
@@ -672,7 +673,7 @@ class Flatten(Layer):
             return x
         c, hw = self.in_shape[0], f // self.in_shape[0]
         if hw == 1:
-            return x.reshape(f, n)
+            return view(x, (f, n))
         y = self._out(x, (f, n), keep)
         self._n = n
         nn.channel_major_to_features(self.device, x, y, c, hw, n)
@@ -687,7 +688,7 @@ class Flatten(Layer):
         c, hw = self.in_shape[0], f // self.in_shape[0]
         shape = self.batch_shape(self.in_shape, n)
         if hw == 1:
-            return dy.reshape(shape)
+            return view(dy, shape)
         dx = self._buf("dx", shape)
         nn.features_to_channel_major(self.device, dy, dx, c, hw, n)
         return dx

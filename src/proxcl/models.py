@@ -216,13 +216,17 @@ class Model:
         """Like ``prepare_batch(x, y)``, but into the model's own input buffers (memory category
         data), which the next call overwrites: what the training and evaluation loops use, so
         that one batch is held on the device, not the batch kept for the backward pass and the
-        next one."""
+        next one.  The copies are asynchronous (the host does not wait for the device's previous
+        work): x and y must not change until the queue has run them, which the loops' batches
+        never do."""
         x = self._check_x(x)
         n = x.shape[0]
         ws = self.workspace
-        xd = self._upload(x, ws.get(("input", "x"), Layer.batch_shape(self.input_shape, n), category="data"))
+        # asynchronous copies: pyopencl's copy events hold the host arrays until the copies are done
+        xd = self._upload(x, ws.get(("input", "x"), Layer.batch_shape(self.input_shape, n), category="data"),
+                          wait=False)
         yd = ws.get(("input", "y"), (n,), np.int32, category="data")
-        yd.set(self._check_y(y, n))
+        yd.set(self._check_y(y, n), async_=True)
         return xd, yd
 
     def _check_prepared(self, xb) -> int:
@@ -270,9 +274,13 @@ class Model:
         dz = ws.get(("loss", "dz"), z.shape) if grads else None
         nn.softmax_xent(self.device, z, yb, dz=dz, gscale=1.0 / n, partial=partial)
         pred = z.get().argmax(axis=0) if predictions else None
+        # the loss sums are read without waiting for the backward pass: the read is queued before
+        # it and waited for after it is queued, so the device runs it while the host goes on
+        part, read = self.device.get_async(partial)
         if grads:
             self._backward(dz)
-        part = partial.get().astype(np.float64)
+        read.wait()
+        part = part.astype(np.float64)
         out = (float(part[:, 0].sum()), int(round(part[:, 1].sum())))
         return out + (pred,) if predictions else out
 

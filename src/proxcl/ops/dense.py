@@ -9,7 +9,7 @@ import numpy as np
 import pyopencl.array as cla
 
 from ..errors import InputError
-from ..runtime import Device
+from ..runtime import Device, view
 
 _FILE = "dense.cl"
 _TILE = 16          # dense.cl's TT: the transpose tile
@@ -242,4 +242,4 @@ class DenseMatrix:
 
     def grad(self, dy, x, *, out: cla.Array) -> None:
         """out (flat, W's size) = dy x^T, the gradient of every entry."""
-        gemm(self.device, dy, x, trans_b=True, out=out.reshape(self.shape))
+        gemm(self.device, dy, x, trans_b=True, out=view(out, self.shape))
