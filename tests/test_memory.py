@@ -200,6 +200,30 @@ def test_no_driver_allocation_per_step_after_warm_up(dev, rng, monkeypatch, form
     assert mem.driver_allocations == before
 
 
+@pytest.mark.parametrize("form", ["cpu", "gpu"])
+def test_no_new_views_per_step_after_warm_up(dev, rng, monkeypatch, form):
+    """After warm-up, training steps of LeNet-5 and LeNet-300-100 (dense, then CSR) take every
+    reshaped view of a buffer from runtime.view's cache: pyopencl's reshape, which builds a new
+    Array, is not called."""
+    import pyopencl.array as cla
+    monkeypatch.setenv("PROXCL_TUNING", form)
+    d = proxcl.Device(dev.spec)
+    for name in ("lenet5", "lenet300"):
+        model = build(name, device=d)
+        opt = make_optimizer("prox-adam", lr=1e-3, l1=1e-4, device=d)
+        x, y = _batch(model, rng, 16)
+        for sparse in (False, True):
+            if sparse:
+                _switch(model, opt, 0.05, "to_sparse")
+            _steps(model, opt, x, y, 2)
+            calls = []
+            reshape = cla.Array.reshape
+            with monkeypatch.context() as mp:
+                mp.setattr(cla.Array, "reshape", lambda self, *a, **k: calls.append(a) or reshape(self, *a, **k))
+                _steps(model, opt, x, y, 2)
+            assert calls == [], (name, sparse)
+
+
 @pytest.mark.parametrize("optimizer", ["prox-adam", "rda"])
 def test_csr_phase_holds_nothing_weight_sized(fresh, rng, optimizer):
     """In the CSR phase at 2 % (Adam moments; RDA's mean gradient and anchor), no weight,

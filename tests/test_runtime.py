@@ -136,6 +136,32 @@ def test_empty_refuses_negative_dimensions(dev):
         dev.empty((2, -1))
 
 
+def test_views_are_kept_per_shape_and_share_the_buffer(dev):
+    """runtime.view: the same view object for the same shape, writes through it reach the array,
+    and at most 8 shapes are kept (a ninth starts the cache again)."""
+    a = dev.to_device(np.arange(24, dtype=np.float32))
+    v = runtime.view(a, (4, 6))
+    assert runtime.view(a, [4, 6]) is v and v.shape == (4, 6) and v.base_data is a.base_data
+    v.fill(np.float32(2))
+    assert (a.get() == 2).all()
+    shapes = [(24,), (2, 12), (12, 2), (3, 8), (8, 3), (6, 4), (1, 24)]    # 8 with (4, 6)
+    kept = [runtime.view(a, s) for s in shapes]
+    assert runtime.view(a, (4, 6)) is v and all(runtime.view(a, s) is k for s, k in zip(shapes, kept))
+    w = runtime.view(a, (2, 3, 4))                                          # the ninth
+    assert runtime.view(a, (4, 6)) is not v and runtime.view(a, (2, 3, 4)) is w
+    np.testing.assert_array_equal(w.get(), np.full((2, 3, 4), 2, np.float32))
+
+
+def test_get_async_reads_after_the_work_queued_before_it(dev):
+    """Device.get_async: the copy runs after the kernels queued before it, and its event says when
+    the host array holds the values."""
+    a = dev.to_device(np.zeros(1000, np.float32))
+    a.fill(np.float32(5))                        # queued before the read
+    host, ev = dev.get_async(a)
+    ev.wait()
+    assert host.shape == (1000,) and host.dtype == np.float32 and (host == 5).all()
+
+
 # ---- device choice on made-up platforms ----------------------------------------------------
 
 T = runtime.cl.device_type
