@@ -87,6 +87,43 @@ def test_launch_sets_only_changed_arguments_and_stays_correct(dev):
 
 
 
+def test_launch_keeps_each_call_sites_arguments(dev, monkeypatch):
+    """Call sites that share a kernel keep their arguments in their own OpenCL kernel objects:
+    once two alternating call sites have run, no argument is set again, a third gets a third
+    object, and with more call sites than runtime.ARG_SETS the least recently used object is set
+    anew.  Every result is right."""
+    import proxcl
+    d = proxcl.Device(dev.spec)
+    k = d.kernel("csr.cl", "gather_f32")
+    idx = d.to_device(np.array([3, 0, 2], np.int32), np.int32)
+    sites = [(d.to_device(np.arange(4, dtype=np.float32) + 10 * i), d.empty((3,))) for i in range(12)]
+    set_args = []
+    real = runtime._cl_arg
+    monkeypatch.setattr(runtime, "_cl_arg", lambda a: set_args.append(a) or real(a))
+
+    def run(i, n=3):
+        x, out = sites[i]
+        out.fill(np.float32(-1))
+        d.launch(k, (3,), (64,), n, x, idx, out)
+        want = [3 + 10 * i, 10 * i, 2 + 10 * i][:n] + [-1] * (3 - n)
+        assert out.get().tolist() == want
+
+    for _ in range(2):
+        run(0), run(1)
+    count = len(set_args)
+    for _ in range(3):
+        run(0), run(1)
+    assert len(set_args) == count and len(d._arg_sets[k]) == 2
+    run(1, n=2)                       # other arguments: a third object, all four set
+    assert len(set_args) == count + 4 and len(d._arg_sets[k]) == 3
+    run(0), run(1), run(1, n=2)
+    assert len(set_args) == count + 4
+    for _ in range(2):
+        for i in range(12):
+            run(i)
+    assert len(d._arg_sets[k]) == runtime.ARG_SETS
+
+
 def test_kernel_memo_serves_every_order_of_defines(dev):
     """Device.kernel looks a kernel up by the defines in the caller's order first; another order
     of the same defines gets the same kernel and builds nothing new, other values a new one."""

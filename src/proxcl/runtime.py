@@ -40,6 +40,9 @@ def ceil_to(n: int, m: int) -> int:
     return max(m, -(-int(n) // m) * m)
 
 
+ARG_SETS = 8     # OpenCL kernel objects per kernel, each holding one call site's arguments
+
+
 def view(a: cla.Array, shape) -> cla.Array:
     """``a.reshape(shape)``, made once per array and shape and kept on ``a`` (at most 8 shapes):
     pyopencl's reshape builds a new Array (about 13 us), and the layers take the same views of
@@ -220,10 +223,13 @@ class Device:
         self.profile = profile
         self._kernels: dict[tuple, cl.Kernel] = {}          # by (file, name, sorted defines)
         self._kernels_by_call: dict[tuple, cl.Kernel] = {}  # the same, by the caller's order
-        self._last_args: dict[cl.Kernel, list] = {}
+        # per kernel: its OpenCL kernel objects (the kernel and clones of it), each with the
+        # argument keys it holds, most recently used first (Device.launch)
+        self._arg_sets: dict[cl.Kernel, list] = {}
+        self._programs: dict[cl.Kernel, cl.Program] = {}     # the program of each kernel
         self._recorders: list[list] = []
         self.memory = Memory(self.queue)
-        self.memory.on_release(self._last_args.clear)
+        self.memory.on_release(self._arg_sets.clear)
 
     # ---- description -------------------------------------------------------
     @property
@@ -279,8 +285,10 @@ class Device:
             key = (filename, name, tuple(sorted(defines.items())))
             k = self._kernels.get(key)
             if k is None:
-                k = cl.Kernel(self.program(filename, **defines), name)
+                prog = self.program(filename, **defines)
+                k = cl.Kernel(prog, name)
                 self._kernels[key] = k
+                self._programs[k] = prog
             self._kernels_by_call[fast] = k
         return k
 
@@ -288,11 +296,15 @@ class Device:
         """Set arguments (ints -> int32, floats -> float32, arrays -> buffers) and
         enqueue with global sizes rounded up to the fixed local size.
 
-        Setting an argument costs about 2 us on PoCL, more than the enqueue itself, so only
-        the arguments that differ from this kernel's previous launch are set again.  Buffers
-        are compared by their OpenCL handle, not kept referenced (a kept reference would keep a
-        freed buffer alive): while a pool keeps a freed buffer its handle names the same
-        memory, and when the pools give buffers back to the driver this cache is cleared."""
+        Setting a scalar argument costs about 6 us on PoCL, more than the enqueue itself, and
+        one kernel serves several call sites per training step (each layer's product, each
+        parameter's update), each with its own arguments.  So a kernel keeps up to ARG_SETS
+        OpenCL kernel objects (clones of one program's kernel), each holding the arguments of
+        its last launch: a launch takes the one whose arguments are already these, else the
+        least recently used one, and sets only the arguments that differ.  Buffers are compared
+        by their OpenCL handle, not kept referenced (a kept reference would keep a freed buffer
+        alive): while a pool keeps a freed buffer its handle names the same memory, and when
+        the pools give buffers back to the driver this cache is cleared."""
         vals, keys = [], []
         for a in args:
             t = type(a)
@@ -308,16 +320,29 @@ class Device:
             else:                           # a scalar, converted only when it is set
                 keys.append(a if t is int else (t, a))
             vals.append(a)
-        last = self._last_args.get(kernel)
-        if last is None or len(last) != len(keys):
-            kernel.set_args(*map(_cl_arg, vals))
-        elif last != keys:
-            for i, (new, old) in enumerate(zip(keys, last)):
-                if new is not old and new != old:
-                    kernel.set_arg(i, _cl_arg(vals[i]))
-        self._last_args[kernel] = keys
+        sets = self._arg_sets.get(kernel)
+        if sets is None:                    # first launch, or after the cache was cleared
+            sets = self._arg_sets[kernel] = [[kernel, None]]
+        for i, entry in enumerate(sets):
+            if entry[1] == keys:            # holds these arguments already
+                break
+        else:                               # a new clone while there is room, else the oldest
+            prog = self._programs.get(kernel)
+            if len(sets) < ARG_SETS and prog is not None and sets[-1][1] is not None:
+                sets.append([cl.Kernel(prog, kernel.function_name), None])
+            i, entry = len(sets) - 1, sets[-1]
+            last = entry[1]
+            if last is None or len(last) != len(keys):
+                entry[0].set_args(*map(_cl_arg, vals))
+            else:
+                for j, (new, old) in enumerate(zip(keys, last)):
+                    if new is not old and new != old:
+                        entry[0].set_arg(j, _cl_arg(vals[j]))
+            entry[1] = keys
+        if i:                               # most recently used first
+            sets.insert(0, sets.pop(i))
         g = tuple([ceil_to(n, l) for n, l in zip(gsize, lsize)])
-        ev = cl.enqueue_nd_range_kernel(self.queue, kernel, g, tuple(lsize), wait_for=wait_for)
+        ev = cl.enqueue_nd_range_kernel(self.queue, entry[0], g, tuple(lsize), wait_for=wait_for)
         if self._recorders:
             for launches in self._recorders:
                 launches.append((kernel.function_name, ev))
