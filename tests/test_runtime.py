@@ -97,9 +97,9 @@ def test_launch_keeps_each_call_sites_arguments(dev, monkeypatch):
     k = d.kernel("csr.cl", "gather_f32")
     idx = d.to_device(np.array([3, 0, 2], np.int32), np.int32)
     sites = [(d.to_device(np.arange(4, dtype=np.float32) + 10 * i), d.empty((3,))) for i in range(12)]
-    set_args = []
-    real = runtime._cl_arg
-    monkeypatch.setattr(runtime, "_cl_arg", lambda a: set_args.append(a) or real(a))
+    set_args = []                     # the kernel objects whose arguments were set
+    real = runtime._set_args
+    monkeypatch.setattr(runtime, "_set_args", lambda entry, vals: set_args.append(entry[0]) or real(entry, vals))
 
     def run(i, n=3):
         x, out = sites[i]
@@ -114,10 +114,11 @@ def test_launch_keeps_each_call_sites_arguments(dev, monkeypatch):
     for _ in range(3):
         run(0), run(1)
     assert len(set_args) == count and len(d._arg_sets[k]) == 2
-    run(1, n=2)                       # other arguments: a third object, all four set
-    assert len(set_args) == count + 4 and len(d._arg_sets[k]) == 3
+    run(1, n=2)                       # other arguments: a third object
+    assert len(set_args) == count + 1 and len(d._arg_sets[k]) == 3
+    assert len({id(e[0]) for e in d._arg_sets[k]}) == 3 and set_args[-1] is d._arg_sets[k][0][0]
     run(0), run(1), run(1, n=2)
-    assert len(set_args) == count + 4
+    assert len(set_args) == count + 1
     for _ in range(2):
         for i in range(12):
             run(i)

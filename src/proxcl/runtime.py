@@ -296,12 +296,12 @@ class Device:
         """Set arguments (ints -> int32, floats -> float32, arrays -> buffers) and
         enqueue with global sizes rounded up to the fixed local size.
 
-        Setting a scalar argument costs about 6 us on PoCL, more than the enqueue itself, and
-        one kernel serves several call sites per training step (each layer's product, each
+        One kernel serves several call sites per training step (each layer's product, each
         parameter's update), each with its own arguments.  So a kernel keeps up to ARG_SETS
         OpenCL kernel objects (clones of one program's kernel), each holding the arguments of
-        its last launch: a launch takes the one whose arguments are already these, else the
-        least recently used one, and sets only the arguments that differ.  Buffers are compared
+        its last launch: a launch takes the one whose arguments are already these, else a new
+        one while there is room, else the least recently used one, and sets its arguments
+        (``_set_args``: all of them, with the scalars' types declared).  Buffers are compared
         by their OpenCL handle, not kept referenced (a kept reference would keep a freed buffer
         alive): while a pool keeps a freed buffer its handle names the same memory, and when
         the pools give buffers back to the driver this cache is cleared."""
@@ -331,13 +331,7 @@ class Device:
             if len(sets) < ARG_SETS and prog is not None and sets[-1][1] is not None:
                 sets.append([cl.Kernel(prog, kernel.function_name), None])
             i, entry = len(sets) - 1, sets[-1]
-            last = entry[1]
-            if last is None or len(last) != len(keys):
-                entry[0].set_args(*map(_cl_arg, vals))
-            else:
-                for j, (new, old) in enumerate(zip(keys, last)):
-                    if new is not old and new != old:
-                        entry[0].set_arg(j, _cl_arg(vals[j]))
+            _set_args(entry, vals)
             entry[1] = keys
         if i:                               # most recently used first
             sets.insert(0, sets.pop(i))
@@ -409,14 +403,24 @@ class Device:
         self.queue.finish()
 
 
-def _cl_arg(a):
-    """A launch argument as a kernel takes it: ints (and bools) as int32, floats as float32;
-    buffers, None and local memory as they are."""
+def _scalar_dtype(a):
+    """The type a kernel takes a launch argument as: ints (and bools) as int32, floats as
+    float32; None for buffers, NULL and local memory."""
     if isinstance(a, (int, np.integer, np.bool_)):     # bool is an int
-        return np.int32(a)
+        return np.int32
     if isinstance(a, (float, np.floating)):
-        return np.float32(a)
-    return a
+        return np.float32
+    return None
+
+
+def _set_args(entry: list, vals: list) -> None:
+    """Set every argument of the kernel object ``entry[0]`` (a Device.launch argument set).  Its
+    scalar types are declared at its first use, from these arguments, so that pyopencl packs
+    the scalars itself: through ``set_arg`` a scalar costs about 6 us on every driver (pyopencl's
+    own path), through declared types all of a launch's arguments about 0.4 us."""
+    if entry[1] is None or len(entry[1]) != len(vals):
+        entry[0].set_scalar_arg_dtypes([_scalar_dtype(a) for a in vals])
+    entry[0].set_args(*vals)
 
 
 _DEFAULT: Device | None = None
