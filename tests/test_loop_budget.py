@@ -233,6 +233,23 @@ def test_window_rows_in_pieces(tight, rng, sparse):
     conv_pool_check(tight, rng, (2, 9, 100), 3, 5, 2, sparse=sparse)
 
 
+@pytest.mark.parametrize("k,h", [(9, 17), (3, 11)])
+def test_pool_backward_form_within_the_budget(tight, rng, k, h):
+    """Windows that do not overlap take the zeroed bands only where a band's loops fit the
+    budget (a 9x9 window of stride 9 on 17 rows: a band of 9 rows x 9 columns per window, over
+    256 with its tail), else the search per pixel; both as PyTorch's gradient."""
+    layer = MaxPool2d(tight, Workspace(tight), (2, h, h), k)
+    x = rng.standard_normal((2, 2, h, h))
+    dy = rng.standard_normal((2,) + layer.out_shape)
+    xd = tight.to_device(np.ascontiguousarray(x.transpose(1, 0, 2, 3), np.float32))
+    layer.forward(xd, train=True, keep=True)
+    dyd = tight.to_device(np.ascontiguousarray(dy.transpose(1, 0, 2, 3), np.float32))
+    dx, names = launched(tight, lambda: layer.backward(dyd))
+    _, dxt, _ = torch_grads(lambda xt: F.max_pool2d(xt, k), x, [], dy)
+    assert rel_err(dx.get().transpose(1, 0, 2, 3), dxt) < TOL
+    assert names == (["maxpool_bwd"] if k == 9 else ["maxpool_bwd_tiles"])
+
+
 def test_overlapping_pool_rows_in_pieces(tight, rng):
     """3x3 windows of stride 2, whose backward searches the windows of each pixel: 36 of the 98
     columns per work-item."""

@@ -125,6 +125,24 @@ def test_launch_keeps_each_call_sites_arguments(dev, monkeypatch):
     assert len(d._arg_sets[k]) == runtime.ARG_SETS
 
 
+def test_a_failed_launch_leaves_no_stale_arguments(dev, monkeypatch):
+    """When setting a kernel object's arguments fails part way (here the fourth of four), the
+    object is not taken to hold its earlier arguments: the next launch with those sets them
+    again and reads the right buffer (one kernel object, so the failed launch reuses it)."""
+    import proxcl
+    monkeypatch.setattr(runtime, "ARG_SETS", 1)
+    d = proxcl.Device(dev.spec)
+    k = d.kernel("csr.cl", "gather_f32")
+    x1, x2 = d.to_device(np.arange(4, dtype=np.float32)), d.to_device(np.arange(4, dtype=np.float32) + 10)
+    idx, out = d.to_device(np.array([3, 0, 2], np.int32), np.int32), d.empty((3,))
+    d.launch(k, (3,), (64,), 3, x1, idx, out)
+    with pytest.raises(Exception):
+        d.launch(k, (3,), (64,), 3, x2, idx, "not a buffer")
+    out.fill(np.float32(-1))
+    d.launch(k, (3,), (64,), 3, x1, idx, out)
+    assert out.get().tolist() == [3, 0, 2]
+
+
 def test_kernel_memo_serves_every_order_of_defines(dev):
     """Device.kernel looks a kernel up by the defines in the caller's order first; another order
     of the same defines gets the same kernel and builds nothing new, other values a new one."""
@@ -138,13 +156,14 @@ def test_kernel_memo_serves_every_order_of_defines(dev):
 
 
 def test_launch_converts_scalars_by_type(dev):
-    """Scalar arguments are converted when they are set: a Python int, a numpy int32 and a bool
-    all reach the kernel as int32, and each change of value or type is set again."""
+    """Scalar arguments are converted when they are set: a Python int, numpy int32 and int64, a
+    bool, a numpy bool and a numpy uint32 (as uint32: the same bits here) all reach the kernel as
+    its int, and each change of value or type is set again."""
     k = dev.kernel("csr.cl", "gather_f32")
     x = dev.to_device(np.arange(8, dtype=np.float32))
     idx = dev.to_device(np.array([5, 1, 2], np.int32), np.int32)
     out = dev.full((3,), np.nan)
-    for n in (2, np.int32(2), True, 3):
+    for n in (2, np.int32(2), True, np.bool_(True), np.int64(3), np.uint32(2), 3):
         out.fill(np.float32(-1))
         dev.launch(k, (3,), (64,), n, x, idx, out)
         assert out.get().tolist() == [5, 1, 2][:int(n)] + [-1] * (3 - int(n))

@@ -572,11 +572,13 @@ static proxcl_status layer_backward(px_net *net, px_ws *w, int e, cl_mem dy, int
         PX_TRY(slot(net, &b->dx, fsize(L, n, 0) * 4, err));
         px_arg args[] = {PX_M(b->geo), PX_M(dy), PX_M(b->idx), PX_M(b->y_kept), PX_I(L->relu), PX_M(b->dx)};
         const int ih = L->in_shape[1], iw = L->in_shape[2];
-        if (L->kh <= L->sh && L->kw <= L->sw) {   /* windows that do not overlap: winners into zeroed bands */
-            const int last = ih - (L->ho - 1) * L->sh + L->ph, right = iw - (L->wo * L->sw - L->pw);
-            const int band = last > L->sh ? last : L->sh, extra = right > 0 ? right : 0;
+        const int last = ih - (L->ho - 1) * L->sh + L->ph, right = iw - (L->wo * L->sw - L->pw);
+        const int band = last > L->sh ? last : L->sh, extra = right > 0 ? right : 0;
+        const int per_col = band * L->sw + 1, fixed = band * (extra + 1);
+        /* windows that do not overlap: winners into zeroed bands, where a band's loops fit the budget */
+        if (L->kh <= L->sh && L->kw <= L->sw && dev->t->loop_max - fixed >= per_col) {
             PX_TRY(px_nn_row_pieces(dev, "maxpool_bwd_tiles", (size_t)n * L->ho, (size_t)L->in_shape[0], L->wo,
-                                    band * L->sw + 1, band * (extra + 1), args, 6, err));
+                                    per_col, fixed, args, 6, err));
         } else {
             const int wy = (L->kh - 1) / L->sh + 1, wx = (L->kw - 1) / L->sw + 1;   /* windows holding a pixel */
             PX_TRY(px_nn_row_pieces(dev, "maxpool_bwd", (size_t)n * ih, (size_t)L->in_shape[0], iw, 1 + wy * (1 + wx),

@@ -67,7 +67,7 @@ proxcl_status px_row_pieces(px_device *dev, const int32_t *indptr, int m, px_pie
 static int tile_pays(const px_tuning *t, int m, int k, int n, int nnz)
 {
     const int ly = t->spmm_tile[0], rpi = t->spmm_tile[1], tk = t->spmm_tile[2];
-    if (!ly || n % (t->spmm_wide_vec * t->spmm_local[0])) return 0;
+    if (!ly || !t->spmm_wide_vec || n % (t->spmm_wide_vec * t->spmm_local[0])) return 0;
     return 100LL * ly * rpi * nnz >= (long long)t->spmm_tile_reuse_pct * m * k &&
            (long long)((k + tk - 1) / tk) * (tk + 1) <= t->loop_max;
 }

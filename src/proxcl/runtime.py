@@ -224,7 +224,8 @@ class Device:
         self._kernels: dict[tuple, cl.Kernel] = {}          # by (file, name, sorted defines)
         self._kernels_by_call: dict[tuple, cl.Kernel] = {}  # the same, by the caller's order
         # per kernel: its OpenCL kernel objects (the kernel and clones of it), each with the
-        # argument keys it holds, most recently used first (Device.launch)
+        # argument keys it holds and its declared scalar types, most recently used first
+        # (Device.launch)
         self._arg_sets: dict[cl.Kernel, list] = {}
         self._programs: dict[cl.Kernel, cl.Program] = {}     # the program of each kernel
         self._recorders: list[list] = []
@@ -322,15 +323,16 @@ class Device:
             vals.append(a)
         sets = self._arg_sets.get(kernel)
         if sets is None:                    # first launch, or after the cache was cleared
-            sets = self._arg_sets[kernel] = [[kernel, None]]
+            sets = self._arg_sets[kernel] = [[kernel, None, None]]
         for i, entry in enumerate(sets):
             if entry[1] == keys:            # holds these arguments already
                 break
         else:                               # a new clone while there is room, else the oldest
             prog = self._programs.get(kernel)
             if len(sets) < ARG_SETS and prog is not None and sets[-1][1] is not None:
-                sets.append([cl.Kernel(prog, kernel.function_name), None])
+                sets.append([cl.Kernel(prog, kernel.function_name), None, None])
             i, entry = len(sets) - 1, sets[-1]
+            entry[1] = None                 # what it holds is unknown until every argument is set
             _set_args(entry, vals)
             entry[1] = keys
         if i:                               # most recently used first
@@ -404,8 +406,10 @@ class Device:
 
 
 def _scalar_dtype(a):
-    """The type a kernel takes a launch argument as: ints (and bools) as int32, floats as
-    float32; None for buffers, NULL and local memory."""
+    """The type a kernel takes a launch argument as: unsigned numpy ints as uint32, other ints
+    (and bools) as int32, floats as float32; None for buffers, NULL and local memory."""
+    if isinstance(a, np.unsignedinteger):
+        return np.uint32
     if isinstance(a, (int, np.integer, np.bool_)):     # bool is an int
         return np.int32
     if isinstance(a, (float, np.floating)):
@@ -414,13 +418,16 @@ def _scalar_dtype(a):
 
 
 def _set_args(entry: list, vals: list) -> None:
-    """Set every argument of the kernel object ``entry[0]`` (a Device.launch argument set).  Its
-    scalar types are declared at its first use, from these arguments, so that pyopencl packs
-    the scalars itself: through ``set_arg`` a scalar costs about 6 us on every driver (pyopencl's
+    """Set every argument of the kernel object ``entry[0]`` (a Device.launch argument set,
+    ``entry[2]`` the scalar types declared on it).  The types follow the arguments' own
+    (``_scalar_dtype``) and are declared again when they change, so that pyopencl packs the
+    scalars itself: through ``set_arg`` a scalar costs about 6 us on every driver (pyopencl's
     own path), through declared types all of a launch's arguments about 0.4 us."""
-    if entry[1] is None or len(entry[1]) != len(vals):
-        entry[0].set_scalar_arg_dtypes([_scalar_dtype(a) for a in vals])
-    entry[0].set_args(*vals)
+    dtypes = [_scalar_dtype(a) for a in vals]
+    if dtypes != entry[2]:
+        entry[0].set_scalar_arg_dtypes(dtypes)
+        entry[2] = dtypes
+    entry[0].set_args(*[int(a) if type(a) is np.bool_ else a for a in vals])
 
 
 _DEFAULT: Device | None = None

@@ -46,7 +46,8 @@ class Tuning(Mapping):
     ``spmm_tile`` (LY, RPI, TK of csr_spmm_tile, the GPU form that stages X in local memory for a
     block of LY*RPI rows; LY 0: off) runs where whole column groups of the wider vectors span the
     batch and a block's rows take at least ``spmm_tile_reuse_pct`` / 100 entries per staged row
-    of X on average.  Off in both forms until it is measured against csr_spmm on a GPU.
+    of X on average; its local memory, TK * LX * VEC * 4 bytes, must fit the device's.  Off in
+    both forms until it is measured against csr_spmm on a GPU.
     ``tile_groups_pct``: gemm_tile runs only where its work-groups number at least this percentage
     of the compute units, with its register block halved (TM, TN 8 -> 4, BK doubled) where that takes it there,
     and where both sides of C are at least its halved block (LY*4 rows, LX*4 columns); elsewhere

@@ -167,14 +167,13 @@ void csr_spmm_tile(const int m, const int n, const int k,
             next[t] = r < k ? VLOAD(x0 + PX_XOFF(r, n)) : (floatV)(0.0f);
         }
         const int k1 = k0 + TK;
-        __local const floatV *xl = xs + lx - k0 * LX;
         int more = 1;
         while (more) {
             more = 0;
             _Pragma("unroll")
             for (int j = 0; j < RPI; ++j) {
                 if (col[j] < k1) {
-                    acc[j] += (floatV)(PX_VAL(p[j])) * xl[col[j] * LX];
+                    acc[j] += (floatV)(PX_VAL(p[j])) * xs[(col[j] - k0) * LX + lx];
                     ++p[j];
                     col[j] = p[j] < e[j] ? (int)Aj[p[j]] : INT_MAX;
                     more |= col[j] < k1;

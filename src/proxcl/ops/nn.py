@@ -137,11 +137,11 @@ def maxpool_bwd(dev: Device, g: Geometry, dy: cla.Array, idx: cla.Array, y: cla.
     are searched per pixel (maxpool_bwd)."""
     c, n, h, w = dx.shape
     kh, kw, sh, sw, ph, pw, ho, wo = g.values[4:12]
-    if kh <= sh and kw <= sw:
-        band = max(sh, h - (ho - 1) * sh + ph)            # input rows of a band, the last one's at most
-        extra = max(0, w - (wo * sw - pw))                # columns right of the last window's stride
-        _rows(dev, "maxpool_bwd_tiles", n * ho, c, wo, band * sw + 1, band * (extra + 1),
-              g.array, dy, idx, y, int(relu), dx)
+    band = max(sh, h - (ho - 1) * sh + ph)                # input rows of a band, the last one's at most
+    extra = max(0, w - (wo * sw - pw))                    # columns right of the last window's stride
+    per_col, fixed = band * sw + 1, band * (extra + 1)
+    if kh <= sh and kw <= sw and dev.tuning.loop_max - fixed >= per_col:   # else a band's loops are too long
+        _rows(dev, "maxpool_bwd_tiles", n * ho, c, wo, per_col, fixed, g.array, dy, idx, y, int(relu), dx)
         return
     wy, wx = (kh - 1) // sh + 1, (kw - 1) // sw + 1       # windows holding a pixel, per axis
     _rows(dev, "maxpool_bwd", n * h, c, w, 1 + wy * (1 + wx), 0, g.array, dy, idx, y, int(relu), dx)

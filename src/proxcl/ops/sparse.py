@@ -578,7 +578,7 @@ def _tile_pays(t, m: int, k: int, n: int, nnz: int) -> bool:
     its vectors span the batch, a row block's rows share enough columns (LY*RPI*nnz/(m*k), the
     entries per staged row of X, at least spmm_tile_reuse_pct / 100) and its loops fit the budget."""
     tly, rpi, tk = t.spmm_tile
-    if not tly or n % (t.spmm_wide_vec * t.spmm_local[0]):
+    if not (tly and t.spmm_wide_vec) or n % (t.spmm_wide_vec * t.spmm_local[0]):
         return False
     return (100 * tly * rpi * nnz >= t.spmm_tile_reuse_pct * m * k
             and -(-k // tk) * (tk + 1) <= t.loop_max)
