@@ -193,6 +193,28 @@ def test_empty_refuses_negative_dimensions(dev):
         dev.empty((2, -1))
 
 
+@pytest.mark.parametrize("environ,allowed,cpus,pin", [
+    ({}, {0, 1}, 2, True),                                  # every CPU allowed
+    ({"POCL_AFFINITY": "0"}, {0, 1}, 2, False),             # the user's choice stands
+    ({"POCL_MAX_PTHREAD_COUNT": "1"}, {0, 1}, 2, False),    # so does a thread count of theirs
+    ({}, {2, 3}, 4, False),                                 # CPU 0 not allowed (taskset, cpuset)
+    ({}, {0, 1, 2}, 4, False),
+    ({}, None, 8, False),                                   # no affinity mask (not Linux)
+    ({}, set(), None, False)])
+def test_pocl_threads_are_pinned_only_where_every_cpu_is_allowed(environ, allowed, cpus, pin):
+    assert runtime.pocl_affinity_default(environ, allowed, cpus) is pin
+
+
+def test_device_sets_pocl_affinity_when_it_may(monkeypatch):
+    """Making a device sets POCL_AFFINITY=1 before OpenCL starts, where every CPU is allowed."""
+    import os
+    monkeypatch.delenv("POCL_AFFINITY", raising=False)
+    monkeypatch.delenv("POCL_MAX_PTHREAD_COUNT", raising=False)
+    runtime._platforms()
+    pinned = runtime.pocl_affinity_default({}, os.sched_getaffinity(0), os.cpu_count())
+    assert os.environ.get("POCL_AFFINITY") == ("1" if pinned else None)
+
+
 def test_views_are_kept_per_shape_and_share_the_buffer(dev):
     """runtime.view: the same view object for the same shape, writes through it reach the array,
     and at most 8 shapes are kept (a ninth starts the cache again)."""

@@ -59,7 +59,21 @@ def view(a: cla.Array, shape) -> cla.Array:
     return v
 
 
+def pocl_affinity_default(environ, allowed: set | None, cpus: int | None) -> bool:
+    """Whether to set POCL_AFFINITY=1 (PoCL's CPU driver then pins its worker thread i to CPU i)
+    before OpenCL starts: unless the environment sets it or PoCL's thread count itself, and only
+    where the process may run on every CPU 0 .. cpus-1 (``allowed``: its affinity mask; None off
+    Linux), since PoCL fails or aborts where CPU i is not allowed.  On the 2-core machine of
+    docs/PERFORMANCE.md, unpinned workers sometimes shared a core for a whole process: the bar
+    SpMM then took twice the device time, or 0.26-0.32 ms of wall time instead of 0.15-0.18."""
+    if "POCL_AFFINITY" in environ or "POCL_MAX_PTHREAD_COUNT" in environ:
+        return False
+    return bool(cpus) and allowed == set(range(cpus))
+
+
 def _platforms() -> list:
+    if pocl_affinity_default(os.environ, getattr(os, "sched_getaffinity", lambda _: None)(0), os.cpu_count()):
+        os.environ["POCL_AFFINITY"] = "1"
     try:
         platforms = cl.get_platforms()
     except cl.Error:
