@@ -559,6 +559,33 @@ def test_device_choice_never_takes_a_simulator_unless_named(crt, fake_opencl, mo
     assert listed.stdout.splitlines()[0].split("\t") == ["0:0", "Oclgrind", "Oclgrind Simulator", "any"]
 
 
+def test_pocl_affinity_as_the_python_runtime(crt, fake_opencl, monkeypatch):
+    """proxcl-run sets POCL_AFFINITY=1 before it lists the platforms exactly where the Python runtime
+    does (every CPU allowed, the variable and POCL_MAX_PTHREAD_COUNT unset), and never over the
+    user's value (the fake library names a platform after the value it sees)."""
+    from proxcl import runtime
+    for var in ("POCL_AFFINITY", "POCL_MAX_PTHREAD_COUNT"):
+        monkeypatch.delenv(var, raising=False)
+
+    def seen(**env):
+        r = run(crt, "devices", env={"PROXCL_OPENCL_LIBRARY": str(fake_opencl),
+                                     "PX_FAKE_PLATFORMS": "POCL_AFFINITY=|cpu|2", **env})
+        return r.stdout.splitlines()[0].split("\t")[1]
+
+    pinned = runtime.pocl_affinity_default({}, os.sched_getaffinity(0), os.cpu_count())
+    assert seen() == ("POCL_AFFINITY=1" if pinned else "POCL_AFFINITY=unset")
+    assert seen(POCL_AFFINITY="0") == "POCL_AFFINITY=0"
+    assert seen(POCL_MAX_PTHREAD_COUNT="1") == "POCL_AFFINITY=unset"
+    if len(os.sched_getaffinity(0)) > 1:           # a mask without CPU 0: nothing set
+        cpus = sorted(os.sched_getaffinity(0))[1:]
+        r = subprocess.run(["taskset", "-c", ",".join(map(str, cpus)), str(crt / "proxcl-run"), "devices"],
+                           capture_output=True, text=True,
+                           env={**os.environ, **SAN_ENV, "PROXCL_OPENCL_LIBRARY": str(fake_opencl),
+                                "PX_FAKE_PLATFORMS": "POCL_AFFINITY=|cpu|2"})
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.splitlines()[0].split("\t")[1] == "POCL_AFFINITY=unset"
+
+
 # ---- the library, the generated header, the cross build -------------------------------------------
 
 def test_library_error_contract(crt, files):

@@ -1,6 +1,11 @@
 /* The OpenCL library, opened at run time: a build needs only the OpenCL headers, and a binary
  * runs wherever an ICD loader or a vendor's libOpenCL is found (Android ships no loader in the
  * NDK; boards name theirs differently).  $PROXCL_OPENCL_LIBRARY names one to use instead. */
+#ifdef __linux__
+#define _GNU_SOURCE      /* sched_getaffinity, CPU_ISSET */
+#include <sched.h>
+#include <unistd.h>
+#endif
 #include <dlfcn.h>
 #include <stdlib.h>
 
@@ -27,9 +32,27 @@ static const char *const candidates[] = {
         *(void **)(&px_cl.field) = p_;                                            \
     } while (0)
 
+/* POCL_AFFINITY=1 (PoCL's CPU driver pins its worker thread i to CPU i) where the process may
+ * run on every CPU and the environment sets neither it nor POCL_MAX_PTHREAD_COUNT, as
+ * proxcl.runtime.pocl_affinity_default: unpinned workers sometimes share a core for a whole
+ * process (docs/PORTABILITY.md).  Off Linux, nothing. */
+static void pocl_affinity_default(void)
+{
+#ifdef __linux__
+    if (getenv("POCL_AFFINITY") || getenv("POCL_MAX_PTHREAD_COUNT")) return;
+    const long n = sysconf(_SC_NPROCESSORS_ONLN);
+    cpu_set_t set;
+    if (n <= 0 || n > CPU_SETSIZE || sched_getaffinity(0, sizeof set, &set) || CPU_COUNT(&set) != n) return;
+    for (long i = 0; i < n; ++i)
+        if (!CPU_ISSET(i, &set)) return;
+    setenv("POCL_AFFINITY", "1", 0);
+#endif
+}
+
 proxcl_status px_cl_open(proxcl_error *err)
 {
     if (lib) return PROXCL_OK;
+    pocl_affinity_default();
     const char *path = getenv("PROXCL_OPENCL_LIBRARY");
     if (path && *path) {
         lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);

@@ -2,7 +2,9 @@
  * and devices that $PX_FAKE_PLATFORMS lists, as "platform|device|type;platform|device|type;..."
  * (type: the CL_DEVICE_TYPE bits in decimal; a platform with an empty device has none, as Mesa's
  * Clover without a GPU).  It answers the queries of device choice and makes a context and a queue
- * that do nothing; every other entry point fails.  Loaded through $PROXCL_OPENCL_LIBRARY. */
+ * that do nothing; every other entry point fails.  Loaded through $PROXCL_OPENCL_LIBRARY.  A
+ * platform named "POCL_AFFINITY=" is named after the value of that variable when the platforms
+ * are first listed ("POCL_AFFINITY=unset" without it), as a driver would read it then. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -27,6 +29,10 @@ static void load(void)
         if (dev) *dev++ = 0;
         if (type) *type++ = 0;
         strncpy(plats[nplats].name, item, sizeof plats[nplats].name - 1);
+        if (!strcmp(item, "POCL_AFFINITY=")) {
+            const char *v = getenv("POCL_AFFINITY");
+            strncat(plats[nplats].name, v ? v : "unset", sizeof plats[nplats].name - strlen(item) - 1);
+        }
         strncpy(plats[nplats].device, dev ? dev : "", sizeof plats[nplats].device - 1);
         plats[nplats].type = type ? (cl_device_type)strtoul(type, NULL, 10) : 0;
         plats[nplats].has_device = dev && *dev;
