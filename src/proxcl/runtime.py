@@ -308,8 +308,8 @@ class Device:
         return k
 
     def launch(self, kernel: cl.Kernel, gsize, lsize, *args, wait_for=None) -> cl.Event:
-        """Set arguments (ints -> int32, floats -> float32, arrays -> buffers) and
-        enqueue with global sizes rounded up to the fixed local size.
+        """Set arguments (ints -> int32, unsigned numpy ints -> uint32, floats -> float32,
+        arrays -> buffers) and enqueue with global sizes rounded up to the fixed local size.
 
         One kernel serves several call sites per training step (each layer's product, each
         parameter's update), each with its own arguments.  So a kernel keeps up to ARG_SETS
