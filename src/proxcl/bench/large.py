@@ -13,7 +13,8 @@ on a CPU device; no peer when torch is missing or has no CUDA for a GPU device):
 Clocks: **dev** is the summed OpenCL profiling events of one call; **api** and **out=** are
 the host clock per call with ``CALLS`` calls (fewer when they are slow) queued back to back
 and one wait, through the public call that allocates its result and through the ``out=``
-form; **peer** is the same
+form, on a second Device of the same OpenCL device made without profiling, as a user's is
+(a queue with profiling on may cost more per command); **peer** is the same
 back-to-back host clock for torch's call (which allocates its result too).  **vs peer** is
 peer / api: > 1 when proxcl is faster.
 
@@ -126,6 +127,7 @@ def run(device: str | None = None, *, quick: bool = False, shapes=None, densitie
     ``quick`` runs only the bar cases.  Returns a JSON-ready dict (``rows``: one per operation
     and case)."""
     dev = Device(device, profile=True)
+    plain = Device(device)           # the api and out= clocks: a queue without profiling
     peer = _Peer(dev)
     cases = (BAR_CASES if quick and shapes is None else
              [(s, n, d) for s, n in (shapes or SHAPES) for d in (densities or DENSITIES)])
@@ -147,7 +149,7 @@ def run(device: str | None = None, *, quick: bool = False, shapes=None, densitie
     t_start = time.perf_counter()
     gemm_done: dict = {}
     for (m, k), n, d in cases:
-        for row in _case(dev, peer, rng, (m, k), n, d, bw, cbw, gemm_done):
+        for row in _case(dev, plain, peer, rng, (m, k), n, d, bw, cbw, gemm_done):
             result["rows"].append(row)
             log(format_row(row))
     log("")
@@ -169,17 +171,23 @@ def _check_columns(n: int) -> np.ndarray:
     return np.unique(np.r_[np.linspace(0, n - 1, CHECK).astype(int), n - 1])
 
 
-def _case(dev, peer, rng, shape, n, d, bw, cbw, gemm_done) -> list[dict]:
+def _operands(d, indptr, indices, data, shape, x, dy):
+    """W (CSR), X, D and the three outputs on Device d."""
+    (m, k), n = shape, x.shape[1]
+    w = ops.CSRMatrix.from_arrays(indptr, indices, data, shape, d)
+    return (w, d.to_device(x), d.to_device(dy), d.empty((m, n)), d.empty((k, n)),
+            d.empty((int(indices.size),)))
+
+
+def _case(dev, plain, peer, rng, shape, n, d, bw, cbw, gemm_done) -> list[dict]:
     (m, k) = shape
     indptr, indices = random_support(rng, shape, round(d * m * k))
     data = rng.standard_normal(indices.size).astype(np.float32)
     nnz = int(indices.size)
     x = rng.standard_normal((k, n)).astype(np.float32)
     dy = rng.standard_normal((m, n)).astype(np.float32)
-    w = ops.CSRMatrix.from_arrays(indptr, indices, data, shape, dev)
-    xd, dyd = dev.to_device(x), dev.to_device(dy)
-    y, z, g = dev.empty((m, n)), dev.empty((k, n)), dev.empty((nnz,))
-    wt = w.T
+    w, xd, dyd, y, z, g = _operands(dev, indptr, indices, data, shape, x, dy)
+    pw, pxd, pdyd, py, pz, pg = _operands(plain, indptr, indices, data, shape, x, dy)
     idx_bytes = np.dtype(index_dtype(shape)).itemsize
     # float64 references from the CSR arrays, on a sample: CHECK columns spread over the batch,
     # CHECK * 512 entries of the SDDMM (whole float64 products of the largest cases take minutes
@@ -189,10 +197,15 @@ def _case(dev, peer, rng, shape, n, d, bw, cbw, gemm_done) -> list[dict]:
     rows = np.repeat(np.arange(m), np.diff(indptr))
     v64, x64, dy64 = data.astype(np.float64), x[:, cols].astype(np.float64), dy[:, cols].astype(np.float64)
     w_x = lambda: _csr_product(v64, rows, indices, m, x64)          # noqa: E731
-    calls = {"W @ X": (lambda: w @ xd, lambda: w.matmul(xd, out=y), lambda: y.get()[:, cols], w_x),
-             "W.T @ D": (lambda: wt @ dyd, lambda: w.matmul_t(dyd, out=z), lambda: z.get()[:, cols],
-                         lambda: _csr_product(v64, indices, rows, k, dy64)),
-             "sddmm": (lambda: w.sddmm(dyd, xd), lambda: w.sddmm(dyd, xd, out=g), lambda: g.get()[ent],
+    # per operation: the public call and its out= form on the plain device, the out= form on the
+    # profiling one (device time, and the result checked), that result, its reference
+    pwt = pw.T
+    calls = {"W @ X": (lambda: pw @ pxd, lambda: pw.matmul(pxd, out=py),
+                       lambda: w.matmul(xd, out=y), lambda: y.get()[:, cols], w_x),
+             "W.T @ D": (lambda: pwt @ pdyd, lambda: pw.matmul_t(pdyd, out=pz), lambda: w.matmul_t(dyd, out=z),
+                         lambda: z.get()[:, cols], lambda: _csr_product(v64, indices, rows, k, dy64)),
+             "sddmm": (lambda: pw.sddmm(pdyd, pxd), lambda: pw.sddmm(pdyd, pxd, out=pg),
+                       lambda: w.sddmm(dyd, xd, out=g), lambda: g.get()[ent],
                        lambda: np.einsum("en,en->e", dy[rows[ent]].astype(np.float64),
                                          x[indices[ent]].astype(np.float64)))}
     tp = None
@@ -202,15 +215,15 @@ def _case(dev, peer, rng, shape, n, d, bw, cbw, gemm_done) -> list[dict]:
         tp = {"W @ X": lambda: tw @ tx, "W.T @ D": lambda: tw.t() @ tdy,
               "sddmm": lambda: peer.torch.sparse.sampled_addmm(tw, tdy, txt, beta=0.0)}
     out = []
-    for op, (api, into, got, ref) in calls.items():
+    for op, (api, plain_into, into, got, ref) in calls.items():
         tm = time_opencl(dev, into, repeat=10, budget_s=0.3)
         into()
         out.append(_row(op, m, k, n, d, nnz, idx_bytes, tm.device_ms,
-                         _pipelined_ms(api, dev.finish), _pipelined_ms(into, dev.finish),
+                         _pipelined_ms(api, plain.finish), _pipelined_ms(plain_into, plain.finish),
                          peer.time(tp[op]) if tp else None, _rel_err(got(), ref()), bw, cbw))
     if (m, k, n) not in gemm_done:     # the dense product does not depend on the density
         wf = HostCSR(indptr, indices, data, shape).to_dense().astype(np.float32, copy=False)
-        wdd = dev.to_device(wf)
+        wdd, pwdd = dev.to_device(wf), plain.to_device(wf)
         tm = time_opencl(dev, lambda: ops.gemm(dev, wdd, xd, out=y), repeat=10, budget_s=0.3)
         ops.gemm(dev, wdd, xd, out=y)
         err = _rel_err(y.get()[:, cols], w_x())
@@ -219,8 +232,8 @@ def _case(dev, peer, rng, shape, n, d, bw, cbw, gemm_done) -> list[dict]:
             twd = peer.tensor(wf)
             pt = peer.time(lambda: peer.torch.mm(twd, tx))
         gemm_done[(m, k, n)] = _row("gemm", m, k, n, 1.0, m * k, 0, tm.device_ms,
-                                    _pipelined_ms(lambda: ops.gemm(dev, wdd, xd), dev.finish),
-                                    _pipelined_ms(lambda: ops.gemm(dev, wdd, xd, out=y), dev.finish),
+                                    _pipelined_ms(lambda: ops.gemm(plain, pwdd, pxd), plain.finish),
+                                    _pipelined_ms(lambda: ops.gemm(plain, pwdd, pxd, out=py), plain.finish),
                                     pt, err, bw, cbw)
         out.append(gemm_done[(m, k, n)])
     return out
@@ -244,7 +257,8 @@ HEADER = ("| op | W | n | dens | nnz | dev | api | out= | peer | vs peer | floor
 LEGEND = "\n".join([
     "Times in ms.  W @ X: SpMM; W.T @ D: transposed SpMM; sddmm: (D X^T) on W's support; gemm: dense W X.",
     "  dev      summed OpenCL profiling events of one call",
-    f"  api      host clock per call, {CALLS} public calls (fewer when slow; each allocating its result) queued back to back",
+    f"  api      host clock per call, {CALLS} public calls (fewer when slow; each allocating its result) queued back to back,",
+    "           on a Device without profiling (as a user's)",
     "  out=     the same with the result array given",
     "  peer     torch's call, timed like api (torch CSR @ X, CSR.t() @ D, sparse.sampled_addmm, torch.mm)",
     "  vs peer  peer / api (> 1: proxcl is faster)",
