@@ -241,7 +241,10 @@ class Device:
         # argument keys it holds and its declared scalar types, most recently used first
         # (Device.launch)
         self._arg_sets: dict[cl.Kernel, list] = {}
-        self._programs: dict[cl.Kernel, cl.Program] = {}     # the program of each kernel
+        # the program of each kernel, for its clones: pyopencl's Kernel.program returns a new
+        # Program wrapper whose attribute lookups try to create kernels (Oclgrind reports
+        # CL_INVALID_KERNEL_NAME '_source'), so the program is kept from the build
+        self._programs: dict[cl.Kernel, cl.Program] = {}
         self._recorders: list[list] = []
         self.memory = Memory(self.queue)
         self.memory.on_release(self._arg_sets.clear)
