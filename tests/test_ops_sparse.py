@@ -129,52 +129,6 @@ def test_spmm_gpu_vectors_and_offsets(dev, rng, monkeypatch, n, pct, vec, int_of
     assert built_spmm(d, "VEC", "PX_OFF32") == {(vec, int(int_offsets))}
 
 
-def built_kernels(dev) -> set:
-    """The names of the csr.cl kernels dev has built."""
-    return {key[1] for key in dev._kernels if key[0] == "csr.cl"}
-
-
-@pytest.mark.parametrize("block", [(2, 3, 4), (4, 2, 8), (1, 5, 3), (4, 1, 4)])
-@pytest.mark.parametrize("n", [16, 48])
-def test_spmm_tile_form(dev, rng, block, n):
-    """csr_spmm_tile (the GPU form that stages X in local memory, LY x RPI rows per work-group,
-    steps of TK rows of X): 37 rows (a short last block), 41 rows of X (a short last step), empty
-    rows, a dense row and a row of one entry; both products and the bias + ReLU epilogue as scipy's,
-    and every element equal to the untiled form's (the same entries in the same order)."""
-    a = random_csr(rng, 37, 41, 0.2).tolil()
-    a[5, :] = rng.uniform(0.5, 1.5, 41)
-    a.rows[9], a.data[9] = [40], [1.25]
-    a = a.tocsr()
-    ly, rpi, tk = block
-    d = form_device(dev, spmm_local=(4, 4), spmm_tile=block, spmm_tile_reuse_pct=0)
-    check_both_products(d, rng, a, n)
-    x, b = randn(rng, 41, n), randn(rng, 37)
-    w = CSRMatrix.from_scipy(a, d)
-    got = w.matmul(x, bias=b, relu=True, out=poisoned(d, (37, n))).get()
-    assert rel_err(got, np.maximum(a.astype(np.float64) @ x + b[:, None], 0.0)) < TOL
-    assert built_kernels(d) == {"csr_spmm_tile"}
-    plain = form_device(dev, spmm_local=(4, 4))
-    ref = CSRMatrix.from_scipy(a, plain).matmul(x, bias=b, relu=True).get()
-    assert "csr_spmm" in built_kernels(plain) and np.array_equal(got, ref)
-
-
-@pytest.mark.parametrize("n,pct,loop_max,tiled", [(48, 800, None, True), (48, 801, None, False),
-                                                  (40, 0, None, False), (48, 0, 53, False), (48, 0, 54, True)])
-def test_spmm_tile_rule(dev, rng, n, pct, loop_max, tiled):
-    """The tiled form runs where whole column groups (4 lanes of 4-wide vectors: 16 columns) span
-    the batch, a block's rows take at least spmm_tile_reuse_pct / 100 entries per staged row of X
-    (8 rows of a dense 37 x 41 matrix: 8.00, 800 %), and its loops fit the budget (41 rows of X in
-    6 steps of 8: 6 x 9 = 54 iterations; rows longer than half the budget in pieces); W @ X as
-    scipy's."""
-    a = random_csr(rng, 37, 41, 1.0, empty_rows=False)
-    extra = {} if loop_max is None else {"loop_max": loop_max}
-    d = form_device(dev, spmm_local=(4, 4), spmm_tile=(4, 2, 8), spmm_tile_reuse_pct=pct, **extra)
-    x = randn(rng, 41, n)
-    got = CSRMatrix.from_scipy(a, d).matmul(x, out=poisoned(d, (37, n)))
-    assert rel_err(got.get(), a.astype(np.float64) @ x) < TOL
-    assert ("csr_spmm_tile" in built_kernels(d)) == tiled
-
-
 def test_spmm_long_rows(kdev, rng):
     """Dense rows (nnz per row far above any unrolling) and a fully dense matrix."""
     a = random_csr(rng, 9, 1500, 1.0, empty_rows=False)

@@ -457,26 +457,21 @@ def test_launches_are_the_python_runtimes(crt, dev, files, data_dir, tmp_path, m
 TIGHT_LOOP_MAX = 256      # as tests/conftest.py's TIGHT: every split path at LeNet sizes
 
 
-def _crt_with_table(tmp_path_factory, name: str, old: str, new: str):
-    """The sanitizer build of the C runtime from a copy of the package whose tuning table has the
-    entry matching regex ``old`` replaced by ``new`` (the table the build embeds)."""
+@pytest.fixture(scope="session")
+def crt_tight(tmp_path_factory):
+    """The sanitizer build of the C runtime with a loop budget of TIGHT_LOOP_MAX in both kernel forms:
+    built from a copy of the package whose tuning table says so (the table the build embeds)."""
     import re as re_
-    d = tmp_path_factory.mktemp(name)
+    d = tmp_path_factory.mktemp("crt-tight")
     pkg = d / "proxcl"
     shutil.copytree(ROOT / "src" / "proxcl", pkg, ignore=shutil.ignore_patterns("__pycache__"))
     tuning = pkg / "tuning.py"
-    text, count = re_.subn(old, new, tuning.read_text())
-    assert count == 1, f"tuning.py's table has no entry {old}"
+    text, count = re_.subn(r'"loop_max": \(\d+, \d+\)', f'"loop_max": ({TIGHT_LOOP_MAX}, {TIGHT_LOOP_MAX})',
+                           tuning.read_text())
+    assert count == 1, "tuning.py's table has no loop_max entry to change"
     tuning.write_text(text)
     _build("asan", f"ASAN_OUT={d / 'build'}", f"PKG={pkg}")
     return d / "build"
-
-
-@pytest.fixture(scope="session")
-def crt_tight(tmp_path_factory):
-    """The C runtime with a loop budget of TIGHT_LOOP_MAX in both kernel forms."""
-    return _crt_with_table(tmp_path_factory, "crt-tight", r'"loop_max": \(\d+, \d+\)',
-                           f'"loop_max": ({TIGHT_LOOP_MAX}, {TIGHT_LOOP_MAX})')
 
 
 @pytest.mark.parametrize("form", ["cpu", "gpu"])
@@ -497,28 +492,6 @@ def test_launches_split_as_the_python_runtimes(crt_tight, dev, files, data_dir, 
     assert {"gemm_sum_slices", "csr_sum_pieces", "im2col"} <= kernels, kernels
     assert {"col2im", "bias_grad"} | ({"gemm_blk", "csr_sddmm_rows"} if form == "cpu" else set()) <= split, split
     assert any(t["kernel"] == "gemm" and t["global"][2] > 1 for t in traced) or form == "cpu"
-
-
-TILE = (8, 4, 16)          # csr_spmm_tile's LY, RPI, TK, turned on in the GPU form below
-
-
-@pytest.fixture(scope="session")
-def crt_tiled(tmp_path_factory):
-    """The C runtime whose GPU form stages X in local memory (csr_spmm_tile) wherever it may."""
-    return _crt_with_table(tmp_path_factory, "crt-tiled",
-                           r'"spmm_tile": \(\(0, 0, 0\), \(\d+, \d+, \d+\)\), "spmm_tile_reuse_pct": \(0, \d+\)',
-                           f'"spmm_tile": ((0, 0, 0), {TILE}), "spmm_tile_reuse_pct": (0, 0)')
-
-
-def test_launches_tiled_as_the_python_runtimes(crt_tiled, dev, files, data_dir, tmp_path, monkeypatch):
-    """With the GPU form's tiled SpMM on in both runtimes, the C runtime chooses it where the Python
-    runtime does, launch by launch: the convolutions of a LeNet-5 training step, whose batch widths
-    (96 images x 24 x 24 and x 8 x 8 positions) are whole column groups of 128."""
-    from helpers import form_device
-    monkeypatch.setenv("PROXCL_TUNING", "gpu")
-    d = form_device(dev, "gpu", spmm_tile=TILE, spmm_tile_reuse_pct=0)
-    traced = _compare_launches(crt_tiled, d, files, data_dir, tmp_path, monkeypatch)
-    assert "csr_spmm_tile" in {t["kernel"] for t in traced}
 
 
 # ---- device choice: proxcl.runtime._select's rules, on made-up platforms ------------------------------

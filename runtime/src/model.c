@@ -210,15 +210,15 @@ static proxcl_status matmul(px_net *net, const px_param *w, cl_mem x, int n, con
 {
     cl_mem b = bias ? bias->data : NULL;
     if (w->csr)
-        return px_spmm(&net->dev, w->rows, w->cols, w->nnz, w->ap, w->aj, w->idx16, w->data, NULL, &w->pieces[0], x,
-                       n, b, relu, y, err);
+        return px_spmm(&net->dev, w->rows, w->cols, w->ap, w->aj, w->idx16, w->data, NULL, &w->pieces[0], x, n, b,
+                       relu, y, err);
     return px_gemm(&net->dev, w->data, x, y, w->rows, n, w->cols, 0, b, relu, err);
 }
 
 static proxcl_status matmul_t(px_net *net, const px_param *w, cl_mem d, int n, cl_mem out, proxcl_error *err)
 {
-    return px_spmm(&net->dev, w->cols, w->rows, w->nnz, w->tp, w->ti, w->idx16, w->data, w->pm, &w->pieces[1], d, n,
-                   NULL, 0, out, err);
+    return px_spmm(&net->dev, w->cols, w->rows, w->tp, w->ti, w->idx16, w->data, w->pm, &w->pieces[1], d, n, NULL, 0,
+                   out, err);
 }
 
 /* ---- convolutions in batch chunks (layers.Conv2d: the im2col buffer above Tuning.cols_limit_mib) ---- */
@@ -394,8 +394,8 @@ static proxcl_status layer_forward(px_net *net, px_ws *w, int e, cl_mem x, int t
             cols = b->cols;
         }
         if (L->weight->csr)
-            PX_TRY(px_spmm(dev, L->weight->rows, L->weight->cols, L->weight->nnz, L->weight->ap, L->weight->aj,
-                           L->weight->idx16, L->weight->data, NULL, &L->weight->pieces[0],
+            PX_TRY(px_spmm(dev, L->weight->rows, L->weight->cols, L->weight->ap, L->weight->aj, L->weight->idx16,
+                           L->weight->data, NULL, &L->weight->pieces[0],
                            cols, ncols, L->bias ? L->bias->data : NULL, L->relu, b->y, err));
         else
             PX_TRY(px_gemm(dev, L->weight->data, cols, b->y, L->weight->rows, ncols, L->weight->cols, 0,

@@ -1,7 +1,6 @@
 /* The launches of kernels/csr.cl, as src/proxcl/ops/sparse.py makes them: SpMM (CPU form
- * csr_spmm_seg, GPU forms csr_spmm and, where the tuning turns it on, csr_spmm_tile; the transposed
- * product through the permutation Pm; rows longer than a work-item's loop budget in pieces, added
- * per row by csr_sum_pieces) and SDDMM (CPU form
+ * csr_spmm_seg, GPU form csr_spmm; the transposed product through the permutation Pm; rows longer
+ * than a work-item's loop budget in pieces, added per row by csr_sum_pieces) and SDDMM (CPU form
  * csr_sddmm_rows, GPU form csr_sddmm with more lanes for long rows; long dot products in column
  * slices, added by gemm_sum_slices). */
 #include <limits.h>
@@ -63,17 +62,8 @@ proxcl_status px_row_pieces(px_device *dev, const int32_t *indptr, int m, px_pie
 }
 
 /* One SpMM launch over the m rows of (ap, aj): the CPU or GPU form (ops.sparse._spmm_rows). */
-/* Whether the GPU form stages X in local memory (csr_spmm_tile; ops.sparse._tile_pays). */
-static int tile_pays(const px_tuning *t, int m, int k, int n, int nnz)
-{
-    const int ly = t->spmm_tile[0], rpi = t->spmm_tile[1], tk = t->spmm_tile[2];
-    if (!ly || !t->spmm_wide_vec || n % (t->spmm_wide_vec * t->spmm_local[0])) return 0;
-    return 100LL * ly * rpi * nnz >= (long long)t->spmm_tile_reuse_pct * m * k &&
-           (long long)((k + tk - 1) / tk) * (tk + 1) <= t->loop_max;
-}
-
-static proxcl_status spmm_rows(px_device *dev, int m, int k, int n, int nnz, cl_mem ap, cl_mem aj, int idx16, cl_mem ax,
-                               cl_mem pm, cl_mem x, cl_mem out, cl_mem bias, int relu, proxcl_error *err)
+static proxcl_status spmm_rows(px_device *dev, int m, int k, int n, cl_mem ap, cl_mem aj, int idx16, cl_mem ax, cl_mem pm,
+                               cl_mem x, cl_mem out, cl_mem bias, int relu, proxcl_error *err)
 {
     const px_tuning *t = dev->t;
     const int nv = t->spmm_nv, tr = pm != NULL;
@@ -92,16 +82,6 @@ static proxcl_status spmm_rows(px_device *dev, int m, int k, int n, int nnz, cl_
     }
     const int lx = t->spmm_local[0], ly = t->spmm_local[1];   /* GPU form: coalesced over columns */
     const int wide = t->spmm_wide_vec;
-    if (tile_pays(t, m, k, n, nnz)) {   /* X's rows staged in local memory, shared by a row block */
-        const int tly = t->spmm_tile[0], rpi = t->spmm_tile[1], tk = t->spmm_tile[2];
-        px_define defs[] = {{"VEC", wide}, {"LX", lx}, {"LY", tly}, {"RPI", rpi}, {"TK", tk}, {"TRANSPOSED", tr},
-                            {"PX_ALIGNED", t->aligned}, {"IDX16", idx16}, {"PX_OFF32", (long)k * n <= INT_MAX}};
-        PX_TRY(px_kernel_get(dev, FILE_, "csr_spmm_tile", defs, 9, &kern, err));
-        size_t g[2] = {(size_t)(n / wide), (size_t)((m + tly * rpi - 1) / (tly * rpi)) * tly}, l[2] = {(size_t)lx, (size_t)tly};
-        px_arg targs[] = {PX_I(m), PX_I(n), PX_I(k), PX_M(ap), PX_M(aj), PX_M(ax), PX_M(pm), PX_M(x), PX_M(out),
-                          PX_M(bias), PX_I(relu)};
-        return px_launch(dev, kern, 2, g, l, targs, 11, err);
-    }
     if (wide && n % (wide * lx) == 0 &&   /* whole column groups of the wider vectors span the batch */
         100L * (n / (wide * lx)) * ((m + ly - 1) / ly) >= (long)t->spmm_wide_groups_pct * dev->compute_units)
         vec = wide;
@@ -116,14 +96,14 @@ static proxcl_status spmm_rows(px_device *dev, int m, int k, int n, int nnz, cl_
 /* Y[m, n] = A X (+ bias) (ReLU) with A CSR (m x k) and X [k, n]; with pm, A is the transposed
  * structure (Tp, Ti) whose values are ax[pm[p]].  idx16: aj (and ai) are uint16.  With pieces
  * (rows longer than spmm_piece), the products of the pieces, then their sums per row. */
-proxcl_status px_spmm(px_device *dev, int m, int k, int nnz, cl_mem ap, cl_mem aj, int idx16, cl_mem ax, cl_mem pm,
+proxcl_status px_spmm(px_device *dev, int m, int k, cl_mem ap, cl_mem aj, int idx16, cl_mem ax, cl_mem pm,
                       const px_pieces *pieces, cl_mem x, int n, cl_mem bias, int relu, cl_mem out, proxcl_error *err)
 {
     if (!m || !n) return PROXCL_OK;
-    if (!pieces || !pieces->count) return spmm_rows(dev, m, k, n, nnz, ap, aj, idx16, ax, pm, x, out, bias, relu, err);
+    if (!pieces || !pieces->count) return spmm_rows(dev, m, k, n, ap, aj, idx16, ax, pm, x, out, bias, relu, err);
     cl_mem part;
     PX_TRY(px_buffer(dev, (size_t)pieces->count * n * sizeof(float), &part, err));
-    proxcl_status s = spmm_rows(dev, pieces->count, k, n, nnz, pieces->qp, aj, idx16, ax, pm, x, part, NULL, 0, err);
+    proxcl_status s = spmm_rows(dev, pieces->count, k, n, pieces->qp, aj, idx16, ax, pm, x, part, NULL, 0, err);
     px_kernel *sum;
     if (s == PROXCL_OK) s = px_kernel_get(dev, FILE_, "csr_sum_pieces", NULL, 0, &sum, err);
     if (s == PROXCL_OK) {

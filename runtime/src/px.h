@@ -131,9 +131,9 @@ typedef struct { int count; cl_mem qp, rp; } px_pieces;
  * px_spmm_piece's limit); px_pieces_release frees them. */
 proxcl_status px_row_pieces(px_device *dev, const int32_t *indptr, int m, px_pieces *out, proxcl_error *err);
 void px_pieces_release(px_pieces *p);
-/* shape (m, k) with nnz entries, row pointers ap, indices aj, values ax, pm (NULL or the transpose
- * permutation), the rows' pieces (ap's, NULL: none) */
-proxcl_status px_spmm(px_device *dev, int m, int k, int nnz, cl_mem ap, cl_mem aj, int idx16, cl_mem ax, cl_mem pm,
+/* shape (m, k), row pointers ap, indices aj, values ax, pm (NULL or the transpose permutation), the
+ * rows' pieces (ap's, NULL: none) */
+proxcl_status px_spmm(px_device *dev, int m, int k, cl_mem ap, cl_mem aj, int idx16, cl_mem ax, cl_mem pm,
                       const px_pieces *pieces, cl_mem x, int n, cl_mem bias, int relu, cl_mem out, proxcl_error *err);
 proxcl_status px_sddmm(px_device *dev, int nnz, int n, cl_mem ai, cl_mem aj, int idx16, cl_mem a, cl_mem b,
                        cl_mem g, proxcl_error *err);

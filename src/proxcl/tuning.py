@@ -43,11 +43,6 @@ class Tuning(Mapping):
     share a slice of X in the cache (0: rows of groups in launch order).  The GPU form takes its
     wider vectors only where the launch still makes at least ``spmm_wide_groups_pct`` % of the
     compute units in work-groups (fewer, wider work-items were slower on small layers).
-    ``spmm_tile`` (LY, RPI, TK of csr_spmm_tile, the GPU form that stages X in local memory for a
-    block of LY*RPI rows; LY 0: off) runs where whole column groups of the wider vectors span the
-    batch and a block's rows take at least ``spmm_tile_reuse_pct`` / 100 entries per staged row
-    of X on average; its local memory, TK * LX * VEC * 4 bytes, must fit the device's.  Off in
-    both forms until it is measured against csr_spmm on a GPU.
     ``tile_groups_pct``: gemm_tile runs only where its work-groups number at least this percentage
     of the compute units, with its register block halved (TM, TN 8 -> 4, BK doubled) where that takes it there,
     and where both sides of C are at least its halved block (LY*4 rows, LX*4 columns); elsewhere
@@ -77,8 +72,6 @@ class Tuning(Mapping):
     spmm_local: tuple[int, int]
     spmm_swizzle: int
     spmm_wide_groups_pct: int
-    spmm_tile: tuple[int, int, int]
-    spmm_tile_reuse_pct: int
     sddmm_lanes: int
     sddmm_vec: int
     sddmm_epw: int
@@ -117,7 +110,6 @@ _TABLE = {
     "gemm_tile": ((0, 0, 0, 0, 0), (16, 16, 8, 8, 8)),
     "spmm_vec": (8, 2), "spmm_wide_vec": (16, 4), "spmm_nv": (8, 0), "spmm_rows": (8, 0), "spmm_local": ((4, 4), (32, 8)),
     "spmm_swizzle": (0, 1), "spmm_wide_groups_pct": (0, 300),
-    "spmm_tile": ((0, 0, 0), (0, 0, 0)), "spmm_tile_reuse_pct": (0, 0),
     "sddmm_lanes": (1, 8), "sddmm_vec": (8, 4), "sddmm_epw": (4, 1), "sddmm_group": (16, 16),
     "scan_local": (256, 256), "tile_groups_pct": (0, 50),
     "cols_limit_mib": (8, 0), "nn_rows": (8, 64), "nn_reduce": (64, 256), "nn_softmax": (64, 64),

@@ -5,8 +5,7 @@
  * Build defines: VEC (vector width), PX_ALIGNED (see common.h), LX, LY (fixed local size),
  * TRANSPOSED (values through Pm), IDX16 (1: the index arrays Aj, Ai and Ti are ushort, IDX,
  * as when both dimensions fit; 0: int; proxcl.ops.sparse.index_dtype),
- * SWZ (csr_spmm's column slices of work-groups), PX_OFF32 (csr_spmm, csr_spmm_tile: X's elements
- * fit an int), TK, RPI (csr_spmm_tile's step and rows per work-item),
+ * SWZ (csr_spmm's column slices of work-groups), PX_OFF32 (csr_spmm: X's elements fit an int),
  * NV (vectors per work-item, csr_spmm_seg), LANES, GROUP (csr_sddmm), EPW (csr_sddmm_rows),
  * SCAN_LOCAL, SCAN_CHUNK (scan).  Every *_seg / *_rows kernel is the CPU form of the kernel
  * before it; Device.tuning picks one per device kind.  Host module: proxcl/ops/sparse.py.
@@ -103,93 +102,6 @@ void csr_spmm(const int m, const int n,
     if (relu) acc = PX_RELU(acc);
     if (c0 + VEC <= n) VSTORE(acc, y);
     else VSTORE_PART(acc, y, n - c0);
-}
-
-/* ---- SpMM, GPU form with X staged in local memory ----
- * Same product and shapes as csr_spmm (k: X's rows), for n a multiple of LX*VEC.  Work-group
- * (x, y) computes the LX*VEC columns of column group x for the LY*RPI rows of row block y;
- * work-item (lx, ly) holds rows y*LY*RPI + ly + j*LY (j < RPI) at columns [c0, c0 + VEC), one
- * accumulator each.  The group walks X in steps of TK rows: it stages X[k0 .. k0+TK) (its
- * columns) in local memory, then each row adds its entries whose columns lie in the step, read
- * from there, in entry order (columns increase within a CSR row, so a row's next entry is the
- * only one to test).  The next step's rows of X are loaded into registers while this step is
- * added.  Each row of X is read from global memory once per row block rather than once per
- * entry, which pays where a block's rows share columns (about LY*RPI*density entries per
- * staged row).  In one pass every row of the work-item adds at most one entry, so the rows'
- * loads overlap; a step takes at most TK passes, so a work-item loops at most
- * ceil(k / TK) * (TK + 1) times (the host keeps that within its loop budget).
- * O(nnz * n) work, O(k * n * ceil(m / (LY*RPI))) staged reads. */
-#ifndef TK
-#define TK 32
-#endif
-#ifndef RPI
-#define RPI 8
-#endif
-#if TK % LY
-#error "TK must be a multiple of LY"
-#endif
-#define PX_TILE_LOADS (TK / LY)       /* vectors of a step each work-item stages */
-__kernel __attribute__((reqd_work_group_size(LX, LY, 1)))
-void csr_spmm_tile(const int m, const int n, const int k,
-                   __global const int *restrict Ap, __global const IDX *restrict Aj,
-                   __global const float *restrict Ax, __global const int *restrict Pm,
-                   __global const float *restrict X, __global float *restrict Y,
-                   __global const float *restrict bias, const int relu)
-{
-    __local floatV xs[TK * LX];
-    const int lx = get_local_id(0), ly = get_local_id(1);
-    const int c0 = (get_group_id(0) * LX + lx) * VEC;
-    const int r0 = get_group_id(1) * (LY * RPI) + ly;
-    int p[RPI], e[RPI], col[RPI];
-    floatV acc[RPI], next[PX_TILE_LOADS];
-    _Pragma("unroll")
-    for (int j = 0; j < RPI; ++j) {
-        const int i = r0 + j * LY;
-        p[j] = i < m ? Ap[i] : 0;
-        e[j] = i < m ? Ap[i + 1] : 0;
-        col[j] = p[j] < e[j] ? (int)Aj[p[j]] : INT_MAX;
-        acc[j] = (floatV)(0.0f);
-    }
-    __global const float *x0 = X + c0;
-    _Pragma("unroll")
-    for (int t = 0; t < PX_TILE_LOADS; ++t) {
-        const int r = ly + t * LY;
-        next[t] = r < k ? VLOAD(x0 + PX_XOFF(r, n)) : (floatV)(0.0f);
-    }
-    for (int k0 = 0; k0 < k; k0 += TK) {
-        barrier(CLK_LOCAL_MEM_FENCE);          /* the previous step's reads are done */
-        _Pragma("unroll")
-        for (int t = 0; t < PX_TILE_LOADS; ++t) xs[(ly + t * LY) * LX + lx] = next[t];
-        barrier(CLK_LOCAL_MEM_FENCE);
-        _Pragma("unroll")
-        for (int t = 0; t < PX_TILE_LOADS; ++t) {   /* the next step, in flight while this one adds */
-            const int r = k0 + TK + ly + t * LY;
-            next[t] = r < k ? VLOAD(x0 + PX_XOFF(r, n)) : (floatV)(0.0f);
-        }
-        const int k1 = k0 + TK;
-        int more = 1;
-        while (more) {
-            more = 0;
-            _Pragma("unroll")
-            for (int j = 0; j < RPI; ++j) {
-                if (col[j] < k1) {
-                    acc[j] += (floatV)(PX_VAL(p[j])) * xs[(col[j] - k0) * LX + lx];
-                    ++p[j];
-                    col[j] = p[j] < e[j] ? (int)Aj[p[j]] : INT_MAX;
-                    more |= col[j] < k1;
-                }
-            }
-        }
-    }
-    _Pragma("unroll")
-    for (int j = 0; j < RPI; ++j) {
-        const int i = r0 + j * LY;
-        if (i < m) {
-            floatV v = acc[j] + (floatV)(bias ? bias[i] : 0.0f);
-            if (relu) v = PX_RELU(v);
-            VSTORE(v, Y + (size_t)i * n + c0);
-        }
-    }
 }
 
 /* ---- SpMM, CPU form: one work-item holds a row segment of NV vectors in registers ----

@@ -572,18 +572,6 @@ def _spmm(dev: Device, shape, ap, aj, ax, pm, x, bias, relu, out, idx: int,
     return out
 
 
-def _tile_pays(t, m: int, k: int, n: int, nnz: int) -> bool:
-    """Whether the GPU form stages X in local memory (csr_spmm_tile) for an SpMM of m rows over
-    k rows of X, n columns and nnz entries: where the tuning turns it on, whole column groups of
-    its vectors span the batch, a row block's rows share enough columns (LY*RPI*nnz/(m*k), the
-    entries per staged row of X, at least spmm_tile_reuse_pct / 100) and its loops fit the budget."""
-    tly, rpi, tk = t.spmm_tile
-    if not (tly and t.spmm_wide_vec) or n % (t.spmm_wide_vec * t.spmm_local[0]):
-        return False
-    return (100 * tly * rpi * nnz >= t.spmm_tile_reuse_pct * m * k
-            and -(-k // tk) * (tk + 1) <= t.loop_max)
-
-
 def _spmm_rows(dev: Device, m, n, ap, aj, ax, pm, x, out, bias, relu, idx: int) -> None:
     """One SpMM launch over the m rows of (ap, aj): the CPU or GPU form (IDX16 = idx)."""
     t = dev.tuning
@@ -599,19 +587,11 @@ def _spmm_rows(dev: Device, m, n, ap, aj, ax, pm, x, out, bias, relu, idx: int) 
     else:    # GPU form: work-items coalesced over the batch columns
         lx, ly = t.spmm_local
         wide = t.spmm_wide_vec
-        k = x.shape[0]
-        if _tile_pays(t, m, k, n, aj.size):   # X's rows staged in local memory, shared by a row block
-            tly, rpi, tk = t.spmm_tile
-            kern = dev.kernel(_FILE, "csr_spmm_tile", VEC=wide, LX=lx, LY=tly, RPI=rpi, TK=tk, TRANSPOSED=tr,
-                              PX_ALIGNED=int(t.aligned), IDX16=idx, PX_OFF32=int(k * n <= _I32_MAX))
-            dev.launch(kern, (n // wide, -(-m // (tly * rpi)) * tly), (lx, tly), m, n, k, ap, aj, ax, pm, x,
-                       out, bias, int(relu))
-            return
         if (wide and n % (wide * lx) == 0    # whole column groups of the wider vectors span the batch
                 and 100 * (n // (wide * lx)) * -(-m // ly) >= t.spmm_wide_groups_pct * dev.compute_units):
             vec = wide
         kern = dev.kernel(_FILE, "csr_spmm", VEC=vec, LX=lx, LY=ly, TRANSPOSED=tr,
                           PX_ALIGNED=int(t.aligned and n % vec == 0), IDX16=idx, SWZ=t.spmm_swizzle,
-                          PX_OFF32=int(k * n <= _I32_MAX))
+                          PX_OFF32=int(x.shape[0] * n <= _I32_MAX))
         dev.launch(kern, (-(-n // vec), m), (lx, ly), m, n, ap, aj, ax, pm, x, out,
                    bias, int(relu))
