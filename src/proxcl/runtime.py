@@ -41,6 +41,8 @@ def ceil_to(n: int, m: int) -> int:
 
 
 ARG_SETS = 8     # OpenCL kernel objects per kernel, each holding one call site's arguments
+# (item size, shape) -> (C-contiguous strides, element count) of the arrays Device.empty makes
+_LAYOUTS: dict[tuple, tuple] = {}
 
 
 def view(a: cla.Array, shape) -> cla.Array:
@@ -391,10 +393,15 @@ class Device:
         allocator = self.memory.allocator(category)
         shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(s) for s in shape)
         dtype = np.dtype(dtype)
-        if min(shape, default=1) < 0:
-            raise InputError(f"negative dimensions are not allowed: {shape}")
-        return cla.Array(None, shape, dtype, allocator=allocator, strides=c_contiguous_strides(dtype.itemsize, shape),
-                         _fast=True, _size=math.prod(shape), _context=self.context, _queue=self.queue)
+        layout = _LAYOUTS.get((dtype.itemsize, shape))
+        if layout is None:
+            if min(shape, default=1) < 0:
+                raise InputError(f"negative dimensions are not allowed: {shape}")
+            if len(_LAYOUTS) >= 256:
+                _LAYOUTS.clear()
+            layout = _LAYOUTS[dtype.itemsize, shape] = (c_contiguous_strides(dtype.itemsize, shape), math.prod(shape))
+        return cla.Array(None, shape, dtype, allocator=allocator, strides=layout[0],
+                         _fast=True, _size=layout[1], _context=self.context, _queue=self.queue)
 
     def zeros(self, shape, dtype=np.float32, *, category: str = "activations") -> cla.Array:
         return cla.zeros(self.queue, shape, dtype, allocator=self.memory.allocator(category))
