@@ -109,30 +109,15 @@ for (m, kk), n, d in (((8192, 8192), 64, 0.01), ((8192, 8192), 64, 0.005), ((500
         tx = torch.tensor(xh, device="cuda")
         peer = f" | cuSPARSE {time_pipelined(None, lambda: tw @ tx, calls=50, repeat=7, sync=torch.cuda.synchronize):.4f}"
     print(f"W @ X {m}x{kk} x {n} at {d*100:g} %: " + ", ".join(f"{a} {b:.4f}" for a, b in row) + f" ms per call{peer}", flush=True)
-from proxcl import models
+from profile_step import step_model, step_wall_ms
 for name, sparse in (("lenet300", False), ("lenet5", True), ("lenet5", False)):
     try:
-        mdl = models.build(name, device=dev)
-        if sparse:
-            st = mdl.state_dict()
-            for key in st:
-                if key.endswith("weight"):
-                    st[key] = np.where(rng.random(st[key].shape) < 0.05, st[key], 0).astype(np.float32)
-            mdl.load_state_dict(st)
-            mdl.to_sparse(None)
-        xb, yb = mdl.prepare_batch(rng.standard_normal((128, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, 128))
+        mdl, xb, yb = step_model(name, sparse, dev, rng)
         res = {"event": [], "no event": []}
         for r in range(6):
             for label in (("event", "no event") if r % 2 == 0 else ("no event", "event")):
                 runtime.cl.enqueue_nd_range_kernel = real if label == "event" else NoEvent(real)
-                for _ in range(3):
-                    mdl.train_batch(xb, yb)
-                dev.finish()
-                t = time.perf_counter()
-                for _ in range(30):
-                    mdl.train_batch(xb, yb)
-                dev.finish()
-                res[label].append((time.perf_counter() - t) / 30 * 1e3)
+                res[label].append(step_wall_ms(dev, mdl, xb, yb, 30))
         runtime.cl.enqueue_nd_range_kernel = real
         print(f"step {name} {'CSR 5 %' if sparse else 'dense'} b128: " +
               ", ".join(f"{k} {np.median(v):.3f} [{min(v):.3f}-{max(v):.3f}]" for k, v in res.items()) + " ms", flush=True)

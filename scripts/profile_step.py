@@ -13,29 +13,41 @@ import proxcl
 from proxcl import models
 
 
+def step_model(name: str, sparse: bool, dev, rng, batch: int = 128):
+    """A model of ``name`` on ``dev`` (with ``sparse``: 5 % of each weight kept at random, in CSR)
+    and one prepared random batch: (model, x, y)."""
+    m = models.build(name, device=dev)
+    if sparse:
+        st = m.state_dict()
+        for k in st:
+            if k.endswith("weight"):
+                st[k] = np.where(rng.random(st[k].shape) < 0.05, st[k], 0).astype(np.float32)
+        m.load_state_dict(st)
+        m.to_sparse(None)
+    x = rng.standard_normal((batch, 1, 28, 28)).astype(np.float32)
+    xb, yb = m.prepare_batch(x, rng.integers(0, 10, batch))
+    return m, xb, yb
+
+
+def step_wall_ms(dev, m, xb, yb, steps: int, warmup: int = 3) -> float:
+    """Wall milliseconds per training step over ``steps`` steps after ``warmup``, waited for once."""
+    for _ in range(warmup):
+        m.train_batch(xb, yb)
+    dev.finish()
+    t = time.perf_counter()
+    for _ in range(steps):
+        m.train_batch(xb, yb)
+    dev.finish()
+    return (time.perf_counter() - t) * 1e3 / steps
+
+
 def main() -> int:
     dev = proxcl.Device(sys.argv[1] if len(sys.argv) > 1 else None, profile=True)
     print(dev)
     rng = np.random.default_rng(0)
     for name, sparse in (("lenet5", False), ("lenet5", True), ("lenet300", False)):
-        m = models.build(name, device=dev)
-        if sparse:
-            st = m.state_dict()
-            for k in st:
-                if k.endswith("weight"):
-                    st[k] = np.where(rng.random(st[k].shape) < 0.05, st[k], 0).astype(np.float32)
-            m.load_state_dict(st)
-            m.to_sparse(None)
-        x = rng.standard_normal((128, 1, 28, 28)).astype(np.float32)
-        xb, yb = m.prepare_batch(x, rng.integers(0, 10, 128))
-        for _ in range(3):
-            m.train_batch(xb, yb)
-        dev.finish()
-        t = time.perf_counter()
-        for _ in range(10):
-            m.train_batch(xb, yb)
-        dev.finish()
-        wall = (time.perf_counter() - t) / 10
+        m, xb, yb = step_model(name, sparse, dev, rng)
+        wall = step_wall_ms(dev, m, xb, yb, 10) / 1e3
         with dev.record_launches() as events:
             for _ in range(10):
                 m.train_batch(xb, yb)
