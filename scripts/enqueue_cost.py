@@ -1,7 +1,7 @@
 """What a kernel enqueue costs the host, and whether the event pyopencl makes for every launch is
 the cost: pyopencl's enqueue against clEnqueueNDRangeKernel called through ctypes with and without
 an event, then `W @ X` (50 calls back to back) and training steps (batch 128, alternated) with
-Device.launch's enqueue replaced by the call without an event.
+Device.launch's enqueue with and without an event (the tuning's launch_events).
 
     python scripts/enqueue_cost.py [DEVICE-SPEC]
 
@@ -67,20 +67,13 @@ for name, fn in (("pyopencl enqueue", py), ("ctypes, no event", ct), ("ctypes, e
     print(f"{name:20s} {best:6.2f} us per enqueue (best of 5 x 2000, host time only)", flush=True)
 
 # W @ X through the public API, 50 calls back to back, with pyopencl's enqueue (an event per launch)
-# and with the enqueue replaced by a ctypes call that asks for no event
-from proxcl import runtime
+# and with Device.launch's enqueue without an event (the tuning's launch_events off)
+import dataclasses
 from proxcl.bench.timing import time_pipelined
 from proxcl.sparse_init import random_support
-real = runtime.cl.enqueue_nd_range_kernel
-class NoEvent:
-    def __init__(self, real):
-        self.real = real
-    def __call__(self, queue, kernel, g, l, wait_for=None):
-        if wait_for:
-            return self.real(queue, kernel, g, l, wait_for=wait_for)
-        n = len(g)
-        rc = enq(queue.int_ptr, kernel.int_ptr, n, None, (ctypes.c_size_t * n)(*g), (ctypes.c_size_t * n)(*l), 0, None, None)
-        assert rc == 0, rc
+base = dev.tuning
+def events(on: bool) -> None:
+    dev.tuning = dataclasses.replace(base, launch_events=on)
 rng = np.random.default_rng(0)
 try:
     import torch
@@ -97,11 +90,11 @@ for (m, kk), n, d in (((8192, 8192), 64, 0.01), ((8192, 8192), 64, 0.005), ((500
     row = []
     for rnd in range(2):
         for label in ("event", "no event"):
-            runtime.cl.enqueue_nd_range_kernel = real if label == "event" else NoEvent(real)
+            events(label == "event")
             if rnd == 0 and label == "no event":
                 assert np.array_equal((w @ x).get(), ref)
             row.append((label, time_pipelined(dev, lambda: w @ x, calls=50, repeat=7)))
-    runtime.cl.enqueue_nd_range_kernel = real
+    dev.tuning = base
     peer = ""
     if cuda:
         tw = torch.sparse_csr_tensor(torch.tensor(ip, dtype=torch.int64), torch.tensor(ind, dtype=torch.int64),
@@ -116,11 +109,11 @@ for name, sparse in (("lenet300", False), ("lenet5", True), ("lenet5", False)):
         res = {"event": [], "no event": []}
         for r in range(6):
             for label in (("event", "no event") if r % 2 == 0 else ("no event", "event")):
-                runtime.cl.enqueue_nd_range_kernel = real if label == "event" else NoEvent(real)
+                events(label == "event")
                 res[label].append(step_wall_ms(dev, mdl, xb, yb, 30))
-        runtime.cl.enqueue_nd_range_kernel = real
+        dev.tuning = base
         print(f"step {name} {'CSR 5 %' if sparse else 'dense'} b128: " +
               ", ".join(f"{k} {np.median(v):.3f} [{min(v):.3f}-{max(v):.3f}]" for k, v in res.items()) + " ms", flush=True)
     except Exception as e:
-        runtime.cl.enqueue_nd_range_kernel = real
+        dev.tuning = base
         print(f"step {name}: {type(e).__name__}: {e}")

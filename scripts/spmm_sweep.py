@@ -16,7 +16,8 @@ rng = np.random.default_rng(0)
 CASES = [((4096, 4096), 1024, 0.01), ((4096, 4096), 1024, 0.05), ((16384, 4096), 256, 0.01),
          ((4096, 16384), 2048, 0.02), ((8192, 8192), 64, 0.01)]
 VARIANTS = [dict(spmm_local=l, spmm_wide_vec=v, spmm_swizzle=s)
-            for l, v, s in itertools.product([(32, 8), (32, 4), (32, 16), (64, 4), (16, 16)], [4, 2], [1, 2])]
+            for l, v, s in itertools.product([(32, 8), (32, 4), (32, 16), (32, 32), (64, 4), (16, 16), (16, 32), (8, 32)],
+                                               [4, 2], [1, 2, 4])]
 for (m, k), n, d in CASES:
     ip, ind = random_support(rng, (m, k), int(round(d * m * k)))
     w = proxcl.CSRMatrix.from_arrays(ip, ind, rng.standard_normal(ind.size).astype(np.float32), (m, k), dev)

@@ -7,6 +7,8 @@ the mean of all gradients so far)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -169,7 +171,7 @@ def test_optimizer_matches_reference(dev, rng, kind):
 def test_every_vector_width_and_tail(dev, rng, monkeypatch, kind, vec):
     """Work-items do VEC values with vector loads and the last one the tail: sizes around
     multiples of VEC, each against the lock-step reference."""
-    monkeypatch.setitem(dev.__dict__, "tuning", dict(dev.tuning, vec=vec))
+    monkeypatch.setitem(dev.__dict__, "tuning", dataclasses.replace(dev.tuning, vec=vec))
     h = hyper_of(kind)
     opt = make_optimizer(kind, device=dev, **HYPER[kind])
     params = [Param(dev, f"w{i}", rng.standard_normal(n))
@@ -193,7 +195,7 @@ def test_reweighted_l1_matches_reference(dev, rng, monkeypatch, kind, vec):
     """Reweighted l1: every threshold scaled by c / (|w| + eps c), c the parameter's mean nonzero
     magnitude when first seen and after refresh_reweighting; against the float64 step, zeros
     included, over vector bodies and tails, with lambda factors."""
-    monkeypatch.setitem(dev.__dict__, "tuning", dict(dev.tuning, vec=vec))
+    monkeypatch.setitem(dev.__dict__, "tuning", dataclasses.replace(dev.tuning, vec=vec))
     h = hyper_of(kind)
     eps = 0.05
     opt = make_optimizer(kind, device=dev, reweight_eps=eps, l1_factors={"b": 0.5}, **HYPER[kind])
@@ -521,7 +523,7 @@ def test_invalid_step_arguments_raise(dev, rng):
 @pytest.mark.parametrize("vec", [2, 8])
 def test_apply_mask_multiplies_by_the_mask(dev, rng, monkeypatch, vec):
     from proxcl.ops.optim import apply_mask
-    monkeypatch.setitem(dev.__dict__, "tuning", dict(dev.tuning, vec=vec))
+    monkeypatch.setitem(dev.__dict__, "tuning", dataclasses.replace(dev.tuning, vec=vec))
     for n in (1, vec, 5 * vec + 3):
         x = rng.standard_normal(n).astype(np.float32)
         m = (rng.random(n) < 0.5).astype(np.float32)

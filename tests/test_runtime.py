@@ -143,6 +143,41 @@ def test_a_failed_launch_leaves_no_stale_arguments(dev, monkeypatch):
     assert out.get().tolist() == [3, 0, 2]
 
 
+def test_launch_without_event_where_nothing_asks_for_one(dev, monkeypatch):
+    """With the tuning's launch_events off, a launch is enqueued through clEnqueueNDRangeKernel
+    with no event and returns None, in order with the queue's other work; an event is still
+    made (and returned) where the caller asks, a record_launches block is open or the device
+    profiles; an enqueue the bare call refuses goes to pyopencl's, which raises its error."""
+    import dataclasses
+    import pyopencl as cl
+    d = proxcl.Device(dev.spec)
+    d.tuning = dataclasses.replace(d.tuning, launch_events=False)
+    k = d.kernel("csr.cl", "gather_f32")
+    x = d.to_device(np.arange(8, dtype=np.float32))
+    idx = d.to_device(np.array([6, 1, 4], np.int32), np.int32)
+    out = d.full((3,), np.nan)
+    assert d.launch(k, (3,), (64,), 3, x, idx, out) is None and d._enqueue_bare
+    assert out.get().tolist() == [6, 1, 4]
+    x2 = x * 2                        # pyopencl's own kernel, then a bare launch reading it
+    assert d.launch(k, (3,), (64,), 3, x2, idx, out) is None
+    assert out.get().tolist() == [12, 2, 8]
+    assert isinstance(d.launch(k, (3,), (64,), 3, x, idx, out, event=True), cl.Event)
+    with d.record_launches() as launches:
+        ev = d.launch(k, (3,), (64,), 2, x, idx, out)
+    assert isinstance(ev, cl.Event) and launches == [("gather_f32", ev)]
+    with pytest.raises(cl.Error):     # a local size no device takes: refused, then raised
+        d.launch(k, (1 << 20,), (1 << 20,), 3, x, idx, out)
+    calls = []
+    monkeypatch.setattr(d, "_enqueue_bare", lambda *a: calls.append(a) or -5)
+    out.fill(np.float32(-1))
+    assert isinstance(d.launch(k, (3,), (64,), 3, x, idx, out), cl.Event) and len(calls) == 1
+    assert out.get().tolist() == [6, 1, 4]
+    p = proxcl.Device(dev.spec, profile=True)
+    p.tuning = d.tuning
+    assert isinstance(p.launch(p.kernel("csr.cl", "gather_f32"), (3,), (64,), 3, p.to_device(np.arange(8, dtype=np.float32)),
+                               p.to_device(np.array([6, 1, 4], np.int32), np.int32), p.empty((3,))), cl.Event)
+
+
 def test_kernel_memo_serves_every_order_of_defines(dev):
     """Device.kernel looks a kernel up by the defines in the caller's order first; another order
     of the same defines gets the same kernel and builds nothing new, other values a new one."""

@@ -10,6 +10,7 @@ the launch settings they use are the device's :attr:`Device.tuning`.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import math
 import os
 import threading
@@ -212,6 +213,48 @@ _BUILD_LOCK = threading.Lock()
 _PROGRAMS: dict[tuple, cl.Program] = {}
 
 
+def _opencl_library() -> str | None:
+    """The path of the libOpenCL this process loaded (pyopencl's), from /proc/self/maps
+    (Linux); None where it cannot be read."""
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                path = line.split()[-1]
+                if "libOpenCL" in path and path.startswith("/"):
+                    return path
+    except OSError:
+        pass
+    return None
+
+
+def _enqueue_without_event(queue: cl.CommandQueue):
+    """A function ``(kernel, global sizes, local sizes) -> status`` that enqueues a kernel on
+    ``queue`` through clEnqueueNDRangeKernel with no event asked for, or None where the OpenCL
+    library cannot be found.  pyopencl makes an event for every launch; on NVIDIA's driver that
+    is part of the host's cost of a launch (docs/PERFORMANCE.md, enqueue cost)."""
+    path = _opencl_library()
+    if path is None:
+        return None
+    try:
+        fn = ctypes.CDLL(path).clEnqueueNDRangeKernel
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p,
+                   ctypes.c_void_p, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
+    fn.restype = ctypes.c_int
+    qp = queue.int_ptr
+    sizes: dict[tuple, tuple] = {}       # (global, local) -> their size_t arrays
+
+    def enqueue(kernel: cl.Kernel, g: tuple, l: tuple) -> int:
+        gl = sizes.get((g, l))
+        if gl is None:
+            if len(sizes) >= 1024:
+                sizes.clear()
+            gl = sizes[g, l] = ((ctypes.c_size_t * len(g))(*g), (ctypes.c_size_t * len(l))(*l))
+        return fn(qp, kernel.int_ptr, len(g), None, gl[0], gl[1], 0, None, None)
+    return enqueue
+
+
 def _kernel_source(filename: str) -> str:
     """A kernel file's text with the shared ``common.h`` put in front of it."""
     pkg = resources.files("proxcl.kernels")
@@ -248,6 +291,7 @@ class Device:
         # CL_INVALID_KERNEL_NAME '_source'), so the program is kept from the build
         self._programs: dict[cl.Kernel, cl.Program] = {}
         self._recorders: list[list] = []
+        self._enqueue_bare = None       # (Device.launch) made on first use where the tuning asks
         self.memory = Memory(self.queue)
         self.memory.on_release(self._arg_sets.clear)
 
@@ -312,9 +356,14 @@ class Device:
             self._kernels_by_call[fast] = k
         return k
 
-    def launch(self, kernel: cl.Kernel, gsize, lsize, *args, wait_for=None) -> cl.Event:
+    def launch(self, kernel: cl.Kernel, gsize, lsize, *args, wait_for=None,
+               event: bool = False) -> cl.Event | None:
         """Set arguments (ints -> int32, unsigned numpy ints -> uint32, floats -> float32,
         arrays -> buffers) and enqueue with global sizes rounded up to the fixed local size.
+        The launch's event is returned where ``event`` is set, the device profiles, a
+        :meth:`record_launches` block is open, or the tuning's ``launch_events`` is on; otherwise
+        the kernel is enqueued without one and None is returned (on NVIDIA's driver the event
+        is a measurable part of a launch's host cost, docs/PERFORMANCE.md).
 
         One kernel serves several call sites per training step (each layer's product, each
         parameter's update), each with its own arguments.  So a kernel keeps up to ARG_SETS
@@ -357,7 +406,15 @@ class Device:
         if i:                               # most recently used first
             sets.insert(0, sets.pop(i))
         g = tuple([ceil_to(n, l) for n, l in zip(gsize, lsize)])
-        ev = cl.enqueue_nd_range_kernel(self.queue, entry[0], g, tuple(lsize), wait_for=wait_for)
+        lsize = tuple(lsize)
+        if not (event or wait_for or self._recorders or self.profile or self.tuning.launch_events):
+            bare = self._enqueue_bare
+            if bare is None:
+                bare = self._enqueue_bare = _enqueue_without_event(self.queue) or False
+            if bare and bare(entry[0], g, lsize) == 0:
+                return None
+            # no library to call, or an error: pyopencl's enqueue below raises it as usual
+        ev = cl.enqueue_nd_range_kernel(self.queue, entry[0], g, lsize, wait_for=wait_for)
         if self._recorders:
             for launches in self._recorders:
                 launches.append((kernel.function_name, ev))

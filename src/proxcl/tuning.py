@@ -47,6 +47,8 @@ class Tuning(Mapping):
     of the compute units, with its register block halved (TM, TN 8 -> 4, BK doubled) where that takes it there,
     and where both sides of C are at least its halved block (LY*4 rows, LX*4 columns); elsewhere
     the untiled form keeps the units busy and wastes no work on padding.
+    ``launch_events``: every launch returns its event (pyopencl's enqueue); False: a launch that
+    nothing records, profiles or waits for is enqueued without one (Device.launch).
     ``cols_limit_mib``: a convolution's im2col buffer larger than this many MiB is cut into batch
     chunks (0: never), where the chunks' extra launches cost little (docs/PERFORMANCE.md, memory).
     nn.cl: ``nn_rows`` (local size of the kernels that give a work-item one image row),
@@ -78,6 +80,7 @@ class Tuning(Mapping):
     sddmm_group: int
     scan_local: int
     tile_groups_pct: int
+    launch_events: bool
     cols_limit_mib: int
     nn_rows: int
     nn_reduce: int
@@ -112,7 +115,7 @@ _TABLE = {
     "spmm_swizzle": (0, 1), "spmm_wide_groups_pct": (0, 300),
     "sddmm_lanes": (1, 8), "sddmm_vec": (8, 4), "sddmm_epw": (4, 1), "sddmm_group": (16, 16),
     "scan_local": (256, 256), "tile_groups_pct": (0, 50),
-    "cols_limit_mib": (8, 0), "nn_rows": (8, 64), "nn_reduce": (64, 256), "nn_softmax": (64, 64),
+    "launch_events": (True, False), "cols_limit_mib": (8, 0), "nn_rows": (8, 64), "nn_reduce": (64, 256), "nn_softmax": (64, 64),
 }
 FORMS = {kind: Tuning(kind=kind, **{k: v[i] for k, v in _TABLE.items()})
          for i, kind in enumerate(("cpu", "gpu"))}

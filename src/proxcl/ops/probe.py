@@ -28,7 +28,7 @@ def cache_bandwidth(dev: Device, repeat: int = 10) -> tuple[float, int]:
                 out = dev.empty((work,))
                 times = []
                 for i in range(repeat + 2):
-                    ev = dev.launch(kern, (work,), (local,), nv, src, out)
+                    ev = dev.launch(kern, (work,), (local,), nv, src, out, event=True)
                     ev.wait()
                     if i >= 2:
                         times.append((ev.profile.end - ev.profile.start) * 1e-9)
