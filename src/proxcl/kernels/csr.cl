@@ -6,6 +6,7 @@
  * TRANSPOSED (values through Pm), IDX16 (1: the index arrays Aj, Ai and Ti are ushort, IDX,
  * as when both dimensions fit; 0: int; proxcl.ops.sparse.index_dtype),
  * SWZ (csr_spmm's column slices of work-groups), PX_OFF32 (csr_spmm: X's elements fit an int),
+ * UNROLL (csr_spmm's unrolling of its entry loop),
  * NV (vectors per work-item, csr_spmm_seg), LANES, GROUP (csr_sddmm), EPW (csr_sddmm_rows),
  * SCAN_LOCAL, SCAN_CHUNK (scan).  Every *_seg / *_rows kernel is the CPU form of the kernel
  * before it; Device.tuning picks one per device kind.  Host module: proxcl/ops/sparse.py.
@@ -37,6 +38,11 @@
 #ifndef PX_OFF32
 #define PX_OFF32 0
 #endif
+#ifndef UNROLL
+#define UNROLL 4
+#endif
+#define PX_PRAGMA(x) _Pragma(#x)
+#define PX_UNROLL(n) PX_PRAGMA(unroll n)
 /* Offset of row r of X (n columns): an int product where the host promises that X's k * n
  * elements fit an int (PX_OFF32=1), else a size_t one. */
 #if PX_OFF32
@@ -91,7 +97,7 @@ void csr_spmm(const int m, const int n,
     floatV acc = (floatV)(0.0f);
     if (c0 + VEC <= n) {
         __global const float *x0 = X + c0;
-        _Pragma("unroll 4")
+        PX_UNROLL(UNROLL)
         for (int p = start; p < end; ++p)
             acc += (floatV)(PX_VAL(p)) * VLOAD(x0 + PX_XOFF(Aj[p], n));
     } else {   /* cut by the right edge: columns past n load as zeros, one loop as above */
