@@ -377,17 +377,19 @@ class Device:
         vals, keys = [], []
         for a in args:
             t = type(a)
-            if t is cla.Array or isinstance(a, cla.Array):
+            if t is int or a is None:       # the commonest first: ints, NULL
+                keys.append(a)
+            elif t is cla.Array or isinstance(a, cla.Array):
                 if a.offset:
                     raise InputError("device arrays with a non-zero offset are not supported")
                 a = a.base_data             # None for an empty array
                 keys.append(None if a is None else a.int_ptr)   # a buffer: its handle
-            elif a is None or t is cl.LocalMemory:
+            elif t is cl.LocalMemory:
                 keys.append(a)
             elif isinstance(a, cl.MemoryObjectHolder):
                 keys.append(a.int_ptr)      # a buffer passed as such: its handle too
             else:                           # a scalar, converted only when it is set
-                keys.append(a if t is int else (t, a))
+                keys.append((t, a))
             vals.append(a)
         sets = self._arg_sets.get(kernel)
         if sets is None:                    # first launch, or after the cache was cleared
@@ -405,7 +407,7 @@ class Device:
             entry[1] = keys
         if i:                               # most recently used first
             sets.insert(0, sets.pop(i))
-        g = tuple([ceil_to(n, l) for n, l in zip(gsize, lsize)])
+        g = tuple([max(l, -(-int(n) // l) * l) for n, l in zip(gsize, lsize)])   # ceil_to
         lsize = tuple(lsize)
         if not (event or wait_for or self._recorders or self.profile or self.tuning.launch_events):
             bare = self._enqueue_bare
