@@ -42,7 +42,8 @@ def ceil_to(n: int, m: int) -> int:
 
 
 ARG_SETS = 8     # OpenCL kernel objects per kernel, each holding one call site's arguments
-# (item size, shape) -> (C-contiguous strides, element count) of the arrays Device.empty makes
+# (item size, shape) -> (C-contiguous strides, element count, shape as a tuple of ints) of the
+# arrays Device.empty makes
 _LAYOUTS: dict[tuple, tuple] = {}
 
 
@@ -450,16 +451,20 @@ class Device:
         pyopencl's fast Array constructor with the strides and size computed here: the general
         one costs about 8 us of checks per array, more than a small kernel's launch."""
         allocator = self.memory.allocator(category)
-        shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(s) for s in shape)
         dtype = np.dtype(dtype)
-        layout = _LAYOUTS.get((dtype.itemsize, shape))
+        # by the caller's shape as given (a tuple of ints hashes as its normalised form would)
+        layout = _LAYOUTS.get((dtype.itemsize, shape)) if type(shape) is tuple else None
         if layout is None:
-            if min(shape, default=1) < 0:
-                raise InputError(f"negative dimensions are not allowed: {shape}")
-            if len(_LAYOUTS) >= 256:
-                _LAYOUTS.clear()
-            layout = _LAYOUTS[dtype.itemsize, shape] = (c_contiguous_strides(dtype.itemsize, shape), math.prod(shape))
-        return cla.Array(None, shape, dtype, allocator=allocator, strides=layout[0],
+            shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(s) for s in shape)
+            layout = _LAYOUTS.get((dtype.itemsize, shape))
+            if layout is None:
+                if min(shape, default=1) < 0:
+                    raise InputError(f"negative dimensions are not allowed: {shape}")
+                if len(_LAYOUTS) >= 256:
+                    _LAYOUTS.clear()
+                layout = _LAYOUTS[dtype.itemsize, shape] = (
+                    c_contiguous_strides(dtype.itemsize, shape), math.prod(shape), shape)
+        return cla.Array(None, layout[2], dtype, allocator=allocator, strides=layout[0],
                          _fast=True, _size=layout[1], _context=self.context, _queue=self.queue)
 
     def zeros(self, shape, dtype=np.float32, *, category: str = "activations") -> cla.Array:
