@@ -164,6 +164,72 @@ def test_launch_keeps_no_buffer_alive(fresh, rng):
     np.testing.assert_allclose((w @ x).get(), ref)   # and a new result buffer still works
 
 
+class _DriverModelPool:
+    """pyopencl's MemoryPool as its source describes it, over a driver of ``capacity`` bytes:
+    a request takes a kept buffer of its bin if there is one, else asks the driver; when the
+    driver is out of memory, kept buffers go back to it one at a time, largest first, and it is
+    asked again; when none are left the request fails.  Bins are exact sizes here."""
+
+    def __init__(self, capacity):
+        self.capacity, self.kept = capacity, []
+        self.held_blocks = self.active_blocks = self.active_bytes = self.managed_bytes = 0
+
+    def bin_number(self, n):
+        return n
+
+    def alloc_size(self, b):
+        return b
+
+    def allocate(self, n):
+        if n in self.kept:
+            self.kept.remove(n)
+            self.held_blocks -= 1
+        else:
+            while self.managed_bytes + n > self.capacity:
+                if not self.kept:
+                    raise MemoryError("out of device memory")
+                self.kept.sort()
+                self.managed_bytes -= self.kept.pop()
+                self.held_blocks -= 1
+            self.managed_bytes += n
+        self.active_blocks += 1
+        self.active_bytes += n
+        return n
+
+    def give_back(self, n):          # a buffer freed by its array: kept
+        self.active_blocks -= 1
+        self.active_bytes -= n
+        self.kept.append(n)
+        self.held_blocks += 1
+
+
+def test_kept_buffers_given_back_to_the_driver_clear_the_launch_cache(fresh):
+    """Whenever the pool gives kept buffers back to the driver (their handles may name new
+    buffers), the memory tells its listeners (the device's launch cache), also where the
+    pool's block count stays the same (one given back, one made) and where the request then
+    fails; a kept buffer handed out or a plain driver allocation tells nobody."""
+    mem = fresh.memory
+    pool = _DriverModelPool(100)
+    mem._pools["activations"] = mem._allocators["activations"].pool = pool
+    mem._pool_list = list(mem._pools.values())
+    told = []
+    mem.on_release(lambda: told.append(1))
+    alloc = mem.allocator("activations")
+    before = mem.driver_allocations
+    alloc(40)                        # the driver
+    assert (mem.driver_allocations - before, told) == (1, [])
+    pool.give_back(40)
+    alloc(40)                        # the kept one
+    assert (mem.driver_allocations - before, told) == (1, [])
+    pool.give_back(40)
+    alloc(70)                        # 40 given back, 70 made: the same number of blocks
+    assert (mem.driver_allocations - before, len(told)) == (2, 1) and pool.held_blocks == 0
+    pool.give_back(70)
+    with pytest.raises(MemoryError):
+        alloc(200)                   # 70 given back, and still too little
+    assert len(told) == 2 and pool.managed_bytes == 0
+
+
 @pytest.mark.parametrize("form", ["cpu", "gpu"])
 def test_no_driver_allocation_per_step_after_warm_up(dev, rng, monkeypatch, form):
     """After warm-up, training steps (dense and CSR, with evaluation between), inference calls

@@ -100,21 +100,33 @@ class Memory:
 
     # ---- allocation ----------------------------------------------------------------------
     def _allocate(self, alloc: _Allocator, nbytes: int):
+        """One buffer from the category's pool, counted.  The pool either hands out a kept
+        buffer (one fewer held, its footprint unchanged) or asks the driver (held unchanged,
+        the footprint grown by the request's bin size); anything else means it gave kept
+        buffers back to the driver on the way (pyopencl's pool does so, largest first, when
+        the driver is out of memory, then asks again), so their handles may name new buffers
+        now and the device's launch cache is told."""
         pool = alloc.pool
-        blocks = pool.held_blocks + pool.active_blocks
-        buf = pool.allocate(nbytes)
-        after = pool.held_blocks + pool.active_blocks
+        held, managed = pool.held_blocks, pool.managed_bytes
+        try:
+            buf = pool.allocate(nbytes)
+        except BaseException:
+            if pool.managed_bytes < managed:
+                self._released()
+            raise
         self.requests += 1
-        if after > blocks:
+        freed = held - pool.held_blocks        # 1 where a kept buffer served the request
+        grown = pool.managed_bytes - managed   # the request's bin size where the driver did
+        if grown:
             self.driver_allocations += 1
             # the pools' footprint grows only here
             pooled = sum(p.managed_bytes for p in self._pool_list)
             for peak in self._peaks:
                 if pooled > peak["pool"]:
                     peak["pool"] = pooled
-        elif after < blocks:
-            # the pool gave kept buffers back to the driver to make room: their handles may be
-            # reused for new buffers
+            if freed or grown != pool.alloc_size(pool.bin_number(nbytes)):
+                self._released()
+        elif freed != 1:
             self._released()
         live = [p.active_bytes for p in self._pool_list]      # in the order of CATEGORIES
         total = sum(live)
