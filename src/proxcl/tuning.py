@@ -48,7 +48,9 @@ class Tuning(Mapping):
     and where both sides of C are at least its halved block (LY*4 rows, LX*4 columns); elsewhere
     the untiled form keeps the units busy and wastes no work on padding.
     ``launch_events``: every launch returns its event (pyopencl's enqueue); False: a launch that
-    nothing records, profiles or waits for is enqueued without one (Device.launch).
+    nothing records, profiles or waits for is enqueued without one (Device.launch).  On in both
+    forms: the call without an event is slower on PoCL (ctypes) and not yet timed on a GPU
+    (scripts/enqueue_cost.py).
     ``cols_limit_mib``: a convolution's im2col buffer larger than this many MiB is cut into batch
     chunks (0: never), where the chunks' extra launches cost little (docs/PERFORMANCE.md, memory).
     nn.cl: ``nn_rows`` (local size of the kernels that give a work-item one image row),
@@ -115,7 +117,7 @@ _TABLE = {
     "spmm_swizzle": (0, 1), "spmm_wide_groups_pct": (0, 300),
     "sddmm_lanes": (1, 8), "sddmm_vec": (8, 4), "sddmm_epw": (4, 1), "sddmm_group": (16, 16),
     "scan_local": (256, 256), "tile_groups_pct": (0, 50),
-    "launch_events": (True, False), "cols_limit_mib": (8, 0), "nn_rows": (8, 64), "nn_reduce": (64, 256), "nn_softmax": (64, 64),
+    "launch_events": (True, True), "cols_limit_mib": (8, 0), "nn_rows": (8, 64), "nn_reduce": (64, 256), "nn_softmax": (64, 64),
 }
 FORMS = {kind: Tuning(kind=kind, **{k: v[i] for k, v in _TABLE.items()})
          for i, kind in enumerate(("cpu", "gpu"))}
