@@ -375,7 +375,7 @@ class Device:
         by their OpenCL handle, not kept referenced (a kept reference would keep a freed buffer
         alive): while a pool keeps a freed buffer its handle names the same memory, and when
         the pools give buffers back to the driver this cache is cleared."""
-        vals, keys = [], []
+        keys = []
         for a in args:
             t = type(a)
             if t is int or a is None:       # the commonest first: ints, NULL
@@ -391,7 +391,6 @@ class Device:
                 keys.append(a.int_ptr)      # a buffer passed as such: its handle too
             else:                           # a scalar, converted only when it is set
                 keys.append((t, a))
-            vals.append(a)
         sets = self._arg_sets.get(kernel)
         if sets is None:                    # first launch, or after the cache was cleared
             sets = self._arg_sets[kernel] = [[kernel, None, None]]
@@ -404,7 +403,7 @@ class Device:
                 sets.append([cl.Kernel(prog, kernel.function_name), None, None])
             i, entry = len(sets) - 1, sets[-1]
             entry[1] = None                 # what it holds is unknown until every argument is set
-            _set_args(entry, vals)
+            _set_args(entry, [a.base_data if isinstance(a, cla.Array) else a for a in args])
             entry[1] = keys
         if i:                               # most recently used first
             sets.insert(0, sets.pop(i))
