@@ -12,6 +12,7 @@ import ctypes, ctypes.util, sys, time
 import numpy as np
 import pyopencl as cl
 import proxcl
+from proxcl import runtime
 
 dev = proxcl.Device(sys.argv[1] if len(sys.argv) > 1 else None)
 print(dev)
@@ -20,20 +21,7 @@ k = prg.k
 buf = cl.Buffer(dev.context, cl.mem_flags.READ_WRITE, 4 * 4096)
 k.set_args(buf, np.int32(4096))
 q = dev.queue
-def _opencl_library() -> str:
-    """The libOpenCL this process loaded for pyopencl (Linux), else the system's."""
-    try:
-        with open("/proc/self/maps") as f:
-            for line in f:
-                path = line.split()[-1]
-                if "libOpenCL" in path and path.startswith("/"):
-                    return path
-    except OSError:
-        pass
-    return ctypes.util.find_library("OpenCL") or "libOpenCL.so.1"
-
-
-lib = ctypes.CDLL(_opencl_library())
+lib = ctypes.CDLL(runtime._opencl_library() or ctypes.util.find_library("OpenCL") or "libOpenCL.so.1")
 enq = lib.clEnqueueNDRangeKernel
 enq.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p,
                 ctypes.c_void_p, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
