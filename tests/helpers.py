@@ -19,16 +19,18 @@ def rel_err(out, ref) -> float:
 
 
 def form_device(dev, form: str = "gpu", compute_units: int | None = None, **tuning):
-    """A new Device on the test device's OpenCL device, running kernel form ``form`` with these
-    Tuning fields replaced (and, if given, reporting ``compute_units`` units)."""
+    """A new Device on the test device's OpenCL device, running kernel form ``form`` as that
+    device runs it (proxcl.tuning.for_device) with these Tuning fields replaced (and, if given,
+    reporting ``compute_units`` units)."""
     import dataclasses
 
     import proxcl
-    from proxcl.tuning import FORMS
+    from proxcl.tuning import FORMS, for_device
     d = proxcl.Device(dev.spec)
     if compute_units is not None:
         d.__dict__["compute_units"] = compute_units
-    d.tuning = dataclasses.replace(FORMS[form], **tuning)
+    form_here = for_device(FORMS[form], int(d.cl_device.preferred_vector_width_float))
+    d.tuning = dataclasses.replace(form_here, **tuning)
     return d
 
 

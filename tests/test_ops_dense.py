@@ -55,6 +55,26 @@ def test_gemm_fixed_shapes(kdev, rng, M, N, K, trans_a, trans_b):
     gemm_case(kdev, rng, M, N, K, trans_a, trans_b, epilogue=(M % 2 == 1))
 
 
+def test_wide_gemm_block_where_the_device_prefers_16_wide_vectors(dev, rng):
+    """for_device: the CPU form takes gemm_wide's 8 x 32 block in 16-wide vectors on a device that
+    prefers 16-wide float vectors (PoCL on AVX-512), and keeps 6 x 16 in 8-wide ones below that;
+    the GPU form never changes.  Both CPU blocks match float64 on every transpose and on edges."""
+    import dataclasses
+    from proxcl.tuning import FORMS, for_device
+    cpu = FORMS["cpu"]
+    assert for_device(cpu, 8) is cpu and for_device(FORMS["gpu"], 16) is FORMS["gpu"]
+    wide = for_device(cpu, 16)
+    assert (wide.gemm_rm, wide.gemm_vec) == (8, 16) and for_device(cpu, 32) is wide
+    assert dataclasses.replace(wide, gemm_rm=cpu.gemm_rm, gemm_vec=cpu.gemm_vec) == cpu
+    for t in (cpu, wide):
+        d = form_device(dev, "cpu")
+        d.tuning = t
+        for M, N, K in ((1, 1, 1), (9, 33, 17), (70, 95, 130)):
+            for trans_a in (False, True):
+                for trans_b in (False, True):
+                    gemm_case(d, rng, M, N, K, trans_a, trans_b, epilogue=(M % 2 == 1))
+
+
 @pytest.mark.parametrize("bias,relu", [(True, False), (False, True)])
 def test_gemm_bias_and_relu_separately(kdev, rng, bias, relu):
     a, b, c = randn(rng, 21, 30), randn(rng, 30, 35), randn(rng, 21)

@@ -202,7 +202,20 @@ static proxcl_status choose_tuning(px_device *dev, proxcl_error *err)
     for (size_t n = strlen(k); n && isspace((unsigned char)k[n - 1]); --n) k[n - 1] = 0;
     if (!*k) k = dev->is_cpu ? "cpu" : "gpu";
     for (int i = 0; i < 2; ++i)
-        if (!strcmp(px_forms[i].kind, k)) { dev->t = &px_forms[i]; return PROXCL_OK; }
+        if (!strcmp(px_forms[i].kind, k)) {
+            /* as proxcl.tuning.for_device: gemm_wide's GEMM block where the device's preferred
+             * float vector width reaches its W */
+            dev->form = px_forms[i];
+            cl_uint w = 0;
+            if (px_cl.GetDeviceInfo(dev->device, CL_DEVICE_PREFERRED_VECTOR_WIDTH_FLOAT, sizeof w, &w, NULL) != CL_SUCCESS)
+                w = 0;
+            if (dev->form.gemm_wide[0] && (int)w >= dev->form.gemm_wide[0]) {
+                dev->form.gemm_rm = dev->form.gemm_wide[1];
+                dev->form.gemm_vec = dev->form.gemm_wide[2];
+            }
+            dev->t = &dev->form;
+            return PROXCL_OK;
+        }
     return px_fail(err, PROXCL_ERR_INPUT, "PROXCL_TUNING must be 'cpu' or 'gpu', got '%s'", k);
 }
 

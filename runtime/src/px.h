@@ -79,7 +79,8 @@ typedef struct px_device {
     char name[256];                                     /* "platform | device" */
     int is_cpu;
     int compute_units;                                  /* CL_DEVICE_MAX_COMPUTE_UNITS (1 if unknown) */
-    const px_tuning *t;                                 /* the kernel form's launch settings */
+    const px_tuning *t;                                 /* the kernel form's launch settings: */
+    px_tuning form;                                     /* its copy, as this device runs it */
     px_kernel *kernels;                                 /* built kernels, a list */
     struct px_program *programs;                        /* built programs, a list */
     FILE *trace;                                        /* $PROXCL_TRACE: one line per launch */

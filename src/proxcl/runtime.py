@@ -24,7 +24,7 @@ from pyopencl.compyte.array import c_contiguous_strides
 
 from .errors import InputError
 from .memory import Memory
-from .tuning import FORMS, Tuning, kernel_form
+from .tuning import FORMS, Tuning, for_device, kernel_form
 
 __all__ = ["Device", "DeviceError", "default_device", "list_devices", "ceil_to"]
 
@@ -319,11 +319,12 @@ class Device:
     @cached_property
     def tuning(self) -> Tuning:
         """The launch settings of this device's kernel form (proxcl.tuning): the form of its
-        kind, or the one ``$PROXCL_TUNING`` forces."""
+        kind, or the one ``$PROXCL_TUNING`` forces, as this device runs it (``for_device``)."""
         try:
-            return FORMS[kernel_form(self.is_cpu)]
+            form = FORMS[kernel_form(self.is_cpu)]
         except ValueError as e:
             raise DeviceError(str(e)) from None
+        return for_device(form, int(self.cl_device.preferred_vector_width_float))
 
     # ---- programs and kernels ---------------------------------------------
     def program(self, filename: str, **defines) -> cl.Program:

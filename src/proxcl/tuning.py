@@ -3,7 +3,8 @@
 Two forms: ``cpu`` (PoCL: few, large work-items, each holding a row segment of several vectors
 in registers) and ``gpu`` (work-items coalesced over the batch columns, a LANES-wide reduction
 for SDDMM).  A device gets the form of its kind; ``$PROXCL_TUNING`` ("cpu" or "gpu") forces one
-on any device (the tests run both forms on PoCL that way).  Values measured with
+on any device (the tests run both forms on PoCL that way), and :func:`for_device` adapts it to
+the device's preferred vector width (``gemm_wide``).  Values measured with
 ``proxcl bench kernels`` (docs/PERFORMANCE.md).
 
 Each kernel host module (proxcl.ops) reads the fields of its kernel file; nothing else does.
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import astuple, dataclass, fields
+from dataclasses import astuple, dataclass, fields, replace
 
 from .errors import InputError
 
@@ -35,6 +36,11 @@ class Tuning(Mapping):
     dense.cl: ``gemm_*`` (``gemm_nv`` > 0 selects the CPU register-block form, ``gemm_nt_rn``
     > 0 the row-dot-product form of A B^T).
     ``gemm_tile`` (LX, LY, TM, TN, BK of the tiled GPU form, gemm_tile; LX 0: off).
+    ``gemm_wide`` (W, RM, VEC): on a device whose preferred float vector width is at least W
+    (0: never), ``gemm_rm`` and ``gemm_vec`` become RM and VEC (:func:`for_device`): PoCL on a
+    CPU with AVX-512 reports 16, and there an 8 x 32 block of C per work-item in 16-wide
+    vectors ran 1.6-3x faster than 6 x 16 in 8-wide ones on products from 300 x 784 x 128 up
+    (docs/PERFORMANCE.md).
     csr.cl: ``spmm_*`` (``spmm_nv`` > 0: the CPU row-segment form; the vectors of either form
     are ``spmm_wide_vec`` wide when a whole number of segments, or of the GPU form's column groups
     of LX vectors, spans the batch), ``sddmm_*`` (``sddmm_lanes`` > 1: the GPU form with a
@@ -69,6 +75,7 @@ class Tuning(Mapping):
     gemm_nt_rm: int
     gemm_nt_rn: int
     gemm_tile: tuple[int, int, int, int, int]
+    gemm_wide: tuple[int, int, int]
     spmm_vec: int
     spmm_wide_vec: int
     spmm_nv: int
@@ -112,7 +119,7 @@ _TABLE = {
     "vec": (8, 4), "ew_local": (64, 256), "aligned": (False, True), "loop_max": (32768, 32768),
     "gemm_rm": (6, 4), "gemm_vec": (8, 2), "gemm_nv": (2, 0), "gemm_rows": (4, 0),
     "gemm_local": ((4, 4), (32, 8)), "gemm_nt_rm": (3, 0), "gemm_nt_rn": (3, 0),
-    "gemm_tile": ((0, 0, 0, 0, 0), (16, 16, 8, 8, 8)),
+    "gemm_tile": ((0, 0, 0, 0, 0), (16, 16, 8, 8, 8)), "gemm_wide": ((16, 8, 16), (0, 0, 0)),
     "spmm_vec": (8, 2), "spmm_wide_vec": (16, 4), "spmm_nv": (8, 0), "spmm_rows": (8, 0), "spmm_local": ((4, 4), (32, 8)),
     "spmm_swizzle": (0, 1), "spmm_wide_groups_pct": (0, 300),
     "sddmm_lanes": (1, 8), "sddmm_vec": (8, 4), "sddmm_epw": (4, 1), "sddmm_group": (16, 16),
@@ -130,3 +137,18 @@ def kernel_form(is_cpu: bool) -> str:
     if kind not in FORMS:
         raise InputError(f"{ENV_VAR} must be 'cpu' or 'gpu', got {kind!r}")
     return kind
+
+
+def for_device(form: Tuning, preferred_float_width: int) -> Tuning:
+    """The form as a device with this preferred float vector width (CL_DEVICE_PREFERRED_VECTOR_
+    WIDTH_FLOAT) runs it: with ``gemm_wide``'s GEMM block where the width reaches its W."""
+    w, rm, vec = form.gemm_wide
+    if not w or preferred_float_width < w:
+        return form
+    t = _WIDE.get(form.kind)
+    if t is None or t.gemm_wide != form.gemm_wide:
+        t = _WIDE[form.kind] = replace(form, gemm_rm=rm, gemm_vec=vec)
+    return t
+
+
+_WIDE: dict[str, Tuning] = {}
