@@ -64,7 +64,9 @@ def test_wide_gemm_block_where_the_device_prefers_16_wide_vectors(dev, rng):
     cpu = FORMS["cpu"]
     assert for_device(cpu, 8) is cpu and for_device(FORMS["gpu"], 16) is FORMS["gpu"]
     wide = for_device(cpu, 16)
-    assert (wide.gemm_rm, wide.gemm_vec) == (8, 16) and for_device(cpu, 32) is wide
+    assert (wide.gemm_rm, wide.gemm_vec) == (8, 16) and for_device(cpu, 32) == wide
+    tight = dataclasses.replace(cpu, loop_max=256)          # the rest of the form is kept
+    assert for_device(tight, 16) == dataclasses.replace(wide, loop_max=256)
     assert dataclasses.replace(wide, gemm_rm=cpu.gemm_rm, gemm_vec=cpu.gemm_vec) == cpu
     for t in (cpu, wide):
         d = form_device(dev, "cpu")

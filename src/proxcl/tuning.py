@@ -145,10 +145,4 @@ def for_device(form: Tuning, preferred_float_width: int) -> Tuning:
     w, rm, vec = form.gemm_wide
     if not w or preferred_float_width < w:
         return form
-    t = _WIDE.get(form.kind)
-    if t is None or t.gemm_wide != form.gemm_wide:
-        t = _WIDE[form.kind] = replace(form, gemm_rm=rm, gemm_vec=vec)
-    return t
-
-
-_WIDE: dict[str, Tuning] = {}
+    return replace(form, gemm_rm=rm, gemm_vec=vec)
