@@ -8,7 +8,7 @@ Device.launch's enqueue with and without an event (the tuning's launch_events).
 The ctypes calls go to the OpenCL library pyopencl loaded (its bundled ICD loader).  With CUDA,
 torch's CSR product (cuSPARSE) is timed beside `W @ X`.
 """
-import ctypes, ctypes.util, sys, time
+import ctypes, sys, time
 import numpy as np
 import pyopencl as cl
 import proxcl
@@ -21,12 +21,10 @@ k = prg.k
 buf = cl.Buffer(dev.context, cl.mem_flags.READ_WRITE, 4 * 4096)
 k.set_args(buf, np.int32(4096))
 q = dev.queue
-lib = ctypes.CDLL(runtime._opencl_library() or ctypes.util.find_library("OpenCL") or "libOpenCL.so.1")
-enq = lib.clEnqueueNDRangeKernel
-enq.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p,
-                ctypes.c_void_p, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
-enq.restype = ctypes.c_int
-rel = lib.clReleaseEvent; rel.argtypes = [ctypes.c_void_p]
+enq = runtime._cl_enqueue_nd_range_kernel()
+if enq is None:
+    sys.exit("enqueue_cost: the OpenCL library pyopencl loaded was not found (/proc/self/maps)")
+rel = ctypes.CDLL(runtime._opencl_library()).clReleaseEvent; rel.argtypes = [ctypes.c_void_p]
 qp, kp = q.int_ptr, k.int_ptr
 g = (ctypes.c_size_t * 1)(4096); l = (ctypes.c_size_t * 1)(64)
 ev = ctypes.c_void_p()

@@ -68,8 +68,8 @@ def test_wide_gemm_block_where_the_device_prefers_16_wide_vectors(dev, rng):
     tight = dataclasses.replace(cpu, loop_max=256)          # the rest of the form is kept
     assert for_device(tight, 16) == dataclasses.replace(wide, loop_max=256)
     assert dataclasses.replace(wide, gemm_rm=cpu.gemm_rm, gemm_vec=cpu.gemm_vec) == cpu
+    d = form_device(dev, "cpu")
     for t in (cpu, wide):
-        d = form_device(dev, "cpu")
         d.tuning = t
         for M, N, K in ((1, 1, 1), (9, 33, 17), (70, 95, 130)):
             for trans_a in (False, True):

@@ -228,11 +228,9 @@ def _opencl_library() -> str | None:
     return None
 
 
-def _enqueue_without_event(queue: cl.CommandQueue):
-    """A function ``(kernel, global sizes, local sizes) -> status`` that enqueues a kernel on
-    ``queue`` through clEnqueueNDRangeKernel with no event asked for, or None where the OpenCL
-    library cannot be found.  pyopencl makes an event for every launch; on NVIDIA's driver that
-    is part of the host's cost of a launch (docs/PERFORMANCE.md, enqueue cost)."""
+def _cl_enqueue_nd_range_kernel():
+    """clEnqueueNDRangeKernel of the OpenCL library pyopencl loaded, typed for ctypes, or None
+    where that library cannot be found."""
     path = _opencl_library()
     if path is None:
         return None
@@ -243,6 +241,17 @@ def _enqueue_without_event(queue: cl.CommandQueue):
     fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p,
                    ctypes.c_void_p, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
     fn.restype = ctypes.c_int
+    return fn
+
+
+def _enqueue_without_event(queue: cl.CommandQueue):
+    """A function ``(kernel, global sizes, local sizes) -> status`` that enqueues a kernel on
+    ``queue`` through clEnqueueNDRangeKernel with no event asked for, or None where the OpenCL
+    library cannot be found.  pyopencl makes an event for every launch; on NVIDIA's driver that
+    is part of the host's cost of a launch (docs/PERFORMANCE.md, enqueue cost)."""
+    fn = _cl_enqueue_nd_range_kernel()
+    if fn is None:
+        return None
     qp = queue.int_ptr
     sizes: dict[tuple, tuple] = {}       # (global, local) -> their size_t arrays
 
@@ -408,9 +417,9 @@ class Device:
             entry[1] = keys
         if i:                               # most recently used first
             sets.insert(0, sets.pop(i))
-        g = tuple([max(l, -(-int(n) // l) * l) for n, l in zip(gsize, lsize)])   # ceil_to
+        g = tuple([ceil_to(n, l) for n, l in zip(gsize, lsize)])
         lsize = tuple(lsize)
-        if not (event or wait_for or self._recorders or self.profile or self.tuning.launch_events):
+        if not (self.tuning.launch_events or event or wait_for or self._recorders or self.profile):
             bare = self._enqueue_bare
             if bare is None:
                 bare = self._enqueue_bare = _enqueue_without_event(self.queue) or False
