@@ -67,6 +67,17 @@ def test_gemm_slices_of_k(tight, rng, M, N, K, trans_a, trans_b):
         assert "gemm_sum_slices" in names
 
 
+@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (False, True), (True, False), (True, True)])
+def test_packed_gemm_slices_of_k(dev, rng, trans_a, trans_b):
+    """The CPU form's packed product (gemm_pack, gemm_pk) within the loop budget: copies of at most
+    loop_max / width values of k per work-item, slices of K added by gemm_sum_slices."""
+    from conftest import TIGHT
+    d = form_device(dev, "cpu", gemm_pack=(1, 1, 1, 3, 16384), **TIGHT)
+    for epilogue in (False, True):
+        names = gemm_check(d, rng, 7, 20, 2601, trans_a, trans_b, epilogue)
+        assert names.count("gemm_pack") == 2 and {"gemm_pk", "gemm_sum_slices"} <= set(names), names
+
+
 @big
 @pytest.mark.parametrize("trans_a,trans_b", [(False, False), (False, True), (True, False), (True, True)])
 def test_gemm_inner_dimension_past_the_limit(kdev, rng, trans_a, trans_b):

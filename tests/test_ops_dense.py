@@ -77,6 +77,53 @@ def test_wide_gemm_block_where_the_device_prefers_16_wide_vectors(dev, rng):
                     gemm_case(d, rng, M, N, K, trans_a, trans_b, epilogue=(M % 2 == 1))
 
 
+def test_packed_gemm_matches_float64_and_the_unpacked_block(dev, rng):
+    """gemm_pack: from its least number of multiply-adds (one for products with B^T, one for the
+    others) and of rows and columns on, the CPU form copies op(A) and op(B) into block order (gemm_pack) and multiplies the copies (gemm_pk); below it, it does
+    not.  The packed product matches float64 on every transpose, on edges and with the epilogue,
+    in both CPU blocks (8-wide and 16-wide vectors) and in slices of K (gemm_pack[4]), and gives
+    the unpacked block's bits where both blocks have the same width (the same multiply-adds in
+    the same order)."""
+    import dataclasses
+    from proxcl.tuning import FORMS, for_device
+    d = form_device(dev, "cpu")
+    launches = lambda fn: [n for n, _ in _recorded(d, fn)]
+    for t in (FORMS["cpu"], for_device(FORMS["cpu"], 16)):
+        for nv in (t.gemm_nv, 3):
+            for M, N, K in ((1, 1, 1), (9, 33, 17), (70, 95, 130)):
+                d.tuning = dataclasses.replace(t, gemm_pack=(M * N * K, M * N * K, min(M, N), nv, 2048))
+                for trans_a in (False, True):
+                    for trans_b in (False, True):
+                        names = launches(lambda: gemm_case(d, rng, M, N, K, trans_a, trans_b,
+                                                           epilogue=(M % 2 == 1)))
+                        assert names[-3:] == ["gemm_pack", "gemm_pack", "gemm_pk"], names
+                        assert not {"gemm_blk", "gemm_nt_blk", "transpose"} & set(names), names
+                mnk, side = M * N * K, min(M, N)
+                for pack, nn, nt in (((mnk + 1, mnk + 1, side, nv, 2048), False, False),
+                                     ((mnk, mnk, side + 1, nv, 2048), False, False),
+                                     ((mnk + 1, mnk, side, nv, 2048), False, True),
+                                     ((mnk, mnk + 1, side, nv, 2048), True, False)):
+                    d.tuning = dataclasses.replace(t, gemm_pack=pack)
+                    for trans_b, packed in ((False, nn), (True, nt)):
+                        names = launches(lambda: gemm_case(d, rng, M, N, K, True, trans_b, True))
+                        assert ("gemm_pk" in names) == packed, (pack, trans_b, names)
+        a, b, bias = randn(rng, 70, 130), randn(rng, 130, 95), randn(rng, 70)
+        got = []
+        for pack in ((1, 1, 1, t.gemm_nv, 2048), (0, 0, 0, 0, 0)):
+            d.tuning = dataclasses.replace(t, gemm_pack=pack)
+            got.append(gemm(d, a, b, bias=bias, relu=True).get())
+        np.testing.assert_array_equal(got[0], got[1])
+        d.tuning = dataclasses.replace(t, gemm_pack=(1, 1, 1, 3, 50))      # slices of at most 50 values of k
+        names = launches(lambda: gemm_case(d, rng, 70, 95, 130, False, False, epilogue=True))
+        assert names[-2:] == ["gemm_pk", "gemm_sum_slices"], names
+
+
+def _recorded(d, fn):
+    with d.record_launches() as launches:
+        fn()
+    return launches
+
+
 @pytest.mark.parametrize("bias,relu", [(True, False), (False, True)])
 def test_gemm_bias_and_relu_separately(kdev, rng, bias, relu):
     a, b, c = randn(rng, 21, 30), randn(rng, 30, 35), randn(rng, 21)

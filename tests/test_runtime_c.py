@@ -33,8 +33,14 @@ NORM = {"mean": 72.94, "std": 90.02}
 
 
 def _build(*make_args: str) -> None:
-    r = subprocess.run(["make", "-C", str(RUNTIME), f"PYTHON={sys.executable}", *make_args],
-                       capture_output=True, text=True)
+    """make in runtime/, one process at a time (pytest-xdist's workers would otherwise rebuild the
+    same files at once after a change to the sources)."""
+    import fcntl
+    RUNTIME.joinpath("build").mkdir(exist_ok=True)
+    with open(RUNTIME / "build" / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        r = subprocess.run(["make", "-C", str(RUNTIME), f"PYTHON={sys.executable}", *make_args],
+                           capture_output=True, text=True)
     if r.returncode:
         msg = f"the C runtime did not build (make {' '.join(make_args)}):\n{r.stdout[-2000:]}{r.stderr[-3000:]}"
         if IN_CI:
@@ -404,17 +410,20 @@ def _trace(path):
 
 def _compare_launches(crt, d, files, data_dir, tmp_path, monkeypatch, trained=(("lenet5", "csr"),)) -> list:
     """Kernel, build options, global and local sizes and every scalar argument, launch by launch,
-    of proxcl-run against the Python runtime on device d: inference of dense and CSR LeNets (with
+    of proxcl-run against the Python runtime on device d: inference of dense and CSR LeNets (37
+    images, and 256 for the dense LeNet-300) (with
     the classes and probabilities they give), and for each (model, kind) of ``trained`` the second
     training step of debiasing.  Returns every launch of the C runs."""
     from proxcl.optim import make_optimizer
     from proxcl.schedules import make_lr_schedule
-    x = normalise(files["x"][:37], NORM["mean"], NORM["std"])
-    np.save(tmp_path / "x.npy", files["x"][:37])
     traced = []
-    for key in (("lenet300", "dense", False), ("lenet5", "dense", False), ("lenet5", "csr", True),
-                ("lenet300", "csr", False)):
-        trace = tmp_path / f"{'-'.join(map(str, key))}.jsonl"
+    # 256 images: the dense LeNet-300's first product is large enough for the CPU form's packed GEMM
+    # where the threshold is TIGHT_PACK_MACS
+    for key, n in ((("lenet300", "dense", False), 37), (("lenet300", "dense", False), 256),
+                   (("lenet5", "dense", False), 37), (("lenet5", "csr", True), 37), (("lenet300", "csr", False), 37)):
+        x = normalise(files["x"][:n], NORM["mean"], NORM["std"])
+        np.save(tmp_path / "x.npy", files["x"][:n])
+        trace = tmp_path / f"{'-'.join(map(str, key))}-{n}.jsonl"
         r = run(crt, "predict", files[key], tmp_path / "x.npy", "--json", env={"PROXCL_TRACE": str(trace)})
         model = mf.load(files[key], device=d)
         with monkeypatch.context() as mp:
@@ -455,11 +464,13 @@ def test_launches_are_the_python_runtimes(crt, dev, files, data_dir, tmp_path, m
 
 
 TIGHT_LOOP_MAX = 256      # as tests/conftest.py's TIGHT: every split path at LeNet sizes
+TIGHT_PACK_MACS = 1 << 24  # the CPU form packs LeNet-300's first product at batch 256 (60M multiply-adds)
 
 
 @pytest.fixture(scope="session")
 def crt_tight(tmp_path_factory):
-    """The sanitizer build of the C runtime with a loop budget of TIGHT_LOOP_MAX in both kernel forms:
+    """The sanitizer build of the C runtime with a loop budget of TIGHT_LOOP_MAX in both kernel forms
+    (and the CPU form's packed products from TIGHT_PACK_MACS multiply-adds on):
     built from a copy of the package whose tuning table says so (the table the build embeds)."""
     import re as re_
     d = tmp_path_factory.mktemp("crt-tight")
@@ -469,6 +480,8 @@ def crt_tight(tmp_path_factory):
     text, count = re_.subn(r'"loop_max": \(\d+, \d+\)', f'"loop_max": ({TIGHT_LOOP_MAX}, {TIGHT_LOOP_MAX})',
                            tuning.read_text())
     assert count == 1, "tuning.py's table has no loop_max entry to change"
+    text, count = re_.subn(r'"gemm_pack": \(\([\d_]+,', f'"gemm_pack": (({TIGHT_PACK_MACS},', text)
+    assert count == 1, "tuning.py's table has no gemm_pack entry to change"
     tuning.write_text(text)
     _build("asan", f"ASAN_OUT={d / 'build'}", f"PKG={pkg}")
     return d / "build"
@@ -477,20 +490,23 @@ def crt_tight(tmp_path_factory):
 @pytest.mark.parametrize("form", ["cpu", "gpu"])
 def test_launches_split_as_the_python_runtimes(crt_tight, dev, files, data_dir, tmp_path, monkeypatch, form):
     """With a loop budget of 256 in both runtimes, the C runtime splits every long loop as the Python
-    runtime does, launch by launch, and gives the same classes: GEMM slices of K, CSR row pieces of a
+    runtime does, launch by launch, and gives the same classes: GEMM slices of K (of the packed CPU
+    product too, with the threshold lowered: LeNet-300's first layer at batch 256), CSR row pieces of a
     weight and of its transpose (a dense LeNet-300 trained as CSR), column slices of bias gradients
     (and of SDDMM in the CPU form), col2im rows in pieces, im2col where the direct convolution's
     loops would not fit."""
     from helpers import form_device
     monkeypatch.setenv("PROXCL_TUNING", form)
     # the scan's work-group (Python's from_dense; the C runtime converts on the host) below the budget
-    d = form_device(dev, form, loop_max=TIGHT_LOOP_MAX, scan_local=32)
+    from proxcl.tuning import FORMS
+    pack = (TIGHT_PACK_MACS, *FORMS["cpu"].gemm_pack[1:]) if form == "cpu" else FORMS["gpu"].gemm_pack
+    d = form_device(dev, form, loop_max=TIGHT_LOOP_MAX, scan_local=32, gemm_pack=pack)
     traced = _compare_launches(crt_tight, d, files, data_dir, tmp_path, monkeypatch,
                                trained=(("lenet5", "csr"), ("lenet300", "dense")))
     kernels = {t["kernel"] for t in traced}
     split = {t["kernel"] for t in traced if "-DPX_SPLIT=1" in t["options"]}
     assert {"gemm_sum_slices", "csr_sum_pieces", "im2col"} <= kernels, kernels
-    assert {"col2im", "bias_grad"} | ({"gemm_blk", "csr_sddmm_rows"} if form == "cpu" else set()) <= split, split
+    assert {"col2im", "bias_grad"} | ({"gemm_blk", "gemm_pk", "csr_sddmm_rows"} if form == "cpu" else set()) <= split, split
     assert any(t["kernel"] == "gemm" and t["global"][2] > 1 for t in traced) or form == "cpu"
 
 

@@ -47,17 +47,23 @@ static proxcl_status sum_and_release(px_device *dev, proxcl_status s, cl_mem *pa
     return s;
 }
 
-/* CPU form: an rm x nv*vec block of C per work-item (ops.dense._gemm_blocks and _gemm_sliced):
- * whole when K fits loop_max / 2, else a PX_SPLIT build with slices of K in dimension 2 */
-static proxcl_status gemm_blocks(px_device *dev, cl_mem a, cl_mem b, cl_mem out, int M, int N, int K, int trans_a,
-                                 cl_mem bias, int relu, proxcl_error *err)
+/* CPU form: an rm x nv*vec block of C per work-item (ops.dense._gemm_blocks and _gemm_sliced), of
+ * gemm_blk or, on packed operands, gemm_pk: whole when K fits loop_max / 2, else a PX_SPLIT build
+ * with slices of K in dimension 2 */
+static proxcl_status gemm_blocks(px_device *dev, int packed, cl_mem a, cl_mem b, cl_mem out, int M, int N, int K,
+                                 int trans_a, int nv, cl_mem bias, int relu, proxcl_error *err)
 {
     const px_tuning *t = dev->t;
-    const int vec = t->gemm_vec, rm = t->gemm_rm, nv = t->gemm_nv, lx = t->gemm_rows;
-    const int max_slice = t->loop_max / 2, slices = (K + max_slice - 1) / max_slice;
+    const int vec = t->gemm_vec, rm = t->gemm_rm, lx = t->gemm_rows;
+    int max_slice = t->loop_max / 2;
+    if (packed && t->gemm_pack[4] < max_slice) max_slice = t->gemm_pack[4];
+    const int slices = (K + max_slice - 1) / max_slice;
+    /* gemm_pk (packed operands) takes no TRANS_A: its operand is already op(a) */
     px_define defs[] = {{"VEC", vec}, {"RM", rm}, {"NV", nv}, {"LX", lx}, {"TRANS_A", trans_a}, {"PX_SPLIT", 1}};
+    if (packed) defs[4] = defs[5];
+    const int ndefs = (packed ? 4 : 5) + (slices > 1);
     px_kernel *k;
-    PX_TRY(px_kernel_get(dev, FILE_, "gemm_blk", defs, slices > 1 ? 6 : 5, &k, err));
+    PX_TRY(px_kernel_get(dev, FILE_, packed ? "gemm_pk" : "gemm_blk", defs, ndefs, &k, err));
     size_t g[3] = {(size_t)((M + rm - 1) / rm), (size_t)((N + nv * vec - 1) / (nv * vec)), (size_t)slices};
     size_t l[3] = {(size_t)lx, 1, 1};
     if (slices == 1) {
@@ -69,6 +75,42 @@ static proxcl_status gemm_blocks(px_device *dev, cl_mem a, cl_mem b, cl_mem out,
     px_arg args[] = {PX_I(M), PX_I(N), PX_I(K), PX_M(a), PX_M(b), PX_M(part), PX_M(NULL), PX_I(0)};
     proxcl_status s = px_launch(dev, k, 3, g, l, args, 8, err);
     return sum_and_release(dev, s, &part, slices, out, M, N, bias, relu, err);
+}
+
+/* gemm_pack (ops.dense._pack): the [ceil(rows / width), K, width] copy of the rows x K operand x
+ * ([rows, K], or [K, rows] where k_major), up to 256 values of k per work-item */
+static proxcl_status pack(px_device *dev, cl_mem x, int rows, int K, int width, int k_major, cl_mem *p,
+                          proxcl_error *err)
+{
+    const int blocks = (rows + width - 1) / width;
+    int kc = dev->t->loop_max / width;
+    if (kc > 256) kc = 256;
+    if (kc < 1) kc = 1;
+    px_define defs[] = {{"PW", width}, {"PACK_T", k_major}};
+    px_kernel *k;
+    PX_TRY(px_kernel_get(dev, FILE_, "gemm_pack", defs, 2, &k, err));
+    PX_TRY(px_buffer(dev, (size_t)blocks * K * width * sizeof(float), p, err));
+    size_t g[2] = {(size_t)((K + kc - 1) / kc), (size_t)blocks}, l[2] = {1, 1};
+    px_arg args[] = {PX_I(rows), PX_I(K), PX_I(kc), PX_M(x), PX_M(*p)};
+    return px_launch(dev, k, 2, g, l, args, 5, err);
+}
+
+/* CPU form of large products (ops.dense._gemm_packed): op(a) and b copied into the order in which
+ * rm x gemm_pack[3]*vec blocks read them, then multiplied by gemm_pk in slices of at most
+ * gemm_pack[4] values of k (the products here have no B^T: gemm_pack[0] is their threshold) */
+static proxcl_status gemm_packed(px_device *dev, cl_mem a, cl_mem b, cl_mem out, int M, int N, int K, int trans_a,
+                                 cl_mem bias, int relu, proxcl_error *err)
+{
+    const px_tuning *t = dev->t;
+    const int nv = t->gemm_pack[3];
+    cl_mem ap = NULL, bp = NULL;
+    proxcl_status s = pack(dev, a, M, K, t->gemm_rm, trans_a, &ap, err);
+    if (s == PROXCL_OK) s = pack(dev, b, N, K, nv * t->gemm_vec, 1, &bp, err);
+    if (s == PROXCL_OK) s = gemm_blocks(dev, 1, ap, bp, out, M, N, K, 0, nv, bias, relu, err);
+    px_forget_args(dev);
+    px_release(&ap);      /* freed by OpenCL once the queued launches that use them have run */
+    px_release(&bp);
+    return s;
 }
 
 static proxcl_status gemm_columns(px_device *dev, cl_mem a, cl_mem b, cl_mem out, int M, int N, int K, int trans_a,
@@ -152,7 +194,11 @@ proxcl_status px_gemm(px_device *dev, cl_mem a, cl_mem b, cl_mem out, int M, int
 {
     if (M == 0 || N == 0) return PROXCL_OK;
     if (K == 0) return px_fail(err, PROXCL_ERR_MODEL, "a product with an empty inner dimension");
-    if (dev->t->gemm_nv) return gemm_blocks(dev, a, b, out, M, N, K, trans_a, bias, relu, err);
+    const px_tuning *t = dev->t;
+    if (t->gemm_nv && t->gemm_pack[0] && (double)M * N * K >= t->gemm_pack[0] && M >= t->gemm_pack[2] &&
+        N >= t->gemm_pack[2])
+        return gemm_packed(dev, a, b, out, M, N, K, trans_a, bias, relu, err);
+    if (t->gemm_nv) return gemm_blocks(dev, 0, a, b, out, M, N, K, trans_a, t->gemm_nv, bias, relu, err);
     int done;
     PX_TRY(gemm_tiled(dev, a, b, out, M, N, K, trans_a, bias, relu, &done, err));
     if (done) return PROXCL_OK;

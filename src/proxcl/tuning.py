@@ -41,6 +41,15 @@ class Tuning(Mapping):
     CPU with AVX-512 reports 16, and there an 8 x 32 block of C per work-item in 16-wide
     vectors ran 1.6-3x faster than 6 x 16 in 8-wide ones on products from 300 x 784 x 128 up
     (docs/PERFORMANCE.md).
+    ``gemm_pack`` (MACS, MACS_T, SIDE, NV, KS): a CPU-form product of at least MACS multiply-adds
+    (MACS_T for op(B) = B^T) whose C has at least SIDE rows and columns copies op(A) and op(B)
+    into the order its blocks read them and multiplies the copies in gemm_rm x NV*gemm_vec
+    blocks, in slices of at most KS values of k, so that a block's panel of B stays in the
+    core's cache (gemm_pack, gemm_pk; 0: never).  Unpacked, a block reads B's rows N floats
+    apart, a new page at every k; on a 2-core Xeon (AVX-512) packing made 2048^2 x 2048 x 512 2x
+    faster and A B^T of LeNet-300's first layer (its weight gradient, whose unpacked form is row
+    dot products) 1.7-2.6x, but products without B^T gained about 10 % below 10^8
+    multiply-adds, not worth the copies' memory (docs/PERFORMANCE.md).
     csr.cl: ``spmm_*`` (``spmm_nv`` > 0: the CPU row-segment form; the vectors of either form
     are ``spmm_wide_vec`` wide when a whole number of segments, or of the GPU form's column groups
     of LX vectors, spans the batch), ``sddmm_*`` (``sddmm_lanes`` > 1: the GPU form with a
@@ -76,6 +85,7 @@ class Tuning(Mapping):
     gemm_nt_rn: int
     gemm_tile: tuple[int, int, int, int, int]
     gemm_wide: tuple[int, int, int]
+    gemm_pack: tuple[int, int, int, int, int]
     spmm_vec: int
     spmm_wide_vec: int
     spmm_nv: int
@@ -120,6 +130,7 @@ _TABLE = {
     "gemm_rm": (6, 4), "gemm_vec": (8, 2), "gemm_nv": (2, 0), "gemm_rows": (4, 0),
     "gemm_local": ((4, 4), (32, 8)), "gemm_nt_rm": (3, 0), "gemm_nt_rn": (3, 0),
     "gemm_tile": ((0, 0, 0, 0, 0), (16, 16, 8, 8, 8)), "gemm_wide": ((16, 8, 16), (0, 0, 0)),
+    "gemm_pack": ((134_217_728, 4_194_304, 128, 3, 2048), (0, 0, 0, 0, 0)),
     "spmm_vec": (8, 2), "spmm_wide_vec": (16, 4), "spmm_nv": (8, 0), "spmm_rows": (8, 0), "spmm_local": ((4, 4), (32, 8)),
     "spmm_swizzle": (0, 1), "spmm_wide_groups_pct": (0, 300),
     "sddmm_lanes": (1, 8), "sddmm_vec": (8, 4), "sddmm_epw": (4, 1), "sddmm_group": (16, 16),

@@ -1,7 +1,7 @@
 /* Dense kernels: register-blocked GEMMs with a fused bias + ReLU epilogue, a tiled
  * transpose and the soft-threshold.  Row-major storage.  Host module: proxcl/ops/dense.py.  Build defines: VEC (vector width), RM (rows per
- * work-item), NV (vectors of columns per work-item, gemm_blk), LX, LY (fixed local size),
- * TRANS_A (0/1).  gemm is the GPU form (work-items coalesced over columns), gemm_blk the CPU
+ * work-item), NV (vectors of columns per work-item, gemm_blk, gemm_pk), LX, LY (fixed local
+ * size), TRANS_A (0/1), PW and PACK_T (gemm_pack's block width and source layout).  gemm is the GPU form (work-items coalesced over columns), gemm_blk the CPU
  * form (an RM x NV*VEC block of C in registers per work-item); Device.tuning picks one. */
 
 #ifndef RM
@@ -16,6 +16,13 @@
 #ifndef TRANS_A
 #define TRANS_A 0
 #endif
+#ifndef PW
+#define PW 1
+#endif
+#ifndef PACK_T
+#define PACK_T 0
+#endif
+
 
 #if TRANS_A
 #define A_AT(i, k) A[(size_t)(k) * M + (i)]   /* A stored [K, M] */
@@ -31,6 +38,14 @@
  * of A stored [M, K].  The slices keep every work-item's loop over k short: llvmpipe ends a
  * work-item's loops silently after 65,535 iterations in all (docs/PORTABILITY.md). */
 #define GEMM_SLICE(z, kb) do { B += (size_t)(kb) * N; A_SHIFT(kb); C += (size_t)(z) * M * N; } while (0)
+
+/* The same for kernels that offset their own operands: this work-item's slice of k, [kb, kb + KK)
+ * of slices ks long, and C moved to its partial product. */
+#define GEMM_K_SLICE(ks)                                                                      \
+    const int KS = (ks);                                                                       \
+    const int kb = PX_SLICE(2) * KS;                                                           \
+    const int KK = PX_MAX(0, PX_MIN(KS, K - kb));                                              \
+    C += PX_SLICE(2) * (size_t)M * N
 
 /* C[M, N] = op(A)[M, K] B[K, N] (+ bias[M] per row) (relu)      B[K, N], C[M, N].
  * Work-item (x, y, z): rows [y*RM, y*RM + RM), columns [x*VEC, x*VEC + VEC), and the slice
@@ -280,6 +295,26 @@ void gemm_tile(const int M, const int N, const int K,
         bv[j] = VLOAD_E(t);                                                                    \
     }
 
+/* gemm_blk's and gemm_pk's epilogue: the rows of the block below M, plus bias, ReLU, stored
+ * up to column N. */
+#define GEMM_BLK_STORE                                                                        \
+    _Pragma("unroll") for (int r = 0; r < RM; ++r) {                                           \
+        if (i0 + r >= M) break;                                                                \
+        const floatV bb = (floatV)(bias ? bias[i0 + r] : 0.0f);                                \
+        __global float *c = C + (size_t)(i0 + r) * N + c0;                                     \
+        _Pragma("unroll") for (int j = 0; j < NV; ++j) {                                       \
+            floatV v = acc[r][j] + bb;                                                         \
+            if (relu) v = PX_RELU(v);                                                          \
+            if (c0 + (j + 1) * VEC <= N) {                                                     \
+                VSTORE(v, c + j * VEC);                                                        \
+            } else {                                                                           \
+                float t[VEC];                                                                  \
+                VSTORE_E(v, t);                                                                \
+                for (int l = 0; l < VEC && c0 + j * VEC + l < N; ++l) c[j * VEC + l] = t[l];   \
+            }                                                                                  \
+        }                                                                                      \
+    }
+
 /* C[M, N] = op(A)[M, K] B[K, N] (+ bias[M] per row) (relu)      B[K, N], C[M, N]; A[M, K], or
  * A[K, M] with TRANS_A.  Work-item (x, y): rows [x*RM, x*RM + RM), columns
  * [y*NV*VEC, (y+1)*NV*VEC); per k it loads NV vectors of B and RM scalars of A for RM*NV
@@ -314,22 +349,64 @@ void gemm_blk(const int M, const int N, const int K,
     } else {
         GEMM_BLK_ACCUMULATE(GEMM_BLK_LOAD_EDGE);
     }
-    _Pragma("unroll") for (int r = 0; r < RM; ++r) {
-        if (i0 + r >= M) break;
-        const floatV bb = (floatV)(bias ? bias[i0 + r] : 0.0f);
-        __global float *c = C + (size_t)(i0 + r) * N + c0;
-        _Pragma("unroll") for (int j = 0; j < NV; ++j) {
-            floatV v = acc[r][j] + bb;
-            if (relu) v = PX_RELU(v);
-            if (c0 + (j + 1) * VEC <= N) {
-                VSTORE(v, c + j * VEC);
-            } else {
-                float t[VEC];
-                VSTORE_E(v, t);
-                for (int l = 0; l < VEC && c0 + j * VEC + l < N; ++l) c[j * VEC + l] = t[l];
-            }
+    GEMM_BLK_STORE;
+}
+
+/* ---- the CPU form of large products (Tuning.gemm_pack): both operands first copied into the
+ * order in which gemm_pk's work-items read them, so that a work-item streams two contiguous
+ * arrays instead of RM rows of A and a column panel of B, whose rows lie N floats apart (on a CPU
+ * a new page at every k: TLB and cache-set misses) ---- */
+
+/* P[q, k, w] = S(q*PW + w, k), 0 where q*PW + w >= R: the PW rows of block q of the R x K operand
+ * S, interleaved along k; S(i, k) = X[i*K + k] ([R, K]: A, or B stored [N, K]) or X[k*R + i]
+ * (PACK_T = 1, [K, R]: B, or A stored [K, M]).  gemm_pk's operands: Ap = rows of op(A) in
+ * blocks of RM, Bp = columns of op(B) in panels of NV*VEC.  Work-item (c, q) copies k in
+ * [c*kc, c*kc + kc) (few large work-items: one per value cost PoCL 2-8x more).  O(R K). */
+__kernel void gemm_pack(const int R, const int K, const int kc, __global const float *restrict X,
+                        __global float *restrict P)
+{
+    const int k0 = get_global_id(0) * kc, q = get_global_id(1);
+    const int k1 = PX_MIN(k0 + kc, K);
+    __global float *o = P + (size_t)q * K * PW;
+    for (int k = k0; k < k1; ++k) {
+        _Pragma("unroll") for (int w = 0; w < PW; ++w) {
+            const int i = q * PW + w;
+#if PACK_T
+            o[k * PW + w] = i < R ? X[(size_t)k * R + i] : 0.0f;
+#else
+            o[k * PW + w] = i < R ? X[(size_t)i * K + k] : 0.0f;
+#endif
         }
     }
+}
+
+/* C[M, N] = op(A) op(B) (+ bias[M] per row) (relu) from Ap and Bp (gemm_pack):
+ * work-item (x, y) computes the RM x NV*VEC block of C that gemm_blk's work-item (x, y) does, with
+ * the same multiply-adds in the same order, reading Ap's block x and Bp's panel y front to back.
+ * Split-K as gemm_blk's.  O(M N K). */
+__kernel __attribute__((reqd_work_group_size(LX, 1, 1)))
+void gemm_pk(const int M, const int N, const int K,
+             __global const float *restrict Ap, __global const float *restrict Bp,
+             __global float *restrict C, __global const float *restrict bias, const int relu)
+{
+    const int i0 = get_global_id(0) * RM;
+    const int c0 = get_global_id(1) * (NV * VEC);
+    if (i0 >= M || c0 >= N) return;
+    GEMM_K_SLICE(PX_PART(K, PX_SLICES(2)));
+    __global const float *a = Ap + ((size_t)get_global_id(0) * K + kb) * RM;
+    __global const float *b = Bp + ((size_t)get_global_id(1) * K + kb) * (NV * VEC);
+    floatV acc[RM][NV];
+    _Pragma("unroll") for (int r = 0; r < RM; ++r)
+        _Pragma("unroll") for (int j = 0; j < NV; ++j) acc[r][j] = (floatV)(0.0f);
+    for (int k = 0; k < KK; ++k) {
+        floatV bv[NV];
+        _Pragma("unroll") for (int j = 0; j < NV; ++j) bv[j] = ((__global const floatV *)b)[k * NV + j];
+        _Pragma("unroll") for (int r = 0; r < RM; ++r) {
+            const floatV av = (floatV)(a[k * RM + r]);
+            _Pragma("unroll") for (int j = 0; j < NV; ++j) acc[r][j] += av * bv[j];
+        }
+    }
+    GEMM_BLK_STORE;
 }
 
 #ifndef RN
@@ -351,10 +428,7 @@ void gemm_nt_blk(const int M, const int N, const int K,
     const int i0 = get_global_id(0) * RM;
     const int j0 = get_global_id(1) * RN;
     if (i0 >= M || j0 >= N) return;
-    const int KS = PX_VEC_UP(PX_PART(K, PX_SLICES(2)));
-    const int kb = PX_SLICE(2) * KS;
-    const int KK = PX_MAX(0, PX_MIN(KS, K - kb));
-    C += PX_SLICE(2) * (size_t)M * N;
+    GEMM_K_SLICE(PX_VEC_UP(PX_PART(K, PX_SLICES(2))));
     __global const float *a[RM];
     __global const float *b[RN];
     _Pragma("unroll") for (int r = 0; r < RM; ++r) a[r] = A + (size_t)PX_MIN(i0 + r, M - 1) * K + kb;

@@ -45,8 +45,10 @@ def gemm(dev: Device, a, b, *, trans_a: bool = False, trans_b: bool = False,
     """C = op(a) @ op(b) (+ bias[:, None]) (ReLU), float32 on the device.
 
     a: [M, K] ([K, M] with trans_a); b: [K, N] ([N, K] with trans_b); bias: [M] or None.
-    On CPUs an NT product runs as row dot products (no copy of b); elsewhere, and for TT, b is
-    transposed once into a temporary and the NN kernel runs.
+    On CPUs a product of at least ``gemm_pack[0]`` multiply-adds (``gemm_pack[1]`` with
+    trans_b) and ``gemm_pack[2]`` rows and columns runs on copies of op(a) and op(b) in block
+    order (:func:`_gemm_packed`), a smaller NT product as row dot products (no copy of b); elsewhere, and for TT, b is transposed once
+    into a temporary and the NN kernel runs.
     """
     a = _as2d(dev, a, "a")
     b = _as2d(dev, b, "b")
@@ -67,6 +69,10 @@ def gemm(dev: Device, a, b, *, trans_a: bool = False, trans_b: bool = False,
             raise InputError("gemm: K == 0 with an epilogue is not supported")
         return out
     t = dev.tuning
+    least, side = t.gemm_pack[1 if trans_b else 0], t.gemm_pack[2]
+    if t.gemm_nv and least and M * N * K >= least and min(M, N) >= side:
+        _gemm_packed(dev, t, a, b, out, bias, relu, trans_a, trans_b)
+        return out
     if trans_b and not trans_a and t.gemm_nt_rn:
         _gemm_nt_rows(dev, t, a, b, out, bias, relu)
         return out
@@ -81,7 +87,7 @@ def gemm(dev: Device, a, b, *, trans_a: bool = False, trans_b: bool = False,
 
 def _gemm_sliced(dev: Device, name: str, defines: dict, gsize, lsize, K: int, max_slice: int,
                  out, bias, relu, *args) -> None:
-    """Launch a CPU-form GEMM kernel (gemm_blk, gemm_nt_blk: ``M, N, K, *args, C, bias, relu``):
+    """Launch a CPU-form GEMM kernel (gemm_blk, gemm_nt_blk, gemm_pk: ``M, N, K, *args, C, bias, relu``):
     whole when K fits ``max_slice``, else built with PX_SPLIT and launched with slices of K in
     its third dimension, whose partial products sum_slices adds (bias and relu there)."""
     M, N = out.shape
@@ -112,6 +118,33 @@ def _gemm_blocks(dev: Device, t, a, b, out, bias, relu, trans_a) -> None:
     vec, rm, nv, lx = t.gemm_vec, t.gemm_rm, t.gemm_nv, t.gemm_rows
     _gemm_sliced(dev, "gemm_blk", dict(VEC=vec, RM=rm, NV=nv, LX=lx, TRANS_A=int(trans_a)),
                  (-(-M // rm), -(-N // (nv * vec))), (lx, 1), K, t.loop_max // 2, out, bias, relu, a, b)
+
+
+def _gemm_packed(dev: Device, t, a, b, out, bias, relu, trans_a, trans_b) -> None:
+    """CPU form of large products (``gemm_pack``, any transposes): op(a) and op(b) copied
+    (gemm_pack) into the order in which rm x nv*vec blocks of C (nv = gemm_pack[3]) read them,
+    temporaries of their size rounded up to whole blocks, then multiplied (gemm_pk: gemm_blk's
+    multiply-adds, read front to back) in slices of at most gemm_pack[4] values of k, so that a
+    block's panel of b stays in cache; sum_slices adds the slices."""
+    (M, N), K = out.shape, (a.shape[0] if trans_a else a.shape[1])
+    vec, rm, nv, lx = t.gemm_vec, t.gemm_rm, t.gemm_pack[3], t.gemm_rows
+    gsize = (-(-M // rm), -(-N // (nv * vec)))
+    ap = _pack(dev, t, a, M, K, rm, trans_a)
+    bp = _pack(dev, t, b, N, K, nv * vec, not trans_b)
+    _gemm_sliced(dev, "gemm_pk", dict(VEC=vec, RM=rm, NV=nv, LX=lx), gsize, (lx, 1), K,
+                 min(t.loop_max // 2, t.gemm_pack[4]), out, bias, relu, ap, bp)
+
+
+def _pack(dev: Device, t, x, rows: int, K: int, width: int, k_major: bool) -> cla.Array:
+    """gemm_pack: the [ceil(rows / width), K, width] copy of the rows x K operand x ([rows, K], or
+    [K, rows] where k_major), zeros past its rows; a work-item copies up to 256 values of k (at
+    most loop_max / width)."""
+    blocks = -(-rows // width)
+    kc = max(1, min(256, t.loop_max // width))
+    p = dev.empty((blocks, K, width))
+    dev.launch(dev.kernel(_FILE, "gemm_pack", PW=width, PACK_T=int(k_major)), (-(-K // kc), blocks), (1, 1),
+               rows, K, kc, x, p)
+    return p
 
 
 def _gemm_columns(dev: Device, t, a, b, out, bias, relu, trans_a) -> None:
