@@ -183,14 +183,109 @@ def test_unwritable_places_and_missing_logs_are_one_line(run, tmp_path):
     blocker.write_text("x")
     out = blocker / "report"
     assert error_line(proxcl("report", model, "--log", log, "--out", out)) == \
-        f"--out {out}: cannot write in {out} (Not a directory)"
+        f"--out {out}: cannot write in {out} ({blocker} is a file, not a folder)"
     assert error_line(proxcl("demo", "--data", DATA, "--out-dir", out)) == \
-        f"--out-dir {out}: cannot write in {out} (Not a directory)"
+        f"--out-dir {out}: cannot write in {out} ({blocker} is a file, not a folder)"
     assert error_line(proxcl("report", model, "--log", tmp_path / "nosuch.jsonl", "--out", tmp_path / "r")) == \
         f"{tmp_path / 'nosuch.jsonl'}: no such file"
     assert error_line(proxcl("report", model, "--log", tmp_path, "--out", tmp_path / "r")) == \
         f"{tmp_path}: is a directory, not a training log"
     assert not (tmp_path / "r").exists()
+
+
+def test_outputs_that_are_not_regular_files_are_refused(run, tmp_path):
+    """A FIFO (or a device) given as an output is refused, not replaced by a file; an empty name
+    is refused; a symbolic link is written through, the link kept."""
+    _, model, _, _ = run
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    refused = f"--out {fifo} is not a regular file (a device, FIFO or socket); proxcl writes only files"
+    assert error_line(proxcl("train", "--data", DATA, "--epochs", 1, "--out", fifo)) == refused
+    assert error_line(proxcl("import", model, "--out", fifo)) == refused
+    assert error_line(proxcl("train", "--data", DATA, "--epochs", 1, "--out", "")) == "--out is empty: name a file"
+    assert fifo.is_fifo() and sorted(os.listdir(tmp_path)) == ["fifo"]
+    target, link = tmp_path / "target.pt", tmp_path / "link.pt"
+    link.symlink_to(target.name)
+    assert proxcl("import", model, "--out", link).returncode == 0
+    assert link.is_symlink() and target.stat().st_size > 0
+
+
+def test_import_checks_both_outputs_before_writing_either(run, tmp_path):
+    _, model, _, _ = run
+    same = tmp_path / "s.pt"
+    assert error_line(proxcl("import", model, "--out", same, "--spec-out", same)) == \
+        f"--out and --spec-out name the same file: {same}"
+    (tmp_path / "folder").mkdir()
+    assert error_line(proxcl("import", model, "--out", same, "--spec-out", tmp_path / "folder")) == \
+        f"--spec-out {tmp_path / 'folder'} is a folder, not a file name"
+    assert error_line(proxcl("export", tmp_path / "absent.pt", "--spec", "lenet300", "--out", tmp_path / "folder")) \
+        == f"--out {tmp_path / 'folder'} is a folder, not a file name"
+    assert sorted(os.listdir(tmp_path)) == ["folder"]
+
+
+def test_a_run_refused_at_the_start_leaves_no_folder(tmp_path):
+    assert proxcl("train", "--data", "nope", "--out", tmp_path / "new" / "m.proxcl").returncode == 2
+    assert proxcl("demo", "--data", "nope", "--out-dir", tmp_path / "demo").returncode == 2
+    assert os.listdir(tmp_path) == []
+
+
+def test_train_json_is_alone_on_stdout(tmp_path):
+    r = proxcl("train", "--data", DATA, "--epochs", 1, "--debias-epochs", 1, "--out", tmp_path / "m.proxcl",
+               "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["out"] == str(tmp_path / "m.proxcl")
+    assert "sparse   1/1" in r.stderr and "debias   1/1" in r.stderr
+
+
+def test_a_diverging_run_stops_in_the_phase_that_diverged(tmp_path):
+    """Weights that stay finite but overflow the forward pass: caught at the end of the epoch by
+    the test loss, the hint naming that phase's learning rate; no file left.  (100 images: one
+    step per epoch, whose loss is taken before the update.)"""
+    r = proxcl("train", "--data", "synthetic:100", "--epochs", 1, "--debias-epochs", 1, "--lr", 1e30,
+               "--out", tmp_path / "m.proxcl", "--log", tmp_path / "log.jsonl", "--quiet")
+    assert error_line(r) == "the test loss became nan after phase sparse, epoch 1; try a smaller learning rate (--lr)"
+    assert not (tmp_path / "m.proxcl").exists() and not (tmp_path / "m.proxcl.ckpt").exists()
+
+
+def test_info_refuses_a_file_whose_model_cannot_be_built(run, tmp_path):
+    """A file that reads (checksum and all) but whose spec does not match its tensors: the table,
+    then one error line and status 2."""
+    from proxcl.modelfile import read_model_file, write_model_file
+    _, model, _, _ = run
+    spec, tensors, meta = read_model_file(model)
+    spec["layers"][1]["out"] = 200
+    bad = tmp_path / "mismatch.proxcl"
+    write_model_file(bad, spec, tensors, meta)
+    r = proxcl("info", bad)
+    assert r.returncode == 2 and "fc1.weight" in r.stdout
+    assert r.stderr.startswith(f"proxcl: error: {bad}: its model cannot be built: ") and r.stderr.count("\n") == 1
+    assert proxcl("info", model).returncode == 0
+
+
+def test_images_out_of_range_are_refused_or_warned_about(run, tmp_path):
+    """predict: NaN or pixels outside 0..255 are refused; pixels all in 0..1 are predicted with a
+    warning; a 16-bit PNG is scaled to 0..255; a file is read by what it holds, not its name."""
+    from PIL import Image
+    _, model, _, _ = run
+    img = np.random.default_rng(0).integers(0, 256, (28, 28)).astype(np.uint8)
+    np.save(tmp_path / "nan.npy", np.full((28, 28), np.nan, np.float32))
+    np.save(tmp_path / "neg.npy", np.full((28, 28), -3.0, np.float32))
+    np.save(tmp_path / "scaled.npy", img.astype(np.float32) / 255)
+    assert error_line(proxcl("predict", model, tmp_path / "nan.npy")) == \
+        f"{tmp_path / 'nan.npy'}: the images hold NaN or infinite values"
+    assert error_line(proxcl("predict", model, tmp_path / "neg.npy")) == \
+        f"{tmp_path / 'neg.npy'}: pixel values from -3 to -3; raw pixels 0..255 are expected (proxcl normalises " \
+        "them as it did in training)"
+    r = proxcl("predict", model, tmp_path / "scaled.npy")
+    assert r.returncode == 0 and r.stdout.startswith(f"{tmp_path / 'scaled.npy'}[0]: ")
+    assert r.stderr.startswith(f"proxcl: warning: {tmp_path / 'scaled.npy'}: every pixel is between 0 and 1")
+    Image.fromarray(img).save(tmp_path / "eight.png")
+    Image.fromarray(img.astype(np.uint16) * 257).save(tmp_path / "sixteen.png")
+    (tmp_path / "png-named.npy").write_bytes((tmp_path / "eight.png").read_bytes())
+    lines = [proxcl("predict", model, tmp_path / f, "--json").stdout for f in ("eight.png", "sixteen.png", "png-named.npy")]
+    probs = [json.loads(line)["probability"] for line in lines]
+    assert probs[0] == probs[2] and abs(probs[0] - probs[1]) < 1e-5, probs
+    assert error_line(proxcl("predict", model, "/dev/null")) == "/dev/null: not a regular file"
 
 
 # ---- mismatches ---------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import scipy.sparse as sp
 
 from proxcl import modelfile as mf
 from proxcl.ops import HostCSR
+from proxcl.spec import normalize_spec
 
 
 def _run(*args):
@@ -36,7 +37,7 @@ def model_file(tmp_path_factory):
          "fc3.weight": rng.standard_normal((10, 100)).astype(np.float32),
          "fc3.bias": rng.standard_normal(10).astype(np.float32)}
     p = tmp_path_factory.mktemp("info") / "m.proxcl"
-    mf.write_model_file(p, {"name": "lenet300"}, t, {"test_accuracy": 0.9})
+    mf.write_model_file(p, normalize_spec("lenet300"), t, {"test_accuracy": 0.9})
     return p, t
 
 
@@ -45,7 +46,8 @@ def test_info_json_is_file_report(model_file):
     r = _run(path, "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    assert "cannot be built" in out.pop("inference_memory")["error"]   # the file's spec is partial
+    memory = out.pop("inference_memory")
+    assert set(memory) == {"device", "1", "256"} and memory["256"]["input"] == 256 * 784 * 4
     assert out == json.loads(json.dumps(mf.file_report(path)))
     assert [l["name"] for l in out["layers"]] == list(t)
     assert out["layers"][0]["kind"] == "csr" and out["layers"][0]["shape"] == [300, 784]

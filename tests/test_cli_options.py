@@ -265,3 +265,27 @@ def test_resume_command_replaces_a_given_resume():
     from proxcl.cli.train import resume_command
     assert resume_command(["train", "--resume", "old.ckpt", "--l1", "1e-3", "--res=x"], "new dir/m.ckpt") == \
         "proxcl train --l1 1e-3 --resume 'new dir/m.ckpt'"
+
+
+def test_bench_large_refuses_repeat(capsys):
+    """--large times by a budget: a --repeat given with it is refused, not ignored."""
+    assert run_main(capsys, "bench", "kernels", "--large", "--repeat", "5") == \
+        (2, "", "proxcl: error: --repeat does not apply with --large (its repetitions follow a time budget)\n")
+
+
+def test_spec_errors_name_the_problem(capsys, tmp_path):
+    """An unknown layer type is named as such; a model file given as --model is named for what it is."""
+    from proxcl.spec import normalize_spec
+    from proxcl.errors import InputError
+    spec = {"input_shape": [4], "layers": [{"type": "linear", "out": 3}, {"type": "gelu"}]}
+    with pytest.raises(InputError, match=r"^model spec: layer 1 has unknown type 'gelu'; use one of linear, "):
+        normalize_spec(spec)
+    with pytest.raises(InputError, match=r"^model spec: layer 1 needs a type"):
+        normalize_spec({"input_shape": [4], "layers": [{"type": "linear", "out": 3}, {"out": 2}]})
+    with pytest.raises(InputError, match=r"unknown type \['relu'\]"):
+        normalize_spec({"input_shape": [4], "layers": [{"type": ["relu"]}]})
+    blob = tmp_path / "m.proxcl"
+    blob.write_bytes(b"\x20\x00\x00\x00\x00\x00\x00\x00{\"__metadata__\":{\"format\":\"proxcl\"}}\xff\xfe")
+    code, out, err = run_main(capsys, "train", "--model", blob, "--data", DATA, "--out", tmp_path / "o.proxcl")
+    assert (code, out) == (2, "")
+    assert err == f"proxcl: error: model spec file {blob}: not a JSON spec: it looks like a proxcl model file\n"

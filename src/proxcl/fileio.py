@@ -18,10 +18,18 @@ def _umask() -> int:
 
 def atomic_write(path, write) -> None:
     """Call ``write(f)`` with a binary file object open on a temporary file beside ``path``, then
-    flush, fsync and rename it to ``path`` (mode 0666 less the umask, as open() would give)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    flush, fsync and rename it to ``path`` (mode 0666 less the umask, as open() would give).  A
+    symbolic link is written through (its target is replaced, the link kept); anything there that
+    is not a regular file (a folder, a device, a FIFO) is refused.  A failure says which file
+    could not be written, not the temporary's name."""
+    given = path
+    path = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
+    _refuse_special(path, given, "output")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    except OSError as e:
+        raise _cannot_write(given, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -29,12 +37,29 @@ def atomic_write(path, write) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError):
+            raise _cannot_write(given, e) from None
         raise
+
+
+def _cannot_write(path, e: OSError) -> OSError:
+    err = OSError(f"cannot write {path} ({e.strerror or e})")
+    err.errno = e.errno
+    return err
+
+
+def _refuse_special(path, given, what: str) -> None:
+    """InputError where ``path`` exists and is not a regular file (symbolic links followed)."""
+    if os.path.isdir(path):
+        raise InputError(f"{what} {given} is a folder, not a file name")
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise InputError(f"{what} {given} is not a regular file (a device, FIFO or socket); "
+                         "proxcl writes only files")
 
 
 def atomic_write_bytes(path, data: bytes) -> None:
@@ -42,28 +67,39 @@ def atomic_write_bytes(path, data: bytes) -> None:
 
 
 def check_writable(path, what: str = "output") -> None:
-    """Raise a one-line InputError now, before long work, when ``path`` cannot be written: a
-    folder, or a place where no file can be created (makes the folder and removes a probe file)."""
-    if not path:
+    """Raise a one-line InputError now, before long work, when ``path`` (None: no output) cannot
+    be written: an empty name, a folder or another file that is not a regular one, or a place
+    where no file can be created.  Creates nothing: folders on the way are made when the file is
+    written, so that a run that fails first leaves none behind."""
+    if path is None:
         return
-    if os.path.isdir(path):
-        raise InputError(f"{what} {path} is a folder, not a file name")
+    if not str(path):
+        raise InputError(f"{what} is empty: name a file")
+    _refuse_special(path, path, what)
     _probe(os.path.dirname(os.path.abspath(path)), what, path)
 
 
 def check_writable_dir(path, what: str = "output folder") -> None:
-    """Raise a one-line InputError now when files cannot be written in the folder ``path``: a
-    file of that name, or a place where it cannot be made or written (makes it if missing)."""
+    """Raise a one-line InputError now when files cannot be written in the folder ``path``: an
+    empty name, a file of that name, or a place where it cannot be made or written.  Creates
+    nothing (the folder is made when the first file is written)."""
+    if not str(path):
+        raise InputError(f"{what} is empty: name a folder")
     if os.path.exists(path) and not os.path.isdir(path):
         raise InputError(f"{what} {path} is a file, not a folder")
-    _probe(path, what, path)
+    _probe(os.path.abspath(path), what, path)
 
 
 def _probe(folder, what: str, path) -> None:
-    """Make ``folder`` if missing and create and remove a file in it, or say why not."""
+    """Create and remove a file in ``folder`` or, where it does not exist yet, in the nearest
+    folder above it that does (where it would be made), or say why that cannot be done."""
+    existing = folder
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
     try:
-        os.makedirs(folder, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
+        if not os.path.isdir(existing):
+            raise NotADirectoryError(20, f"{existing} is a file, not a folder")
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as e:
         raise InputError(f"{what} {path}: cannot write in {folder} ({e.strerror or e})") from None

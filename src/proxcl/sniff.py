@@ -34,6 +34,8 @@ def looks_like(data: bytes, path=None) -> str | None:
     for magic, what in _MAGIC:
         if head.startswith(magic):
             return what
+    if head[:2] == b"BM" and head[6:10] == b"\0\0\0\0":     # its reserved bytes are zero
+        return "a BMP image"
     if len(head) >= 9 and head[8:9] == b"{":
         return "a proxcl model file" if b'"format":"proxcl"' in bytes(data[:512]) else "a safetensors file"
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):

@@ -98,7 +98,12 @@ def _load_spec(name_or_spec) -> dict:
         try:
             with open(s, encoding="utf-8") as f:
                 spec = json.load(f)
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        except UnicodeDecodeError:
+            from .sniff import looks_like
+            with open(s, "rb") as f:
+                what = looks_like(f.read(4096), s) or "binary data"
+            raise InputError(f"model spec file {s}: not a JSON spec: it looks like {what}") from None
+        except (OSError, json.JSONDecodeError) as e:
             raise InputError(f"model spec file {s}: {e}") from None
     else:
         raise InputError(f"unknown model {s!r}: use one of {', '.join(BUILTIN_SPECS)}, "
@@ -145,8 +150,10 @@ def normalize_spec(name_or_spec) -> dict:
 
 def _norm_layer(i: int, l, names: set, counts: dict) -> dict:
     """Layer i of a spec with every field explicit (param layers named uniquely)."""
-    if not isinstance(l, dict) or l.get("type") not in _FIELDS:
+    if not isinstance(l, dict) or "type" not in l:
         raise InputError(f"model spec: layer {i} needs a type, one of {', '.join(_FIELDS)}")
+    if not isinstance(l["type"], str) or l["type"] not in _FIELDS:
+        raise InputError(f"model spec: layer {i} has unknown type {l['type']!r}; use one of {', '.join(_FIELDS)}")
     t = l["type"]
     extra = set(l) - _FIELDS[t]
     if extra:

@@ -460,6 +460,8 @@ class _Run:
         if cfg.log and self.saved_opt is not None:
             # the log is the checkpoint's history: an epoch logged after the last checkpoint is dropped
             atomic_write(cfg.log, lambda f: f.write("".join(json.dumps(r) + "\n" for r in self.history).encode()))
+        if cfg.log:
+            os.makedirs(os.path.dirname(os.path.abspath(cfg.log)), exist_ok=True)
         log = open(cfg.log, "a" if self.saved_opt is not None else "w") if cfg.log else None
         try:
             for idx, phase in enumerate(_PHASES[cfg.method]):
@@ -687,6 +689,9 @@ class _Run:
         weights = sum(s["size"] for s in stats if s["penalised"])
         # evaluation at the training batch size: a larger one would grow every activation buffer
         test = evaluate(model, ds, "test", batch_size=self.cfg.batch_size)
+        if not math.isfinite(test["loss"]):       # finite weights whose products overflow
+            raise TrainingError(f"the test loss became {test['loss']} after phase {phase}, epoch {epoch + 1}; "
+                                f"try {_hint(self.cfg, phase)}")
         seen = max(sums["seen"], 1)
         record = {"phase": phase, "epoch": epoch + 1, "lr": sums["lr"], "l1": sums["l1"] if phase == "sparse" else 0.0,
                   "loss": sums["loss"] / seen, "train_accuracy": sums["correct"] / seen,

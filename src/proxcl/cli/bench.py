@@ -33,7 +33,7 @@ def add_parser(sub) -> None:
                                     + legend() + "\n\nWith --large, a second benchmark with its own table and legend.")
     k.add_argument("--device", default=None, help="OpenCL device spec (default: $PROXCL_DEVICE)")
     k.add_argument("--json", metavar="PATH", default=None, help="also write the results as JSON")
-    k.add_argument("--repeat", type=int, default=30,
+    k.add_argument("--repeat", type=int, default=None,
                    help="most timed repetitions per measurement (fewer when one is slow; default 30; "
                         "not with --large, whose repetitions follow a time budget)")
     k.add_argument("--quick", action="store_true", help="two shapes, one batch width, two densities "
@@ -75,6 +75,9 @@ def run_kernels(args) -> int:
     from ..bench import kernels
     from ..bench.timing import finish
     from ..fileio import check_writable
+    if args.large and args.repeat is not None:
+        raise CLIError("--repeat does not apply with --large (its repetitions follow a time budget)")
+    args.repeat = 30 if args.repeat is None else args.repeat
     if args.repeat < 1:
         raise InputError("--repeat must be at least 1")
     check_writable(args.json, "--json")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 
 def add_parser(sub) -> None:
@@ -20,7 +21,8 @@ def add_parser(sub) -> None:
                    help='print JSON: {"layers": [{"name", "kind", "shape", "nnz", "density", "bytes"}], '
                         '"total": {"params", "nnz", "density", "params_ratio", "file_bytes", '
                         '"dense_bytes", "bytes_ratio"}, "inference_memory": {"device", "1": '
-                        '{"weights", "activations", "input", "total"}, "256": {...}} or {"error"}}')
+                        '{"weights", "activations", "input", "total"}, "256": {...}} or {"error"}}; '
+                        'exit status 2 when the model the file describes cannot be built')
     p.set_defaults(func=run)
 
 
@@ -77,9 +79,12 @@ def inference_memory(path) -> dict:
     from ..runtime import Device, DeviceError
     try:
         dev = Device()
-        model = load(path, device=dev)
-    except (DeviceError, ModelFileError) as e:
+    except DeviceError as e:
         return {"error": str(e).strip().splitlines()[0]}
+    try:
+        model = load(path, device=dev)
+    except ModelFileError as e:
+        return {"error": str(e).strip().splitlines()[0], "unbuildable": True}
     out = {"device": f"{dev.platform_name} | {dev.name}"}
     for batch in INFERENCE_BATCHES:
         out[str(batch)] = model.inference_memory(batch)
@@ -89,9 +94,13 @@ def inference_memory(path) -> dict:
 def run(args) -> int:
     from ..modelfile import file_report
     report = file_report(args.model)
-    report["inference_memory"] = inference_memory(args.model)
+    report["inference_memory"] = mem = inference_memory(args.model)
+    unbuildable = mem.pop("unbuildable", False)    # a file that reads, describing no buildable model
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         print(format_report(report))
+    if unbuildable:
+        print(f"proxcl: error: {mem['error']}", file=sys.stderr)
+        return 2
     return 0

@@ -56,6 +56,8 @@ def _normalisation(text: str) -> dict:
 
 
 def run_export(args) -> int:
+    from ..fileio import check_writable
+    check_writable(args.out, "--out")
     files = _torch_files()
     kw = {"half": args.half}
     if args.data:
@@ -71,6 +73,14 @@ def run_export(args) -> int:
 
 
 def run_import(args) -> int:
+    import os
+
+    from ..fileio import check_writable
+    from . import CLIError
+    check_writable(args.out, "--out")
+    check_writable(args.spec_out, "--spec-out")
+    if args.spec_out is not None and os.path.realpath(args.out) == os.path.realpath(args.spec_out):
+        raise CLIError(f"--out and --spec-out name the same file: {args.spec_out}")
     files = _torch_files()
     files.import_model_file(args.model, args.out, args.spec_out)
     print(f"wrote {args.out}" + (f" and {args.spec_out}" if args.spec_out else ""))

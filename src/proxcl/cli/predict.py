@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 
 def add_parser(sub) -> None:
@@ -39,7 +40,8 @@ def run(args) -> int:
     from ..predict import predict_files
     from ..runtime import Device
     model, meta = load(args.model, device=Device(args.device), with_metadata=True)
-    for r in predict_files(model, args.files, *stored_inputs(args.model, meta)):
+    warn = lambda line: print(f"proxcl: warning: {line}", file=sys.stderr)   # noqa: E731
+    for r in predict_files(model, args.files, *stored_inputs(args.model, meta), warn=warn):
         if args.json:
             print(json.dumps(r))
         else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shlex
 import sys
@@ -226,7 +227,8 @@ def add_parser(sub) -> None:
                     "baselines with the same loop. Writes the model file, a checkpoint each epoch, "
                     "and optionally a JSON-lines log.")
     add_training_arguments(p)
-    p.add_argument("--json", action="store_true", help="print the final summary as JSON")
+    p.add_argument("--json", action="store_true",
+                   help="print the final summary as JSON, alone on stdout (per-epoch lines go to stderr)")
     p.set_defaults(func=run)
 
 
@@ -250,7 +252,9 @@ def run(args) -> int:
     from ..training import TrainingInterrupted, train
     cfg = config_from_args(args)
     try:
-        res = train(cfg, resume=args.resume)
+        # with --json, stdout holds the summary alone: the per-epoch lines go to stderr
+        with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+            res = train(cfg, resume=args.resume)
     except TrainingInterrupted as e:
         if e.checkpoint:
             print(f"proxcl: interrupted; continue with: {resume_command(args.argv, e.checkpoint)}",
