@@ -282,7 +282,8 @@ def test_images_out_of_range_are_refused_or_warned_about(run, tmp_path):
     Image.fromarray(img).save(tmp_path / "eight.png")
     Image.fromarray(img.astype(np.uint16) * 257).save(tmp_path / "sixteen.png")
     (tmp_path / "png-named.npy").write_bytes((tmp_path / "eight.png").read_bytes())
-    lines = [proxcl("predict", model, tmp_path / f, "--json").stdout for f in ("eight.png", "sixteen.png", "png-named.npy")]
+    lines = [proxcl("predict", model, tmp_path / f, "--json").stdout
+             for f in ("eight.png", "sixteen.png", "png-named.npy")]
     probs = [json.loads(line)["probability"] for line in lines]
     assert probs[0] == probs[2] and abs(probs[0] - probs[1]) < 1e-5, probs
     assert error_line(proxcl("predict", model, "/dev/null")) == "/dev/null: not a regular file"

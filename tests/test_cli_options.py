@@ -289,3 +289,30 @@ def test_spec_errors_name_the_problem(capsys, tmp_path):
     code, out, err = run_main(capsys, "train", "--model", blob, "--data", DATA, "--out", tmp_path / "o.proxcl")
     assert (code, out) == (2, "")
     assert err == f"proxcl: error: model spec file {blob}: not a JSON spec: it looks like a proxcl model file\n"
+
+
+def test_unrecognized_arguments_point_at_the_subcommands_help(capsys):
+    assert run_main(capsys, "info", "m.proxcl", "extra")[2] == \
+        "proxcl info: error: unrecognized arguments: extra (see proxcl info --help)\n"
+    assert run_main(capsys, "bench", "kernels", "--foo") == \
+        (2, "", "proxcl bench kernels: error: unrecognized arguments: --foo (see proxcl bench kernels --help)\n")
+
+
+def test_quiet_goes_with_no_progress_not_with_progress(capsys, tmp_path):
+    code, out, err = run_main(capsys, "train", "--data", "synthetic:50", "--epochs", 1, "--debias-epochs", 0,
+                              "-q", "--no-progress", "--out", tmp_path / "m.proxcl")
+    assert code == 0 and err == "" and out.startswith("test accuracy")
+    assert run_main(capsys, "train", "--data", DATA, "-q", "--progress", "--out", tmp_path / "n.proxcl") == \
+        (2, "", "proxcl: error: --quiet and --progress contradict each other: --quiet shows no progress bars\n")
+
+
+def test_a_resume_with_other_settings_names_the_option(capsys, tmp_path):
+    args = ["train", "--data", "synthetic:50", "--epochs", 1, "--debias-epochs", 1, "-q",
+            "--out", tmp_path / "m.proxcl"]
+    assert run_main(capsys, *args)[0] == 0
+    ckpt = tmp_path / "m.proxcl.ckpt"
+    code, out, err = run_main(capsys, *args[:-2], "--debias-epochs", 2, "--out", tmp_path / "m2.proxcl",
+                              "--resume", ckpt)
+    assert (code, out) == (2, "")
+    assert err == f"proxcl: error: checkpoint {ckpt} was written with --debias-epochs 1, this run has " \
+                  "--debias-epochs 2\n"

@@ -225,7 +225,7 @@ def test_dataset_errors(no_system_data):
         data.load_dataset("fashion-mnist", download=False)
     with pytest.raises(DataError, match="synthetic:N must be an integer"):
         data.load_dataset("synthetic:many")
-    with pytest.raises(ValueError, match="val_split"):
+    with pytest.raises(ValueError, match=r"validation split \(--val-split\)"):
         data.load_dataset("synthetic:100", val_split=1.0)
     # images and labels that disagree
     folder = no_system_data / "odd"

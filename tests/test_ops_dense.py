@@ -79,8 +79,8 @@ def test_wide_gemm_block_where_the_device_prefers_16_wide_vectors(dev, rng):
 
 def test_packed_gemm_matches_float64_and_the_unpacked_block(dev, rng):
     """gemm_pack: from its least number of multiply-adds (one for products with B^T, one for the
-    others) and of rows and columns on, the CPU form copies op(A) and op(B) into block order (gemm_pack) and multiplies the copies (gemm_pk); below it, it does
-    not.  The packed product matches float64 on every transpose, on edges and with the epilogue,
+    others) and of rows and columns on, the CPU form copies op(A) and op(B) into block order
+    (gemm_pack) and multiplies the copies (gemm_pk); below it, it does not.  The packed product matches float64 on every transpose, on edges and with the epilogue,
     in both CPU blocks (8-wide and 16-wide vectors) and in slices of K (gemm_pack[4]), and gives
     the unpacked block's bits where both blocks have the same width (the same multiply-adds in
     the same order)."""

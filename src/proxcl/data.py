@@ -414,7 +414,7 @@ def from_arrays(name: str, train_images, train_labels, test_images, test_labels,
     split (a seeded random fraction) is taken out of the training set before the statistics.
     ``normalisation`` ({"mean", "std"}, e.g. stored with a model) replaces the statistics."""
     if not 0.0 <= float(val_split) < 1.0:
-        raise InputError(f"val_split must be in [0, 1), got {val_split}")
+        raise InputError(f"the validation split (--val-split) must be in [0, 1), got {val_split}")
     xs, ys = {}, {}
     for split, x, y in (("train", train_images, train_labels), ("test", test_images, test_labels)):
         x, y = np.asarray(x), np.asarray(y)
@@ -436,7 +436,8 @@ def from_arrays(name: str, train_images, train_labels, test_images, test_labels,
         n = len(ys["train"])
         n_val = int(round(n * float(val_split)))
         if n_val == 0 or n_val == n:
-            raise InputError(f"val_split {val_split} of {n} training samples leaves an empty split")
+            raise InputError(f"a validation split (--val-split) of {val_split} of {n} training samples "
+                             "leaves an empty split")
         perm = np.random.Generator(np.random.PCG64([int(seed) & 0xFFFFFFFF, 0x7A1])).permutation(n)
         val_idx, train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
         xs["val"], ys["val"] = xs["train"][val_idx], ys["train"][val_idx]

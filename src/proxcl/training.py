@@ -424,8 +424,16 @@ def _check_same_config(saved: dict, cfg: TrainConfig, path: str) -> None:
     mine["optimizer"] = _run_optimizer(mine)
     for key in sorted(set(saved) | set(mine)):
         if key not in RESUME_MAY_CHANGE and saved.get(key) != mine.get(key):
-            raise TrainingError(f"checkpoint {path} was written with {key}={saved.get(key)!r}, "
-                                f"this run has {key}={mine.get(key)!r}")
+            opt = _option_of(key)
+            raise TrainingError(f"checkpoint {path} was written with {opt} {saved.get(key)!r}, "
+                                f"this run has {opt} {mine.get(key)!r}")
+
+
+def _option_of(field: str) -> str:
+    """The command-line option of a TrainConfig field: the scopes' name for it, else the field
+    with dashes."""
+    named = {s.field: s.option for s in _SCOPES}
+    return named.get(field, "--" + field.replace("_", "-"))
 
 
 class _Run:

@@ -142,8 +142,8 @@ def markdown_table(result: dict) -> str:
     """Bytes per category after the training steps, weights + gradients + optimizer state and
     its share of the dense form's, the peaks (live bytes; the pools' most in "pool peak"), the
     step time, and the total device memory of inference at batch 1 and 256."""
-    head = ["model", "weights", "nnz", *CATEGORIES, "w+g+o", "vs dense", "peak w+g+o", "peak total",
-            "pool peak", "step ms", "inference b1", "inference b256"]
+    head = ["model", "form", "nnz", *(f"{c} B" for c in CATEGORIES), "w+g+o B", "vs dense", "peak w+g+o",
+            "peak total", "pool peak", "step ms", "inference b1", "inference b256"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in result["rows"]:
         live, peak = r["live"], r["peak"]

@@ -92,10 +92,21 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def _subparser(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.ArgumentParser:
+    """The innermost subcommand parser that argv's words name (``bench kernels``), or parser."""
+    for tok in argv:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if subs and tok in subs[0].choices:
+            parser = subs[0].choices[tok]
+    return parser
+
+
 def _main(argv: list[str] | None) -> int:
     argv = join_negative_values(list(sys.argv[1:] if argv is None else map(str, argv)))
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:       # said by the subcommand's parser, so that its --help is the one pointed to
+        _subparser(parser, argv).error(f"unrecognized arguments: {' '.join(extra)}")
     args.argv = argv
     if not getattr(args, "func", None):
         parser.print_help()

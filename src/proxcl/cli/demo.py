@@ -22,7 +22,9 @@ def add_parser(sub) -> None:
                                    "report PNGs; print the info table and both accuracies.")
     p.add_argument("--out-dir", default="runs/demo",
                    help="where the files go; created if missing (default %(default)s)")
-    p.add_argument("--data", default="fashion-mnist", help="data set spec (default %(default)s)")
+    p.add_argument("--data", default="fashion-mnist",
+                   help="fashion-mnist, mnist, fashion-mnist:DIR, mnist:DIR (its IDX files in DIR) or "
+                        "synthetic[:N] (default %(default)s)")
     p.add_argument("--device", default=None, help="OpenCL device (default $PROXCL_DEVICE or the first GPU)")
     p.add_argument("--epochs", type=int, default=DEMO["epochs"], help="(default %(default)s)")
     p.add_argument("--debias-epochs", type=int, default=DEMO["debias_epochs"], help="(default %(default)s)")

@@ -11,7 +11,9 @@ def add_parser(sub) -> None:
                        description="Accuracy, mean loss and per-class accuracy on the test split. "
                                    "Warns when the model file records training on another data set.")
     p.add_argument("model", help="model file written by proxcl train")
-    p.add_argument("--data", default="fashion-mnist", help="data set spec (default %(default)s)")
+    p.add_argument("--data", default="fashion-mnist",
+                   help="fashion-mnist, mnist, fashion-mnist:DIR, mnist:DIR (its IDX files in DIR) or "
+                        "synthetic[:N] (default %(default)s)")
     p.add_argument("--device", default=None, help="OpenCL device (default $PROXCL_DEVICE or the first GPU)")
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--json", action="store_true", help='print {"accuracy", "loss", "n", "per_class"}')

@@ -66,8 +66,11 @@ def _add_what(g, d) -> None:
     g.add_argument("--model", default=d.model,
                    help="lenet300, lenet5, convnet-small, or a JSON spec file (default %(default)s)")
     g.add_argument("--data", default=d.data,
-                   help="fashion-mnist, mnist, fashion-mnist:DIR, mnist:DIR or synthetic (default %(default)s)")
-    g.add_argument("--val-split", type=float, default=d.val_split, help="fraction of the training set held out")
+                   help="fashion-mnist, mnist, fashion-mnist:DIR, mnist:DIR (its IDX files in DIR) or "
+                        "synthetic[:N] (a small generated set, for trials) (default %(default)s)")
+    g.add_argument("--val-split", type=float, default=d.val_split,
+                   help="fraction of the training set held out and not trained on; each epoch's accuracy on "
+                        "it is logged as val_accuracy (--log) (default %(default)s: none)")
 
 
 def _add_method(g, d) -> None:
@@ -186,8 +189,8 @@ def add_output_arguments(g) -> None:
                         "only on a terminal)")
     x.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bars (the per-epoch lines stay)")
-    x.add_argument("-q", "--quiet", action="store_true",
-                   help="neither progress bars nor per-epoch lines")
+    g.add_argument("-q", "--quiet", action="store_true",
+                   help="neither progress bars nor per-epoch lines (not with --progress)")
 
 
 def output_settings(args) -> dict:
@@ -195,6 +198,9 @@ def output_settings(args) -> dict:
     (stderr) only, per-epoch lines unless --quiet."""
     quiet = getattr(args, "quiet", False)
     progress = getattr(args, "progress", None)
+    if quiet and progress:
+        from . import CLIError
+        raise CLIError("--quiet and --progress contradict each other: --quiet shows no progress bars")
     if progress is None:
         progress = sys.stderr.isatty()
     return {"progress": bool(progress) and not quiet, "verbose": not quiet}

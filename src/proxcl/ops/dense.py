@@ -47,8 +47,8 @@ def gemm(dev: Device, a, b, *, trans_a: bool = False, trans_b: bool = False,
     a: [M, K] ([K, M] with trans_a); b: [K, N] ([N, K] with trans_b); bias: [M] or None.
     On CPUs a product of at least ``gemm_pack[0]`` multiply-adds (``gemm_pack[1]`` with
     trans_b) and ``gemm_pack[2]`` rows and columns runs on copies of op(a) and op(b) in block
-    order (:func:`_gemm_packed`), a smaller NT product as row dot products (no copy of b); elsewhere, and for TT, b is transposed once
-    into a temporary and the NN kernel runs.
+    order (:func:`_gemm_packed`), a smaller NT product as row dot products (no copy of b);
+    elsewhere, and for TT, b is transposed once into a temporary and the NN kernel runs.
     """
     a = _as2d(dev, a, "a")
     b = _as2d(dev, b, "b")

@@ -10,6 +10,7 @@ name (``lenet300``, ``lenet5``, ``convnet-small``), JSON text or a JSON file, as
 from __future__ import annotations
 
 import json
+import pickle
 
 import torch
 
@@ -36,6 +37,9 @@ def read_state_dict(path) -> dict:
         raise InputError(f"{path}: not a PyTorch state_dict file" + (f": it looks like {what}" if what else ""))
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:      # torch's weights-only refusal: objects that need code
+        raise InputError(f"{path}: holds Python objects, not only tensors (a whole pickled module?); "
+                         "save module.state_dict() instead") from None
     except Exception as e:      # noqa: BLE001 - torch raises many kinds for a file that is not one
         raise InputError(f"{path}: not a state_dict that loads without running code "
                          f"({first_line(e)[:200]})") from None
