@@ -316,3 +316,19 @@ def test_a_resume_with_other_settings_names_the_option(capsys, tmp_path):
     assert (code, out) == (2, "")
     assert err == f"proxcl: error: checkpoint {ckpt} was written with --debias-epochs 1, this run has " \
                   "--debias-epochs 2\n"
+
+
+def test_info_measures_on_the_device_asked_for(capsys, tmp_path):
+    """info --device: a device that is not there is an error (without --device, a note)."""
+    assert run_main(capsys, "train", "--data", "synthetic:50", "--epochs", 1, "--debias-epochs", 0, "-q",
+                    "--out", tmp_path / "m.proxcl")[0] == 0
+    code, out, err = run_main(capsys, "info", tmp_path / "m.proxcl", "--device", "no-such-device")
+    assert (code, out) == (2, "") and err.startswith("proxcl: error: device 'no-such-device': ")
+    code, out, err = run_main(capsys, "info", tmp_path / "m.proxcl", "--device", "pocl")
+    assert code == 0 and "inference    batch 256: " in out
+
+
+def test_demo_with_bad_data_prints_only_the_error(capsys, tmp_path):
+    assert run_main(capsys, "demo", "--data", "nope", "--out-dir", tmp_path / "d") == \
+        (2, "", "proxcl: error: unknown data set 'nope': use fashion-mnist, mnist, fashion-mnist:DIR, mnist:DIR or "
+                "synthetic[:N]\n")

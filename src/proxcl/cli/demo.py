@@ -52,9 +52,9 @@ def run(args) -> int:
                              log=os.path.join(args.out_dir, "train.jsonl"), **common)
     sparse_cfg.validate()
     check_writable_dir(args.out_dir, "--out-dir")
+    ds = load_dataset(args.data, seed=args.seed)      # a bad --data or --device: an error before any output
     dev = Device(args.device)
     print(f"device: {dev.platform_name} | {dev.name}")
-    ds = load_dataset(args.data, seed=args.seed)
     print(f"data: {ds.name}, {ds.size('train')} training and {ds.size('test')} test images")
     total = args.epochs + args.debias_epochs
     out, log = sparse_cfg.out, sparse_cfg.log

@@ -26,13 +26,14 @@ def run(args) -> int:
     for d in devs:   # the device used without --device, and what is special about a device
         d["flags"] = "; ".join((["used without --device"] if d["default"] else []) + d["notes"]) or "-"
 
-    def width(key, title):   # platform versions, flags and OpenCL C versions are never cut
+    def width(key, title):   # nothing is cut: platform versions, names, notes, OpenCL C versions
         return max([len(title)] + [len(d[key]) for d in devs])
-    vw, fw, cw = width("platform_version", "platform version"), width("flags", "notes"), width("opencl_c", "OpenCL C")
-    print(f"{'index':<6} {'platform':<30} {'platform version':<{vw}} {'device':<34} {'type':<5} {'notes':<{fw}} "
-          f"{'OpenCL C':<{cw}} {'CUs':>4} {'global MiB':>11} {'local KiB':>10}")
+    pw, vw, nw = width("platform", "platform"), width("platform_version", "platform version"), width("name", "device")
+    fw, cw = width("flags", "notes"), width("opencl_c", "OpenCL C")
+    print(f"{'index':<6}  {'platform':<{pw}}  {'platform version':<{vw}}  {'device':<{nw}}  {'type':<5}  "
+          f"{'notes':<{fw}}  {'OpenCL C':<{cw}}  {'CUs':>4}  {'global MiB':>11}  {'local KiB':>10}")
     for d in devs:
-        print(f"{d['index']:<6} {d['platform'][:30]:<30} {d['platform_version']:<{vw}} {d['name'][:34]:<34} "
-              f"{d['type'][:5]:<5} {d['flags']:<{fw}} {d['opencl_c']:<{cw}} {d['compute_units']:>4} "
-              f"{d['global_mem_bytes'] >> 20:>11} {d['local_mem_bytes'] >> 10:>10}")
+        print(f"{d['index']:<6}  {d['platform']:<{pw}}  {d['platform_version']:<{vw}}  {d['name']:<{nw}}  "
+              f"{d['type'][:5]:<5}  {d['flags']:<{fw}}  {d['opencl_c']:<{cw}}  {d['compute_units']:>4}  "
+              f"{d['global_mem_bytes'] >> 20:>11}  {d['local_mem_bytes'] >> 10:>10}")
     return 0

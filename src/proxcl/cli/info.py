@@ -15,8 +15,11 @@ def add_parser(sub) -> None:
                                    "and the bytes compression ratio; then the device memory that "
                                    "inference needs at batch 1 and 256 (weights plus the largest live "
                                    "activations and the input batch), measured on the OpenCL device "
-                                   "of $PROXCL_DEVICE.")
+                                   "of --device.")
     p.add_argument("model", metavar="MODEL", help="model file written by proxcl train or proxcl.save")
+    p.add_argument("--device", default=None,
+                   help="OpenCL device that measures the inference memory (default $PROXCL_DEVICE or the "
+                        "first GPU); without any, the table says so")
     p.add_argument("--json", action="store_true",
                    help='print JSON: {"layers": [{"name", "kind", "shape", "nnz", "density", "bytes"}], '
                         '"total": {"params", "nnz", "density", "params_ratio", "file_bytes", '
@@ -71,15 +74,17 @@ def _ratio(r: float) -> str:
 INFERENCE_BATCHES = (1, 256)
 
 
-def inference_memory(path) -> dict:
+def inference_memory(path, device: str | None = None) -> dict:
     """The device memory inference needs at batch 1 and 256 (Model.inference_memory), measured
     on a fresh device that holds only this model; {"error": why} without an OpenCL device or
     when the file's model cannot be built."""
     from ..modelfile import ModelFileError, load
     from ..runtime import Device, DeviceError
     try:
-        dev = Device()
+        dev = Device(device)
     except DeviceError as e:
+        if device is not None:      # a device asked for by name that is not there
+            raise
         return {"error": str(e).strip().splitlines()[0]}
     try:
         model = load(path, device=dev)
@@ -94,7 +99,7 @@ def inference_memory(path) -> dict:
 def run(args) -> int:
     from ..modelfile import file_report
     report = file_report(args.model)
-    report["inference_memory"] = mem = inference_memory(args.model)
+    report["inference_memory"] = mem = inference_memory(args.model, args.device)
     unbuildable = mem.pop("unbuildable", False)    # a file that reads, describing no buildable model
     if args.json:
         print(json.dumps(report, indent=2))
