@@ -70,6 +70,14 @@ def test_info_names_what_a_wrong_file_looks_like(wrong_files, name, what):
     assert error_line(proxcl("info", path)) == f"{path}: not a proxcl model file: it looks like {what}"
 
 
+def test_a_cut_short_zip_archive_is_named_so(wrong_files, tmp_path):
+    cut = tmp_path / "cut.pt"
+    blob = (wrong_files / "model.pt").read_bytes()
+    cut.write_bytes(blob[: len(blob) // 2])
+    assert error_line(proxcl("info", cut)) == \
+        f"{cut}: not a proxcl model file: it looks like a damaged or cut-short zip archive"
+
+
 def test_model_and_images_swapped_or_wrong(run, wrong_files):
     _, model, _, _ = run
     png, folder = wrong_files / "image.png", wrong_files / "folder"

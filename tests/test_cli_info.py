@@ -70,6 +70,7 @@ def test_info_table(model_file):
     tot = rep["total"]
     text = r.stdout
     assert f"{tot['params']:,}" in text and f"{tot['file_bytes']:,} bytes" in text
+    assert f"nonzeros     {tot['nnz']:,} ({tot['density'] * 100:.2f} %, biases included)" in text
     assert f"{tot['bytes_ratio']:.1f}x smaller" in text and f"{tot['params_ratio']:.1f}x fewer" in text
 
 

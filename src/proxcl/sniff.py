@@ -51,8 +51,8 @@ def _zip_kind(source) -> str:
     try:
         with zipfile.ZipFile(source) as z:
             names = z.namelist()
-    except (zipfile.BadZipFile, OSError, ValueError):
-        return "a zip archive"
+    except (zipfile.BadZipFile, OSError, ValueError):     # its directory, at the end, is missing
+        return "a damaged or cut-short zip archive"
     if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
         return "a PyTorch zip archive (torch.save)"
     if names and all(n.endswith(".npy") for n in names):

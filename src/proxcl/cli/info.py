@@ -48,7 +48,7 @@ def format_report(report: dict) -> str:
     ratio = f"{t['params_ratio']:.1f}x" if t["params_ratio"] is not None else "inf (no nonzeros)"
     lines += ["",
               f"parameters   {t['params']:,}",
-              f"nonzeros     {t['nnz']:,} ({t['density'] * 100:.2f} %), {ratio} fewer than dense",
+              f"nonzeros     {t['nnz']:,} ({t['density'] * 100:.2f} %, biases included), {ratio} fewer than dense",
               f"file         {t['file_bytes']:,} bytes ({_bytes(t['file_bytes'])}, header included)",
               f"dense fp32   {t['dense_bytes']:,} bytes ({_bytes(t['dense_bytes'])})",
               f"compression  {_ratio(t['bytes_ratio'])} than dense float32"]
