@@ -218,6 +218,31 @@ def test_outputs_that_are_not_regular_files_are_refused(run, tmp_path):
     assert link.is_symlink() and target.stat().st_size > 0
 
 
+def test_the_check_before_a_run_sees_what_the_write_will_meet(tmp_path):
+    """check_writable follows a symbolic link as atomic_write does, and names a file or a broken
+    link where a folder is needed, so a run is refused before it trains, not after."""
+    from proxcl.errors import InputError
+    from proxcl.fileio import atomic_write_bytes, check_writable
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "link.pt").symlink_to("afile/x.pt")
+    (tmp_path / "dl").symlink_to("nowhere")
+    cases = {"link.pt": f"--out {tmp_path / 'link.pt'}: cannot write in {tmp_path / 'afile'} "
+                        f"({tmp_path / 'afile'} is a file, not a folder)",
+             "dl/m.proxcl": f"--out {tmp_path / 'dl/m.proxcl'}: cannot write in {tmp_path / 'dl'} "
+                            f"({tmp_path / 'dl'} is a broken symbolic link, not a folder)"}
+    for name, line in cases.items():
+        with pytest.raises(InputError) as e:
+            check_writable(tmp_path / name, "--out")
+        assert str(e.value) == line
+        with pytest.raises(OSError, match=r"^cannot write .*a file or a broken link stands where a folder is needed"):
+            atomic_write_bytes(tmp_path / name, b"abc")
+    good = tmp_path / "good.pt"
+    (tmp_path / "to-good.pt").symlink_to(good.name)
+    check_writable(tmp_path / "to-good.pt", "--out")
+    atomic_write_bytes(tmp_path / "to-good.pt", b"abc")
+    assert good.read_bytes() == b"abc" and (tmp_path / "to-good.pt").is_symlink()
+
+
 def test_import_checks_both_outputs_before_writing_either(run, tmp_path):
     _, model, _, _ = run
     same = tmp_path / "s.pt"

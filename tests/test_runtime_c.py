@@ -658,6 +658,11 @@ def test_bad_command_lines(crt, files, tmp_path):
     np.save(tmp_path / "small.npy", np.zeros((2, 20, 20), np.uint8))
     one_line_error(run(crt, "predict", files[("lenet5", "csr", False)], tmp_path / "small.npy", check=False),
                    r"images are \[1, 20, 20\], the model takes \[1, 28, 28\]")
+    for name, pixels, line in (("nan.npy", np.nan, "the images hold NaN or infinite values"),
+                               ("neg.npy", -3.0, "pixel values from -3 to -3; raw pixels 0..255 are expected")):
+        np.save(tmp_path / name, np.full((1, 28, 28), pixels, np.float32))     # refused as Python's predict does
+        one_line_error(run(crt, "predict", files[("lenet5", "csr", False)], tmp_path / name, check=False),
+                       re.escape(f"{tmp_path / name}: {line}"))
     (tmp_path / "x.gz").write_bytes(b"\x1f\x8b\x08\x00")
     one_line_error(run(crt, "predict", files[("lenet5", "csr", False)], tmp_path / "x.gz", check=False), "gzip")
     bare = tmp_path / "bare.proxcl"

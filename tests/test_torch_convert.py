@@ -201,13 +201,16 @@ def test_cli_export_import_round_trip(dev, tmp_path, rng, capsys):
     ("notorch", "not a PyTorch state_dict file: it looks like text"),
     ("norm", "--normalisation takes MEAN,STD"),
     ("missing", "nosuch.pt: no such file"),
+    ("module", "module.pt: holds more than tensors (torch.nn.modules.linear.Linear): a whole pickled module, "
+               "or a damaged file; save module.state_dict() instead"),
 ])
 def test_cli_export_errors_are_one_line(tmp_path, capsys, case, message):
     torch.save(pt.module_from_spec("lenet300").state_dict(), tmp_path / "s.pt")
+    torch.save(torch.nn.Linear(3, 2), tmp_path / "module.pt")
     (tmp_path / "notes.txt").write_text("not a state_dict")
     args = {"spec": ["s.pt", "--spec", "lenet5"], "notorch": ["notes.txt", "--spec", "lenet300"],
             "norm": ["s.pt", "--spec", "lenet300", "--normalisation", "1"],
-            "missing": ["nosuch.pt", "--spec", "lenet300"]}[case]
+            "missing": ["nosuch.pt", "--spec", "lenet300"], "module": ["module.pt", "--spec", "lenet300"]}[case]
     args[0] = str(tmp_path / args[0])
     assert main(["export", *args, "--out", str(tmp_path / "m.proxcl")]) == 2
     err = capsys.readouterr().err

@@ -217,5 +217,23 @@ proxcl_status px_read_images(const char *path, px_array *out, proxcl_error *err)
         return fail(err, PROXCL_ERR_INPUT, "%s: expected images [H, W], [N, H, W] or [N, C, H, W]", path);
     }
     out->rank = 4;
+    /* as proxcl.predict.read_images: raw pixels 0..255 (bytes always are) */
+    if (out->values) {
+        float lo = INFINITY, hi = -INFINITY;
+        for (int64_t i = 0; i < out->count; ++i) {
+            const float v = out->values[i];
+            if (!isfinite(v)) {
+                px_array_free(out);
+                return fail(err, PROXCL_ERR_INPUT, "%s: the images hold NaN or infinite values", path);
+            }
+            lo = v < lo ? v : lo;
+            hi = v > hi ? v : hi;
+        }
+        if (lo < 0.0f || hi > 255.0f) {
+            px_array_free(out);
+            return fail(err, PROXCL_ERR_INPUT, "%s: pixel values from %g to %g; raw pixels 0..255 are expected "
+                        "(proxcl normalises them as it did in training)", path, (double)lo, (double)hi);
+        }
+    }
     return PROXCL_OK;
 }

@@ -23,7 +23,7 @@ def atomic_write(path, write) -> None:
     is not a regular file (a folder, a device, a FIFO) is refused.  A failure says which file
     could not be written, not the temporary's name."""
     given = path
-    path = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
+    path = Path(_through_link(path))
     _refuse_special(path, given, "output")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -47,8 +47,16 @@ def atomic_write(path, write) -> None:
         raise
 
 
+def _through_link(path):
+    """The file a write to ``path`` replaces: a symbolic link's target, else path itself."""
+    return os.path.realpath(path) if os.path.islink(path) else path
+
+
 def _cannot_write(path, e: OSError) -> OSError:
-    err = OSError(f"cannot write {path} ({e.strerror or e})")
+    why = e.strerror or str(e)
+    if isinstance(e, FileExistsError):      # from mkdir: something that is not a folder is in the way
+        why = "a file or a broken link stands where a folder is needed"
+    err = OSError(f"cannot write {path} ({why})")
     err.errno = e.errno
     return err
 
@@ -75,8 +83,9 @@ def check_writable(path, what: str = "output") -> None:
         return
     if not str(path):
         raise InputError(f"{what} is empty: name a file")
-    _refuse_special(path, path, what)
-    _probe(os.path.dirname(os.path.abspath(path)), what, path)
+    target = _through_link(path)     # where atomic_write will write
+    _refuse_special(target, path, what)
+    _probe(os.path.dirname(os.path.abspath(target)), what, path)
 
 
 def check_writable_dir(path, what: str = "output folder") -> None:
@@ -94,9 +103,11 @@ def _probe(folder, what: str, path) -> None:
     """Create and remove a file in ``folder`` or, where it does not exist yet, in the nearest
     folder above it that does (where it would be made), or say why that cannot be done."""
     existing = folder
-    while not os.path.exists(existing):
+    while not os.path.lexists(existing):
         existing = os.path.dirname(existing)
     try:
+        if os.path.islink(existing) and not os.path.exists(existing):
+            raise NotADirectoryError(20, f"{existing} is a broken symbolic link, not a folder")
         if not os.path.isdir(existing):
             raise NotADirectoryError(20, f"{existing} is a file, not a folder")
         with tempfile.TemporaryFile(dir=existing):

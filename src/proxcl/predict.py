@@ -51,14 +51,13 @@ def read_images(path: str) -> np.ndarray:
         raise InputError(f"{path}: expected images [H, W], [N, H, W] or [N, C, H, W], got shape {a.shape}")
     if not np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.complexfloating):
         raise InputError(f"{path}: images must be numbers, got {a.dtype}")
-    a = a.astype(np.float32)
     if not np.all(np.isfinite(a)):
         raise InputError(f"{path}: the images hold NaN or infinite values")
     lo, hi = float(a.min()), float(a.max())
     if lo < 0 or hi > 255:
         raise InputError(f"{path}: pixel values from {lo:g} to {hi:g}; raw pixels 0..255 are expected "
                          "(proxcl normalises them as it did in training)")
-    return a
+    return a.astype(np.float32)
 
 
 def scale_warning(path: str, raw: np.ndarray) -> str | None:

@@ -29,11 +29,11 @@ def run(args) -> int:
     def width(key, title):   # nothing is cut: platform versions, names, notes, OpenCL C versions
         return max([len(title)] + [len(d[key]) for d in devs])
     pw, vw, nw = width("platform", "platform"), width("platform_version", "platform version"), width("name", "device")
-    fw, cw = width("flags", "notes"), width("opencl_c", "OpenCL C")
-    print(f"{'index':<6}  {'platform':<{pw}}  {'platform version':<{vw}}  {'device':<{nw}}  {'type':<5}  "
+    fw, cw, tw = width("flags", "notes"), width("opencl_c", "OpenCL C"), width("type", "type")
+    print(f"{'index':<6}  {'platform':<{pw}}  {'platform version':<{vw}}  {'device':<{nw}}  {'type':<{tw}}  "
           f"{'notes':<{fw}}  {'OpenCL C':<{cw}}  {'CUs':>4}  {'global MiB':>11}  {'local KiB':>10}")
     for d in devs:
         print(f"{d['index']:<6}  {d['platform']:<{pw}}  {d['platform_version']:<{vw}}  {d['name']:<{nw}}  "
-              f"{d['type'][:5]:<5}  {d['flags']:<{fw}}  {d['opencl_c']:<{cw}}  {d['compute_units']:>4}  "
+              f"{d['type']:<{tw}}  {d['flags']:<{fw}}  {d['opencl_c']:<{cw}}  {d['compute_units']:>4}  "
               f"{d['global_mem_bytes'] >> 20:>11}  {d['local_mem_bytes'] >> 10:>10}")
     return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 
 import torch
 
@@ -37,9 +38,11 @@ def read_state_dict(path) -> dict:
         raise InputError(f"{path}: not a PyTorch state_dict file" + (f": it looks like {what}" if what else ""))
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:      # torch's weights-only refusal: objects that need code
-        raise InputError(f"{path}: holds Python objects, not only tensors (a whole pickled module?); "
-                         "save module.state_dict() instead") from None
+    except pickle.UnpicklingError as e:     # torch's weights-only refusal, or a damaged pickle
+        named = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        what = f" ({named.group(1)})" if named else ""
+        raise InputError(f"{path}: holds more than tensors{what}: a whole pickled module, or a damaged "
+                         "file; save module.state_dict() instead") from None
     except Exception as e:      # noqa: BLE001 - torch raises many kinds for a file that is not one
         raise InputError(f"{path}: not a state_dict that loads without running code "
                          f"({first_line(e)[:200]})") from None
