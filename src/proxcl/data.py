@@ -539,14 +539,17 @@ def _parse_int(text: str, what: str) -> int:
     return v
 
 
+# every spec parse_spec takes, in words (its error and the command line's --help say it)
+DATA_SPECS = "fashion-mnist, mnist, fashion-mnist:DIR, mnist:DIR or synthetic[:N]"
+
+
 def parse_spec(spec: str | None) -> tuple[str, str | None]:
     """'fashion-mnist' | 'mnist' | 'fashion-mnist:DIR' | 'mnist:DIR' | 'synthetic[:N]' -> (name, arg)."""
     spec = (spec or "fashion-mnist").strip()
     name, sep, arg = spec.partition(":")
     name = name.strip().lower()
     if name not in (*SOURCES, "synthetic"):
-        raise DataError(f"unknown data set {spec!r}: use fashion-mnist, mnist, fashion-mnist:DIR, "
-                        f"mnist:DIR or synthetic[:N]")
+        raise DataError(f"unknown data set {spec!r}: use {DATA_SPECS}")
     if sep and not arg:
         raise DataError(f"{spec!r}: nothing after ':'")
     return name, (os.path.expanduser(arg) if sep and name != "synthetic" else arg or None)

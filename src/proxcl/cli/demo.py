@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 
+from .train import add_output_arguments, data_help
+
 # The demo's settings: proxcl train's defaults, sized to finish in a few minutes on 2 CPU cores
 # with PoCL (docs/RESULTS.md).
 DEMO = {"model": "lenet300", "target_density": 0.02, "epochs": 20, "debias_epochs": 10}
@@ -22,16 +24,13 @@ def add_parser(sub) -> None:
                                    "report PNGs; print the info table and both accuracies.")
     p.add_argument("--out-dir", default="runs/demo",
                    help="where the files go; created if missing (default %(default)s)")
-    p.add_argument("--data", default="fashion-mnist",
-                   help="fashion-mnist, mnist, fashion-mnist:DIR, mnist:DIR (its IDX files in DIR) or "
-                        "synthetic[:N] (default %(default)s)")
+    p.add_argument("--data", default="fashion-mnist", help=data_help())
     p.add_argument("--device", default=None, help="OpenCL device (default $PROXCL_DEVICE or the first GPU)")
     p.add_argument("--epochs", type=int, default=DEMO["epochs"], help="(default %(default)s)")
     p.add_argument("--debias-epochs", type=int, default=DEMO["debias_epochs"], help="(default %(default)s)")
     p.add_argument("--target-density", type=float, default=DEMO["target_density"],
                    help="share of the weights left nonzero (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
-    from .train import add_output_arguments
     add_output_arguments(p)
     p.set_defaults(func=run)
 

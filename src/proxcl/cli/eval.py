@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 import sys
 
+from .train import data_help
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a model file on a test set",
                        description="Accuracy, mean loss and per-class accuracy on the test split. "
                                    "Warns when the model file records training on another data set.")
     p.add_argument("model", help="model file written by proxcl train")
-    p.add_argument("--data", default="fashion-mnist",
-                   help="fashion-mnist, mnist, fashion-mnist:DIR, mnist:DIR (its IDX files in DIR) or "
-                        "synthetic[:N] (default %(default)s)")
+    p.add_argument("--data", default="fashion-mnist", help=data_help())
     p.add_argument("--device", default=None, help="OpenCL device (default $PROXCL_DEVICE or the first GPU)")
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--json", action="store_true", help='print {"accuracy", "loss", "n", "per_class"}')

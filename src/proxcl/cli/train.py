@@ -66,8 +66,7 @@ def _add_what(g, d) -> None:
     g.add_argument("--model", default=d.model,
                    help="lenet300, lenet5, convnet-small, or a JSON spec file (default %(default)s)")
     g.add_argument("--data", default=d.data,
-                   help="fashion-mnist, mnist, fashion-mnist:DIR, mnist:DIR (its IDX files in DIR) or "
-                        "synthetic[:N] (a small generated set, for trials) (default %(default)s)")
+                   help=data_help())
     g.add_argument("--val-split", type=float, default=d.val_split,
                    help="fraction of the training set held out and not trained on; each epoch's accuracy on "
                         "it is logged as val_accuracy (--log) (default %(default)s: none)")
@@ -179,6 +178,13 @@ def _add_run(g, d) -> None:
     g.add_argument("--resume", default=None, metavar="CKPT",
                    help="continue from a checkpoint, with the same settings (Ctrl-C prints the command)")
     add_output_arguments(g)
+
+
+def data_help() -> str:
+    """--data's help, for every command that takes a data set."""
+    from ..data import DATA_SPECS
+    return f"{DATA_SPECS} (DIR: a folder of its IDX files; synthetic: a small generated set, for trials) " \
+           "(default %(default)s)"
 
 
 def add_output_arguments(g) -> None:

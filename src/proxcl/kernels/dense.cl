@@ -1,8 +1,9 @@
 /* Dense kernels: register-blocked GEMMs with a fused bias + ReLU epilogue, a tiled
  * transpose and the soft-threshold.  Row-major storage.  Host module: proxcl/ops/dense.py.  Build defines: VEC (vector width), RM (rows per
  * work-item), NV (vectors of columns per work-item, gemm_blk, gemm_pk), LX, LY (fixed local
- * size), TRANS_A (0/1), PW and PACK_T (gemm_pack's block width and source layout).  gemm is the GPU form (work-items coalesced over columns), gemm_blk the CPU
- * form (an RM x NV*VEC block of C in registers per work-item); Device.tuning picks one. */
+ * size), TRANS_A (0/1), PW and PACK_T (gemm_pack's block width and source layout).  gemm is the
+ * GPU form (work-items coalesced over columns), gemm_blk the CPU form (an RM x NV*VEC block of C
+ * in registers per work-item), gemm_pk the CPU form of large products; Device.tuning picks one. */
 
 #ifndef RM
 #define RM 4
@@ -22,7 +23,6 @@
 #ifndef PACK_T
 #define PACK_T 0
 #endif
-
 
 #if TRANS_A
 #define A_AT(i, k) A[(size_t)(k) * M + (i)]   /* A stored [K, M] */
@@ -382,8 +382,8 @@ __kernel void gemm_pack(const int R, const int K, const int kc, __global const f
 
 /* C[M, N] = op(A) op(B) (+ bias[M] per row) (relu) from Ap and Bp (gemm_pack):
  * work-item (x, y) computes the RM x NV*VEC block of C that gemm_blk's work-item (x, y) does, with
- * the same multiply-adds in the same order, reading Ap's block x and Bp's panel y front to back.
- * Split-K as gemm_blk's.  O(M N K). */
+ * the same multiply-adds in the same order within a slice of k, reading Ap's block x and Bp's
+ * panel y front to back.  Split-K as gemm_blk's (the host's slices are shorter).  O(M N K). */
 __kernel __attribute__((reqd_work_group_size(LX, 1, 1)))
 void gemm_pk(const int M, const int N, const int K,
              __global const float *restrict Ap, __global const float *restrict Bp,
